@@ -1,0 +1,114 @@
+"""Turning whatever the user passes as ``images`` into batches for the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .io import ImageReadError, list_images, load_image
+
+
+def as_sources(images: Any) -> list:
+    """A folder, a file, a list of paths / PIL images / arrays, or an ``[N, H, W(, C)]`` array → list."""
+    if isinstance(images, (str, Path)):
+        return list(list_images(images))
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        array = images.numpy() if isinstance(images, torch.Tensor) else images
+        if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
+            return [array]  # one image, gray or with channels last
+        if array.ndim in (3, 4):
+            return list(array)  # a stack of images
+        raise ValueError(f"cannot interpret an array of shape {array.shape} as images")
+    if isinstance(images, Image.Image):
+        return [images]
+    try:
+        sources = list(images)
+    except TypeError:
+        raise TypeError(f"images must be a folder, a file, a list of images or an array, not {type(images).__name__}") from None
+    if not sources:
+        raise ValueError("no images given")
+    return [Path(s) if isinstance(s, str) else s for s in sources]
+
+
+def source_name(source: Any, index: int) -> str:
+    """A readable name for messages: the path, or the position in the input list."""
+    return str(source) if isinstance(source, Path) else f"image #{index}"
+
+
+class Resize:
+    """Picklable transform: RGB float image → ``[3, H, W]`` tensor at a fixed size (area when shrinking)."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = (int(size[0]), int(size[1]))
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        h, w = self.size
+        if image.shape[:2] != (h, w):
+            shrink = h * w < image.shape[0] * image.shape[1]
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+@dataclass
+class Batch:
+    """Images that loaded (stacked when their sizes agree) and the errors of those that did not."""
+
+    indices: list[int]
+    images: torch.Tensor | list[torch.Tensor]
+    original_sizes: list[tuple[int, int]]
+    errors: list[tuple[int, str]]
+
+
+class ImageDataset(Dataset):
+    """Loads ``sources[i]`` and applies ``transform``; read errors are returned, not raised."""
+
+    def __init__(self, sources: Sequence, transform: Callable[[np.ndarray], torch.Tensor]):
+        self.sources = sources
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_image(self.sources[index])
+        except ImageReadError as exc:
+            return index, None, (0, 0), str(exc)
+        return index, self.transform(image), image.shape[:2], ""
+
+
+def collate(items) -> Batch:
+    ok = [item for item in items if item[1] is not None]
+    tensors = [item[1] for item in ok]
+    if tensors and all(t.shape == tensors[0].shape for t in tensors):
+        images: torch.Tensor | list[torch.Tensor] = torch.stack(tensors)
+    else:
+        images = tensors
+    return Batch(
+        indices=[item[0] for item in ok],
+        images=images,
+        original_sizes=[tuple(item[2]) for item in ok],
+        errors=[(item[0], item[3]) for item in items if item[1] is None],
+    )
+
+
+def make_loader(sources: Sequence, transform, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+    """Batches in input order; file sources use ``workers`` processes, in-memory ones load inline."""
+    in_memory = any(not isinstance(s, Path) for s in sources)
+    workers = 0 if in_memory else max(0, min(int(workers), len(sources) // max(batch_size, 1) + 1))
+    return DataLoader(
+        ImageDataset(sources, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )

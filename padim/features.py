@@ -1,0 +1,102 @@
+"""Patch features: forward hooks on a backbone and the multi-layer PaDiM embedding."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import BackboneSpec
+
+
+class _StopForward(Exception):
+    """Raised by the last hook so the backbone does not run layers nobody uses."""
+
+
+class FeatureExtractor(nn.Module):
+    """Runs a backbone up to its last hooked layer and returns the hooked outputs in order.
+
+    Input is a float batch ``[B, 3, H, W]`` in [0, 1]; normalisation happens here so callers
+    need not know each backbone's statistics.
+    """
+
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec, layers: Sequence[str]):
+        super().__init__()
+        if not layers:
+            raise ValueError("at least one layer must be hooked")
+        self.backbone = backbone.eval()
+        self.points = [spec.hook_point(name) for name in layers]
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        modules = dict(backbone.named_modules())
+        self._outputs: dict[str, torch.Tensor] = {}
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers must be distinct, got {list(layers)}")
+        for name in layers:
+            if name not in modules:
+                raise ValueError(f"backbone has no module named {name!r}")
+            modules[name].register_forward_hook(self._make_hook(name))
+
+    def _make_hook(self, name: str):
+        # Once every hooked layer has fired, whatever order they were listed in, stop the pass.
+        def hook(_module, _inputs, output):
+            self._outputs[name] = output
+            if len(self._outputs) == len(self.points):
+                raise _StopForward
+
+        return hook
+
+    @property
+    def channels(self) -> list[int]:
+        return [p.channels for p in self.points]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        self._outputs = {}
+        x = (images - self.mean) / self.std
+        try:
+            self.backbone(x)
+        except _StopForward:
+            pass
+        outputs, self._outputs = self._outputs, {}
+        missing = [p.name for p in self.points if p.name not in outputs]
+        if missing:
+            raise RuntimeError(f"hooked layers never ran: {missing}")
+        return [outputs[p.name] for p in self.points]
+
+
+def embedding_concat(feature_maps: Sequence[torch.Tensor], channel_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Concatenate feature maps on the finest grid: ``[B, d, h, w]``.
+
+    Coarser maps are nearest-upsampled, which copies each coarse value onto the s×s fine cells
+    under it — the same as the original unfold/fold ``embedding_concat``, without its memory
+    blow-up. ``channel_index`` (sorted indices into the concatenated channels) selects the kept
+    channels before upsampling, so dropped channels cost nothing.
+    """
+    h, w = feature_maps[0].shape[-2:]
+    parts = []
+    offset = 0
+    for fmap in feature_maps:
+        c = fmap.shape[1]
+        if channel_index is not None:
+            local = channel_index[(channel_index >= offset) & (channel_index < offset + c)] - offset
+            fmap = fmap.index_select(1, local.to(fmap.device))
+        offset += c
+        if fmap.shape[1] == 0:
+            continue
+        if fmap.shape[-2:] != (h, w):
+            fmap = F.interpolate(fmap, size=(h, w), mode="nearest")
+        parts.append(fmap)
+    return torch.cat(parts, dim=1)
+
+
+def random_channel_index(total: int, d: int | None, seed: int) -> torch.Tensor | None:
+    """Sorted random subset of ``d`` of ``total`` channels (None keeps all), reproducible by seed."""
+    if d is None or d >= total:
+        return None
+    if d < 1:
+        raise ValueError(f"d must be at least 1, got {d}")
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(total, generator=generator)[:d].sort().values

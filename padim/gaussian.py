@@ -1,0 +1,175 @@
+"""Per-position Gaussian statistics: streaming, mergeable sums and batched Mahalanobis distance.
+
+Features arrive as ``[B, d, P]`` tensors (batch, channels, positions). The fit keeps only the
+sums ``n``, ``Σx`` and ``Σxxᵀ`` per position in float64, so its memory does not depend on the
+number of training images and shards fitted apart can simply be added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class GaussianStats:
+    """Running count, sum and sum of outer products of feature vectors, one set per position.
+
+    ``update`` folds in a batch; ``merge`` (or ``+``) adds statistics gathered elsewhere, e.g. on
+    another shard of the training set; ``finalize`` turns the sums into a :class:`GaussianModel`.
+    Sums are taken about a fixed ``shift`` (the first batch's mean) so that float64 accumulation
+    does not lose the covariance to cancellation when features have a large mean.
+    """
+
+    def __init__(self, num_positions: int, dim: int, device: str | torch.device = "cpu"):
+        self.num_positions = int(num_positions)
+        self.dim = int(dim)
+        self.device = torch.device(device)
+        self.count = 0
+        self.shift: torch.Tensor | None = None  # [P, d] float64
+        self.sum = torch.zeros(num_positions, dim, dtype=torch.float64, device=self.device)
+        self.sum_outer = torch.zeros(num_positions, dim, dim, dtype=torch.float64, device=self.device)
+
+    def update(self, features: torch.Tensor, position_chunk: int = 4096) -> "GaussianStats":
+        """Add a batch of features ``[B, d, P]`` (any float dtype, any device)."""
+        if features.ndim != 3 or features.shape[1] != self.dim or features.shape[2] != self.num_positions:
+            raise ValueError(
+                f"features must have shape [B, {self.dim}, {self.num_positions}], got {tuple(features.shape)}"
+            )
+        x = features.to(self.device, torch.float64).permute(2, 0, 1)  # [P, B, d]
+        if self.shift is None:
+            self.shift = x.mean(dim=1)
+        for start in range(0, self.num_positions, position_chunk):
+            stop = start + position_chunk
+            centred = x[start:stop] - self.shift[start:stop, None, :]
+            self.sum[start:stop] += centred.sum(dim=1)
+            self.sum_outer[start:stop] += centred.transpose(1, 2) @ centred
+        self.count += features.shape[0]
+        return self
+
+    def merge(self, other: "GaussianStats") -> "GaussianStats":
+        """Statistics of both sets of samples together (e.g. shards fitted apart)."""
+        return self._combine(other, +1)
+
+    def subtract(self, other: "GaussianStats") -> "GaussianStats":
+        """Statistics of these samples without ``other``'s, which must be a subset of them."""
+        if other.count >= self.count:
+            raise ValueError(f"cannot remove {other.count} samples from {self.count}")
+        return self._combine(other, -1)
+
+    def _combine(self, other: "GaussianStats", sign: int) -> "GaussianStats":
+        if (other.num_positions, other.dim) != (self.num_positions, self.dim):
+            raise ValueError(
+                f"cannot combine statistics of shape ({other.num_positions}, {other.dim}) "
+                f"with ({self.num_positions}, {self.dim})"
+            )
+        result = GaussianStats(self.num_positions, self.dim, self.device)
+        if other.count == 0:
+            result.count, result.shift = self.count, self.shift
+            result.sum, result.sum_outer = self.sum.clone(), self.sum_outer.clone()
+            return result
+        if self.count == 0:
+            if sign < 0:
+                raise ValueError("cannot subtract from empty statistics")
+            return other._combine(self, +1)
+        # Re-express the other's sums about our shift: x − a = (x − b) + (b − a).
+        delta = other.shift.to(self.device) - self.shift  # [P, d]
+        o_sum = other.sum.to(self.device)
+        shifted_sum = o_sum + other.count * delta
+        shifted_outer = (
+            other.sum_outer.to(self.device)
+            + o_sum[:, :, None] * delta[:, None, :]
+            + delta[:, :, None] * o_sum[:, None, :]
+            + other.count * delta[:, :, None] * delta[:, None, :]
+        )
+        result.count = self.count + sign * other.count
+        result.shift = self.shift.clone()
+        result.sum = self.sum + sign * shifted_sum
+        result.sum_outer = self.sum_outer + sign * shifted_outer
+        return result
+
+    __add__ = merge
+
+    def mean(self) -> torch.Tensor:
+        """Per-position mean ``[P, d]`` in float64."""
+        self._require_samples(1)
+        return self.shift + self.sum / self.count
+
+    def covariance(self) -> torch.Tensor:
+        """Per-position unbiased covariance ``[P, d, d]`` in float64 (as ``np.cov``)."""
+        self._require_samples(2)
+        centred_mean = self.sum / self.count
+        outer_of_mean = centred_mean[:, :, None] * centred_mean[:, None, :]
+        return (self.sum_outer - self.count * outer_of_mean) / (self.count - 1)
+
+    def finalize(self, eps: float = 0.01, relative_eps: bool = True) -> "GaussianModel":
+        """Mean and Cholesky-whitening matrix of ``Σ + λI`` for every position.
+
+        With ``relative_eps`` the regulariser is ``λ = eps · mean(diag Σ)`` (averaged over all
+        positions), so one ``eps`` suits backbones whose features have very different scales;
+        otherwise ``λ = eps`` as in the paper.
+        """
+        cov = self.covariance()
+        diag = torch.diagonal(cov, dim1=1, dim2=2)
+        lam = float(eps) * (float(diag.mean()) if relative_eps else 1.0)
+        if lam <= 0 and eps > 0:
+            lam = float(eps)  # all-constant features: fall back to the absolute value
+        cov = cov + lam * torch.eye(self.dim, dtype=cov.dtype, device=cov.device)
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if bool((info > 0).any()):
+            bad = int((info > 0).sum())
+            raise ValueError(
+                f"covariance is not positive definite at {bad} positions; increase eps (now {eps})"
+            )
+        eye = torch.eye(self.dim, dtype=cov.dtype, device=cov.device).expand_as(chol)
+        whitener = torch.linalg.solve_triangular(chol, eye, upper=False)  # L⁻¹
+        return GaussianModel(
+            mean=self.mean().to(torch.float32),
+            whitener=whitener.to(torch.float32),
+            reg=lam,
+        )
+
+    def _require_samples(self, k: int) -> None:
+        if self.count < k:
+            raise ValueError(f"need at least {k} training samples per position, have {self.count}")
+
+
+@dataclass
+class GaussianModel:
+    """Fitted Gaussians: ``mean [P, d]`` and ``whitener [P, d, d] = L⁻¹`` with ``LLᵀ = Σ + λI``.
+
+    The squared Mahalanobis distance is ``‖L⁻¹(x − μ)‖²``: one batched triangular product.
+    """
+
+    mean: torch.Tensor
+    whitener: torch.Tensor
+    reg: float = 0.0
+
+    @property
+    def num_positions(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[1]
+
+    def to(self, device) -> "GaussianModel":
+        return GaussianModel(self.mean.to(device), self.whitener.to(device), self.reg)
+
+    def mahalanobis(self, features: torch.Tensor, position_chunk: int = 1024) -> torch.Tensor:
+        """Mahalanobis distance ``[B, P]`` of features ``[B, d, P]`` to each position's Gaussian.
+
+        Chunked over positions so the temporary ``[chunk, B, d]`` stays small.
+        """
+        if features.ndim != 3 or features.shape[1:] != (self.dim, self.num_positions):
+            raise ValueError(
+                f"features must have shape [B, {self.dim}, {self.num_positions}], got {tuple(features.shape)}"
+            )
+        x = features.to(self.mean.device, torch.float32)
+        out = torch.empty(x.shape[0], self.num_positions, dtype=torch.float32, device=x.device)
+        for start in range(0, self.num_positions, position_chunk):
+            stop = start + position_chunk
+            centred = x[:, :, start:stop].permute(2, 0, 1) - self.mean[start:stop, None, :]  # [p, B, d]
+            whitened = centred @ self.whitener[start:stop].transpose(1, 2)  # [p, B, d]
+            out[:, start:stop] = whitened.square().sum(dim=2).T
+        return out.clamp_min_(0).sqrt_()

@@ -1,0 +1,163 @@
+"""Reading images of any mode and bit depth, finding them in folders, writing files atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+Image.MAX_IMAGE_PIXELS = 200_000_000  # 3872×3200 and larger industrial frames are legitimate
+
+
+class ImageReadError(ValueError):
+    """An input image could not be read or converted."""
+
+
+def _to_rgb_float(array: np.ndarray, where: str) -> np.ndarray:
+    """HxW, HxWx1, HxWx3 or HxWx4 array of any integer or float dtype → HxWx3 float32 in [0, 1]."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ImageReadError(f"{where}: expected an HxW, HxWx3 or HxWx4 image, got shape {array.shape}")
+    alpha = None
+    if array.shape[2] == 4:
+        array, alpha = array[:, :, :3], array[:, :, 3]
+    if array.dtype == np.uint8:
+        out = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        out = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.integer):
+        out = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    elif np.issubdtype(array.dtype, np.floating):
+        out = array.astype(np.float32)
+        if out.size and (np.nanmin(out) < 0 or np.nanmax(out) > 1):
+            raise ImageReadError(f"{where}: float images must lie in [0, 1]")
+    elif array.dtype == bool:
+        out = array.astype(np.float32)
+    else:
+        raise ImageReadError(f"{where}: unsupported pixel type {array.dtype}")
+    if alpha is not None:  # composite onto black so transparent areas look alike in every image
+        scale = np.float32(255.0 if alpha.dtype == np.uint8 else 65535.0 if alpha.dtype == np.uint16 else 1.0)
+        out = out * (alpha.astype(np.float32) / scale)[:, :, None]
+    if out.shape[0] < 8 or out.shape[1] < 8:
+        raise ImageReadError(f"{where}: image of {out.shape[1]}×{out.shape[0]} px is too small")
+    return np.ascontiguousarray(out)
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    """PIL image → numpy array that keeps 16-bit precision."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(image, dtype=np.uint16)
+    if mode == "I":  # 32-bit int containers usually hold 16-bit data
+        data = np.asarray(image, dtype=np.int64)
+        return data.clip(0, 65535).astype(np.uint16)
+    if mode == "F":
+        data = np.asarray(image, dtype=np.float32)
+        peak = float(data.max()) if data.size else 1.0
+        return data / peak if peak > 1 else data
+    if mode in ("L", "RGB", "RGBA"):
+        return np.asarray(image)
+    if mode == "LA":
+        return np.asarray(image.convert("RGBA"))
+    return np.asarray(image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB"))
+
+
+def load_image(source) -> np.ndarray:
+    """Any supported image source → RGB float32 array ``[H, W, 3]`` in [0, 1].
+
+    Accepts a path, a PIL image or a numpy array. Grayscale is repeated to three channels,
+    alpha is composited onto black, 16-bit data keeps its precision and EXIF rotation is applied.
+    Raises :class:`ImageReadError` with a one-line message naming the file.
+    """
+    if isinstance(source, np.ndarray):
+        return _to_rgb_float(source, "array input")
+    if isinstance(source, Image.Image):
+        return _to_rgb_float(_pil_to_array(source), "PIL image input")
+    path = Path(source)
+    where = f"'{path}'"
+    if not path.is_file():
+        raise ImageReadError(f"{where}: no such file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            array = _pil_to_array(image)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"{where}: cannot read image ({reason})") from None
+    return _to_rgb_float(array, where)
+
+
+def image_size(source) -> tuple[int, int]:
+    """(height, width) after EXIF rotation, read from the header when ``source`` is a file."""
+    if isinstance(source, np.ndarray):
+        return int(source.shape[0]), int(source.shape[1])
+    if isinstance(source, Image.Image):
+        image = ImageOps.exif_transpose(source)
+        return image.height, image.width
+    try:
+        with Image.open(source) as image:
+            orientation = image.getexif().get(0x0112, 1)
+            w, h = image.size
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(f"'{source}': cannot read image ({exc})") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` in sorted order (hidden and non-image files are skipped)."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"'{root}': no such file or folder")
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    files = sorted(p for p in pattern if p.is_file() and is_image_file(p)
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise FileNotFoundError(
+            f"'{root}': no images found (looked for {', '.join(IMAGE_EXTENSIONS)}"
+            f"{', recursively' if recursive else ''})"
+        )
+    return files
+
+
+@contextmanager
+def atomic_output(path: str | Path, mode: str = "w"):
+    """Open a temporary file beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_output(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_output(path, "w") as handle:
+        handle.write(text)

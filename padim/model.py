@@ -1,0 +1,397 @@
+"""The PaDiM estimator: fit on good images, then anomaly maps, scores and probabilities."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .backbones import DEFAULT_BACKBONE, build_backbone, get_spec
+from .data import Batch, Resize, as_sources, make_loader, source_name
+from .features import FeatureExtractor, embedding_concat, random_channel_index
+from .gaussian import GaussianModel, GaussianStats
+from .io import image_size as read_image_size
+from .maps import distance_grid_to_maps, input_size_for, resize_map
+from .modelfile import ModelFileError, read_model_file, write_model_file
+
+DEFAULT_EPS = 0.01
+DEFAULT_IMAGE_SIZE = 256
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'")
+    return device
+
+
+@dataclass
+class ImageResult:
+    """Outcome for one input image: its score and map, or why it could not be read."""
+
+    index: int
+    score: float | None = None
+    anomaly_map: np.ndarray | None = None
+    error: str = ""
+
+
+def _fingerprint(module: torch.nn.Module) -> str:
+    """Short hash of a backbone's weights, to detect a model loaded with different weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class PaDiM:
+    """Patch distribution model: one Gaussian per feature position, fitted on good images only.
+
+    Parameters follow scikit-learn: they are stored as given; what is learned ends in ``_``.
+
+    backbone, weights: registry name and optional local weights file (see ``padim.backbones``).
+    layers: hook points (default: the backbone's). d: random channels kept (None: the backbone's
+    default; 0 or a number ≥ all channels keeps all). image_size: int (side of a square of equal
+    area; with ``keep_aspect`` the training images' aspect ratio is kept) or (height, width).
+    eps: covariance regulariser relative to the mean feature variance. blur_sigma: anomaly-map
+    smoothing in input pixels. calibration_folds: k-fold held-out scoring of the good images
+    that calibrates probabilities and the threshold (0 disables it).
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        layers: list[str] | None = None,
+        d: int | None = None,
+        image_size: int | tuple[int, int] = DEFAULT_IMAGE_SIZE,
+        keep_aspect: bool = True,
+        eps: float = DEFAULT_EPS,
+        blur_sigma: float = 4.0,
+        device: str = "auto",
+        batch_size: int = 16,
+        workers: int = 2,
+        seed: int = 0,
+        weights: str | None = None,
+        threads: int | None = None,
+        calibration_folds: int = 5,
+        max_false_reject: float = 0.01,
+        progress: bool = False,
+    ):
+        self.backbone = backbone
+        self.layers = layers
+        self.d = d
+        self.image_size = image_size
+        self.keep_aspect = keep_aspect
+        self.eps = eps
+        self.blur_sigma = blur_sigma
+        self.device = device
+        self.batch_size = batch_size
+        self.workers = workers
+        self.seed = seed
+        self.weights = weights
+        self.threads = threads
+        self.calibration_folds = calibration_folds
+        self.max_false_reject = max_false_reject
+        self.progress = progress
+        self._extractor: FeatureExtractor | None = None
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def spec(self):
+        return get_spec(self.backbone)
+
+    @property
+    def layers_(self) -> list[str]:
+        return list(self.layers) if self.layers else list(self.spec.default_layers)
+
+    def _device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def _apply_threads(self) -> None:
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+
+    def _get_extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            backbone = build_backbone(self.backbone, self.weights)
+            expected = getattr(self, "backbone_fingerprint_", None)
+            found = _fingerprint(backbone)
+            if expected is not None and expected != found:
+                raise ModelFileError(
+                    f"the {self.backbone} weights in use differ from those the model was fitted with "
+                    f"(fingerprint {found} ≠ {expected}); pass the same weights file"
+                )
+            self.backbone_fingerprint_ = found
+            self._extractor = FeatureExtractor(backbone, self.spec, self.layers_).to(self._device())
+        return self._extractor
+
+    def _loader(self, sources, size: tuple[int, int]):
+        return make_loader(sources, Resize(size), self.batch_size, self.workers,
+                           pin_memory=self._device().type == "cuda")
+
+    def _progress(self, iterable, total: int, desc: str):
+        return tqdm(iterable, total=total, desc=desc, unit="batch", disable=not self.progress, leave=False)
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [0, 1] → embedding ``[B, d, h, w]`` on the model's device."""
+        extractor = self._get_extractor()
+        images = images.to(self._device(), non_blocking=True)
+        return embedding_concat(extractor(images), self.channel_index_)
+
+    # -------------------------------------------------------------------- fit
+    def _first_size(self, sources) -> tuple[int, int]:
+        for index, source in enumerate(sources):
+            try:
+                return read_image_size(source)
+            except Exception:  # noqa: BLE001 - unreadable files are reported by the loader
+                continue
+        raise ValueError("none of the training images can be read")
+
+    def _prepare_fit(self, sources) -> None:
+        spec = self.spec
+        points = [spec.hook_point(name) for name in self.layers_]
+        total = sum(p.channels for p in points)
+        d = spec.default_d if self.d is None else (self.d or None)
+        self.channel_index_ = random_channel_index(total, d, self.seed)
+        self.n_features_ = total if self.channel_index_ is None else int(self.channel_index_.numel())
+        h, w = self._first_size(sources)
+        multiple = max(p.stride for p in points)
+        self.input_size_ = input_size_for(h, w, self.image_size, self.keep_aspect, multiple)
+        stride = min(p.stride for p in points)
+        self.feature_size_ = (self.input_size_[0] // stride, self.input_size_[1] // stride)
+
+    def fit(self, images: Any, calibrate: bool | None = None) -> "PaDiM":
+        """Fit the Gaussians on good images (folder, paths, PIL images or arrays); returns self.
+
+        Unreadable images are skipped with a warning and listed in ``skipped_``. With
+        ``calibration_folds`` ≥ 2 and at least that many images, held-out scores of the good
+        images calibrate probabilities and the OK/NG threshold (``calibrator_``).
+        """
+        self._apply_threads()
+        sources = as_sources(images)
+        self._prepare_fit(sources)
+        stats = GaussianStats(self.feature_size_[0] * self.feature_size_[1], self.n_features_, self._device())
+        self.skipped_: list[tuple[str, str]] = []
+        used: list[int] = []
+        loader = self._loader(sources, self.input_size_)
+        for batch in self._progress(loader, len(loader), "fit"):
+            self._record_errors(batch, sources)
+            if batch.indices:
+                self._check_sizes(batch)
+                stats.update(self._embed(batch.images).flatten(2))
+                used.extend(batch.indices)
+        if stats.count < 2:
+            raise ValueError(f"need at least 2 readable training images, got {stats.count}")
+        self.n_train_ = stats.count
+        self.gaussian_ = stats.finalize(self.eps)
+        self.calibrator_ = None
+        folds = self.calibration_folds if calibrate in (None, True) else 0
+        if folds and folds >= 2:
+            if len(used) >= max(folds, 5):
+                self._calibrate([sources[i] for i in used], stats, folds)
+            elif calibrate:
+                raise ValueError(f"calibration needs at least {max(folds, 5)} good images, got {len(used)}")
+        return self
+
+    def _record_errors(self, batch: Batch, sources) -> None:
+        for index, message in batch.errors:
+            self.skipped_.append((source_name(sources[index], index), message))
+            warnings.warn(f"skipped unreadable training image: {message}", stacklevel=3)
+
+    def _check_sizes(self, batch: Batch) -> None:
+        if not isinstance(batch.images, torch.Tensor):
+            raise ValueError("images of one batch were resized to different sizes")
+
+    def held_out_scores(self, sources, stats: GaussianStats, folds: int) -> np.ndarray:
+        """Each image scored by a model fitted without its fold (statistics subtracted, no refit)."""
+        order = np.random.default_rng(self.seed).permutation(len(sources))
+        scores = np.empty(len(sources), dtype=np.float64)
+        for fold in range(folds):
+            members = np.sort(order[fold::folds])
+            embeddings = []
+            fold_stats = GaussianStats(stats.num_positions, stats.dim, stats.device)
+            for batch in self._loader([sources[i] for i in members], self.input_size_):
+                if batch.indices:
+                    emb = self._embed(batch.images).flatten(2)
+                    fold_stats.update(emb)
+                    embeddings.append(emb)
+            model = stats.subtract(fold_stats).finalize(self.eps)
+            fold_scores = torch.cat([self._scores_from_embedding(e, model) for e in embeddings])
+            scores[members[: len(fold_scores)]] = fold_scores.cpu().numpy()
+        return scores
+
+    def _calibrate(self, sources, stats: GaussianStats, folds: int) -> None:
+        from .calibration import Calibrator
+
+        self.calibration_scores_ = self.held_out_scores(sources, stats, folds)
+        self.calibrator_ = Calibrator().fit(self.calibration_scores_, max_false_reject=self.max_false_reject)
+
+    # ------------------------------------------------------------------ score
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "gaussian_"):
+            raise RuntimeError("this PaDiM model is not fitted yet; call fit() or PaDiM.load() first")
+
+    def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
+        model = model or self._gaussian_on_device()
+        distances = model.mahalanobis(embedding.flatten(2)).view(embedding.shape[0], *embedding.shape[2:])
+        return distance_grid_to_maps(distances, self.input_size_, self.blur_sigma)
+
+    def _scores_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
+        if embedding.ndim == 3:
+            embedding = embedding.view(embedding.shape[0], embedding.shape[1], *self.feature_size_)
+        return self._maps_from_embedding(embedding, model).flatten(1).amax(dim=1)
+
+    def _gaussian_on_device(self) -> GaussianModel:
+        device = self._device()
+        if self.gaussian_.mean.device != device:
+            self.gaussian_ = self.gaussian_.to(device)
+        return self.gaussian_
+
+    def iter_results(self, images: Any, maps: bool = True) -> Iterator[ImageResult]:
+        """Score images one batch at a time, in input order; unreadable ones carry an error.
+
+        With ``maps`` each result holds its anomaly map at the image's original size. The image
+        score is the maximum of the map at the model's input size.
+        """
+        self._check_fitted()
+        self._apply_threads()
+        sources = as_sources(images)
+        loader = self._loader(sources, self.input_size_)
+        for batch in self._progress(loader, len(loader), "score"):
+            results = {index: ImageResult(index, error=message) for index, message in batch.errors}
+            if batch.indices:
+                self._check_sizes(batch)
+                batch_maps = self._maps_from_embedding(self._embed(batch.images))
+                scores = batch_maps.flatten(1).amax(dim=1).cpu().numpy()
+                host_maps = batch_maps.cpu().numpy() if maps else None
+                for k, (index, size) in enumerate(zip(batch.indices, batch.original_sizes)):
+                    amap = resize_map(host_maps[k], size) if maps else None
+                    results[index] = ImageResult(index, float(scores[k]), amap)
+            for index in sorted(results):
+                yield results[index]
+
+    def _collect(self, images: Any, maps: bool) -> list[ImageResult]:
+        results = list(self.iter_results(images, maps=maps))
+        failed = [r.error for r in results if r.error]
+        if failed:
+            raise ValueError(f"{len(failed)} image(s) could not be read; first: {failed[0]}")
+        return results
+
+    def anomaly_maps(self, images: Any) -> list[np.ndarray]:
+        """Anomaly map of every image at its original size (float32; higher = more anomalous)."""
+        return [r.anomaly_map for r in self._collect(images, maps=True)]
+
+    def score_samples(self, images: Any) -> np.ndarray:
+        """Anomaly score of every image (max of its map); higher = more anomalous."""
+        return np.array([r.score for r in self._collect(images, maps=False)], dtype=np.float64)
+
+    def _require_calibration(self):
+        self._check_fitted()
+        if self.calibrator_ is None:
+            raise RuntimeError("this model has no calibration; fit with calibration_folds ≥ 2 and ≥ 5 images")
+        return self.calibrator_
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """Defect probability of every image, from the calibration on held-out good images."""
+        calibrator = self._require_calibration()
+        return calibrator.probability(self.score_samples(images))
+
+    def predict(self, images: Any) -> np.ndarray:
+        """True where an image is NG (score at or above the model's threshold)."""
+        calibrator = self._require_calibration()
+        return calibrator.predict(self.score_samples(images))
+
+    # ------------------------------------------------------------- save/load
+    _PARAMS = ("backbone", "layers", "d", "image_size", "keep_aspect", "eps", "blur_sigma",
+               "seed", "calibration_folds", "max_false_reject")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted model to one safetensors file (no pickled code)."""
+        self._check_fitted()
+        path = Path(path)
+        tensors = {"mean": self.gaussian_.mean, "whitener": self.gaussian_.whitener}
+        if self.channel_index_ is not None:
+            tensors["channel_index"] = self.channel_index_
+        if getattr(self, "calibration_scores_", None) is not None:
+            tensors["calibration_scores"] = torch.from_numpy(np.asarray(self.calibration_scores_))
+        metadata = {
+            "padim_version": __version__,
+            "params": {k: getattr(self, k) for k in self._PARAMS},
+            "layers": self.layers_,
+            "input_size": list(self.input_size_),
+            "feature_size": list(self.feature_size_),
+            "n_features": self.n_features_,
+            "n_train": self.n_train_,
+            "regularisation": self.gaussian_.reg,
+            "normalisation": {"mean": list(self.spec.mean), "std": list(self.spec.std)},
+            "backbone_fingerprint": getattr(self, "backbone_fingerprint_", None),
+            "calibrator": None if self.calibrator_ is None else self.calibrator_.to_dict(),
+        }
+        write_model_file(path, tensors, metadata)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", weights: str | None = None, **overrides) -> "PaDiM":
+        """Read a model written by :meth:`save`; runtime options (device, batch_size, …) may be given."""
+        tensors, meta = read_model_file(path)
+        try:
+            params = dict(meta["params"])
+            if isinstance(params.get("image_size"), list):
+                params["image_size"] = tuple(params["image_size"])
+            model = cls(**params, device=device, weights=weights, **overrides)
+            model.gaussian_ = GaussianModel(tensors["mean"], tensors["whitener"], float(meta["regularisation"]))
+            model.channel_index_ = tensors.get("channel_index")
+            model.input_size_ = tuple(meta["input_size"])
+            model.feature_size_ = tuple(meta["feature_size"])
+            model.n_features_ = int(meta["n_features"])
+            model.n_train_ = int(meta["n_train"])
+            model.backbone_fingerprint_ = meta.get("backbone_fingerprint")
+            scores = tensors.get("calibration_scores")
+            model.calibration_scores_ = None if scores is None else scores.numpy()
+            model.calibrator_ = None
+            if meta.get("calibrator"):
+                from .calibration import Calibrator
+
+                model.calibrator_ = Calibrator.from_dict(meta["calibrator"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"'{path}': model metadata is incomplete or invalid ({exc})") from None
+        p, d = model.feature_size_[0] * model.feature_size_[1], model.n_features_
+        if tuple(model.gaussian_.mean.shape) != (p, d) or tuple(model.gaussian_.whitener.shape) != (p, d, d):
+            raise ModelFileError(f"'{path}': tensor shapes do not match the metadata")
+        return model
+
+    def describe(self) -> dict:
+        """Plain summary of a fitted model (what ``padim info`` prints)."""
+        self._check_fitted()
+        return {
+            "backbone": self.backbone,
+            "layers": self.layers_,
+            "features (d)": self.n_features_,
+            "input size (h, w)": list(self.input_size_),
+            "feature grid (h, w)": list(self.feature_size_),
+            "training images": self.n_train_,
+            "eps (relative)": self.eps,
+            "regularisation λ": self.gaussian_.reg,
+            "model tensors (MB)": round(
+                (self.gaussian_.mean.numel() + self.gaussian_.whitener.numel()) * 4 / 2**20, 1),
+            "calibration": None if self.calibrator_ is None else self.calibrator_.to_dict(),
+        }
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._PARAMS)
+        return f"PaDiM({params})"
+
+
+def format_description(info: dict) -> str:
+    return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in info.items())

@@ -1,0 +1,59 @@
+"""Model files that cannot run code: safetensors tensors plus JSON metadata with a format version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .io import atomic_write_bytes
+
+FORMAT_NAME = "padim-model"
+FORMAT_VERSION = 1
+_META_KEY = "padim"
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, truncated, corrupted, foreign or of an unknown version."""
+
+
+def write_model_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Write tensors and metadata to ``path`` atomically."""
+    from safetensors.torch import save
+
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata}
+    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                metadata={_META_KEY: json.dumps(header)})
+    atomic_write_bytes(path, blob)
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a model file, or a :class:`ModelFileError` naming the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"'{path}': no such model file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            raw = (handle.metadata() or {}).get(_META_KEY)
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for broken files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"'{path}': not a readable padim model file ({reason})") from None
+    if raw is None:
+        raise ModelFileError(f"'{path}': a safetensors file, but not a padim model (no padim metadata)")
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ModelFileError(f"'{path}': padim metadata is corrupted") from None
+    if metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"'{path}': not a padim model file")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"'{path}': model format version {version} is not supported by this padim "
+            f"(reads version {FORMAT_VERSION}); refit or upgrade padim"
+        )
+    return tensors, metadata
