@@ -69,7 +69,10 @@ def _load_state_dict_file(path: str | Path) -> dict:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        raise WeightsUnavailableError(f"cannot read weights file '{path}': {exc}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsUnavailableError(
+            f"cannot read weights file '{path}' (not a PyTorch or safetensors state dict: {reason})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

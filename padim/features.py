@@ -32,16 +32,27 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         modules = dict(backbone.named_modules())
         self._outputs: dict[str, torch.Tensor] = {}
+        self._running = False
         if len(set(layers)) != len(layers):
             raise ValueError(f"layers must be distinct, got {list(layers)}")
         for name in layers:
             if name not in modules:
                 raise ValueError(f"backbone has no module named {name!r}")
-            modules[name].register_forward_hook(self._make_hook(name))
+        self._handles = [modules[name].register_forward_hook(self._make_hook(name)) for name in layers]
+
+    def remove_hooks(self) -> None:
+        """Detach this extractor's hooks from the backbone."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def _make_hook(self, name: str):
         # Once every hooked layer has fired, whatever order they were listed in, stop the pass.
+        # Hooks only act during this extractor's own forward: the backbone may be shared with
+        # another extractor (or called directly), whose pass this one must not cut short.
         def hook(_module, _inputs, output):
+            if not self._running:
+                return
             self._outputs[name] = output
             if len(self._outputs) == len(self.points):
                 raise _StopForward
@@ -56,10 +67,13 @@ class FeatureExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         self._outputs = {}
         x = (images - self.mean) / self.std
+        self._running = True
         try:
             self.backbone(x)
         except _StopForward:
             pass
+        finally:
+            self._running = False
         outputs, self._outputs = self._outputs, {}
         missing = [p.name for p in self.points if p.name not in outputs]
         if missing:

@@ -123,9 +123,11 @@ class GaussianStats:
             )
         eye = torch.eye(self.dim, dtype=cov.dtype, device=cov.device).expand_as(chol)
         whitener = torch.linalg.solve_triangular(chol, eye, upper=False)  # L⁻¹
+        # solve_triangular returns column-major matrices; store them row-major, as a saved and
+        # reloaded model has them, so both take the same matmul path and score bit-identically.
         return GaussianModel(
-            mean=self.mean().to(torch.float32),
-            whitener=whitener.to(torch.float32),
+            mean=self.mean().to(torch.float32).contiguous(),
+            whitener=whitener.to(torch.float32).contiguous(),
             reg=lam,
         )
 

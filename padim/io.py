@@ -34,10 +34,14 @@ def _to_rgb_float(array: np.ndarray, where: str) -> np.ndarray:
     elif array.dtype == np.uint16:
         out = array.astype(np.float32) / 65535.0
     elif np.issubdtype(array.dtype, np.integer):
+        if np.issubdtype(array.dtype, np.signedinteger) and array.size and array.min() < 0:
+            raise ImageReadError(f"{where}: negative pixel values in a {array.dtype} image")
         out = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
     elif np.issubdtype(array.dtype, np.floating):
         out = array.astype(np.float32)
-        if out.size and (np.nanmin(out) < 0 or np.nanmax(out) > 1):
+        if not np.isfinite(out).all():
+            raise ImageReadError(f"{where}: float image contains NaN or infinite values")
+        if out.size and (out.min() < 0 or out.max() > 1):
             raise ImageReadError(f"{where}: float images must lie in [0, 1]")
     elif array.dtype == bool:
         out = array.astype(np.float32)
@@ -71,6 +75,39 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB"))
 
 
+def _has_16bit_colour(image: Image.Image) -> bool:
+    """True for 48/64-bit RGB(A) files, which Pillow decodes to 8 bits per channel."""
+    if image.mode not in ("RGB", "RGBA") or not getattr(image, "tile", None):
+        return False
+    args = image.tile[0][3]
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(rawmode, str) and ";16" in rawmode
+
+
+# EXIF orientation → the numpy equivalent of ImageOps.exif_transpose.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _read_16bit_colour(path: Path, orientation: int, fallback: np.ndarray) -> np.ndarray:
+    """Re-read a 16-bit-per-channel colour file with OpenCV to keep its precision."""
+    import cv2
+
+    data = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16 or data.ndim != 3 or data.shape[2] not in (3, 4):
+        return fallback
+    data = data[:, :, [2, 1, 0, 3][: data.shape[2]]]  # BGR(A) → RGB(A)
+    data = _ORIENT.get(orientation, lambda a: a)(data)
+    return data if data.shape[:2] == fallback.shape[:2] else fallback
+
+
 def load_image(source) -> np.ndarray:
     """Any supported image source → RGB float32 array ``[H, W, 3]`` in [0, 1].
 
@@ -88,8 +125,12 @@ def load_image(source) -> np.ndarray:
         raise ImageReadError(f"{where}: no such file")
     try:
         with Image.open(path) as image:
+            deep_colour = _has_16bit_colour(image)
+            orientation = image.getexif().get(0x0112, 1) if deep_colour else 1
             image.load()
             array = _pil_to_array(image)
+        if deep_colour:
+            array = _read_16bit_colour(path, orientation, fallback=array)
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files

@@ -1,0 +1,246 @@
+"""padim.gaussian against a naive per-position NumPy reference (np.cov, np.linalg.inv, loops)."""
+
+import numpy as np
+import pytest
+import torch
+
+from padim.gaussian import GaussianModel, GaussianStats
+
+B, D, P = 12, 5, 7
+OFFSET = 1000.0
+
+
+def make_features(n=B, d=D, p=P, offset=OFFSET, seed=0, dtype=torch.float32):
+    """[n, d, p] features with correlated channels, a large mean and a different scale per position."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(p, d, d))
+    base = rng.normal(size=(n, p, d))
+    x = np.einsum("npd,pkd->nkp", base, mixing)  # correlated channels, [n, d, p]
+    x = x * rng.uniform(0.5, 3.0, size=(1, 1, p)) + offset + rng.normal(size=(1, d, p))
+    return torch.from_numpy(x).to(dtype)
+
+
+def reference_cov(feats):
+    """Per-position np.cov of float64 copies of the features: [P, d, d]."""
+    x = feats.double().numpy()
+    return np.stack([np.cov(x[:, :, p], rowvar=False) for p in range(x.shape[2])])
+
+
+def reference_model(feats, eps=0.01, relative=True):
+    """Per-position mean and inverse of Σ + λI, λ = eps·mean(diag Σ) over all positions (or eps)."""
+    x = feats.double().numpy()
+    covs = reference_cov(feats)
+    lam = eps * np.mean([np.mean(np.diag(c)) for c in covs]) if relative else eps
+    means = x.mean(axis=0).T  # [P, d]
+    inverses = np.stack([np.linalg.inv(c + lam * np.eye(c.shape[0])) for c in covs])
+    return means, inverses, lam
+
+
+def reference_mahalanobis(test, means, inverses):
+    x = test.double().numpy()
+    out = np.empty((x.shape[0], x.shape[2]))
+    for b in range(x.shape[0]):
+        for p in range(x.shape[2]):
+            diff = x[b, :, p] - means[p]
+            out[b, p] = np.sqrt(diff @ inverses[p] @ diff)
+    return out
+
+
+def fit(feats, batches=1, **kwargs):
+    stats = GaussianStats(feats.shape[2], feats.shape[1])
+    for chunk in torch.tensor_split(feats, batches):
+        stats.update(chunk)
+    return stats
+
+
+def test_mean_and_covariance_match_numpy():
+    feats = make_features()
+    stats = fit(feats)
+    assert stats.count == B
+    np.testing.assert_allclose(stats.mean().numpy(), feats.double().mean(0).T.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(stats.covariance().numpy(), reference_cov(feats), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e7])
+def test_covariance_survives_a_huge_mean(offset):
+    # Features with unit-scale spread around a mean of 1e7: Σxxᵀ − nμμᵀ in float64 would lose
+    # ~14 of its 16 digits; the shifted sums must not.
+    feats = make_features(offset=offset, dtype=torch.float64)
+    stats = fit(feats, batches=3)
+    np.testing.assert_allclose(stats.covariance().numpy(), reference_cov(feats), rtol=1e-7, atol=1e-7)
+    # and shards with different shifts merge without the cancellation either
+    merged = fit(feats[:4]).merge(fit(feats[4:]))
+    np.testing.assert_allclose(merged.covariance().numpy(), reference_cov(feats), rtol=1e-7, atol=1e-7)
+
+
+def test_mahalanobis_matches_naive_reference():
+    feats = make_features()
+    test = make_features(n=6, seed=1)
+    test[0, :, 3] += 25.0  # one clearly anomalous patch
+    model = fit(feats).finalize(eps=0.01)
+    means, inverses, lam = reference_model(feats, eps=0.01)
+    assert model.reg == pytest.approx(lam, rel=1e-9)
+    assert model.mean.shape == (P, D) and model.whitener.shape == (P, D, D)
+    np.testing.assert_allclose(model.mean.double().numpy(), means, rtol=1e-6)
+    expected = reference_mahalanobis(test, means, inverses)
+    got = model.mahalanobis(test)
+    assert got.shape == (6, P) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=2e-3, atol=2e-3)
+    assert got.argmax().item() == 0 * P + 3
+    # training samples themselves: small, finite distances
+    train = model.mahalanobis(feats).numpy()
+    np.testing.assert_allclose(train, reference_mahalanobis(feats, means, inverses), rtol=2e-3, atol=2e-3)
+
+
+def test_mahalanobis_of_the_mean_is_zero_and_whitener_inverts_regularised_cov():
+    feats = make_features()
+    stats = fit(feats)
+    model = stats.finalize(eps=0.05)
+    _, inverses, lam = reference_model(feats, eps=0.05)
+    # Wᵀ W = (Σ + λI)⁻¹ at every position
+    w = model.whitener.double().numpy()
+    np.testing.assert_allclose(np.transpose(w, (0, 2, 1)) @ w, inverses, rtol=1e-3, atol=1e-5)
+    at_mean = model.mahalanobis(stats.mean().T[None].float())
+    np.testing.assert_allclose(at_mean.numpy(), 0.0, atol=2e-2)
+
+
+def test_absolute_eps():
+    feats = make_features(offset=0.0)
+    model = fit(feats).finalize(eps=0.3, relative_eps=False)
+    means, inverses, lam = reference_model(feats, eps=0.3, relative=False)
+    assert lam == 0.3 and model.reg == pytest.approx(0.3)
+    test = make_features(n=4, seed=2, offset=0.0)
+    np.testing.assert_allclose(model.mahalanobis(test).double().numpy(),
+                               reference_mahalanobis(test, means, inverses), rtol=1e-4, atol=1e-4)
+    # relative and absolute regularisation differ here (mean variance is not 1)
+    assert fit(feats).finalize(eps=0.3).reg != pytest.approx(0.3)
+
+
+def test_streaming_equals_one_shot():
+    feats = make_features()
+    one = fit(feats)
+    for batches in (2, 5, B):
+        many = fit(feats, batches=batches)
+        assert many.count == B
+        np.testing.assert_allclose(many.mean().numpy(), one.mean().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(many.covariance().numpy(), one.covariance().numpy(), rtol=1e-8, atol=1e-8)
+    test = make_features(n=3, seed=3)
+    np.testing.assert_allclose(fit(feats, batches=4).finalize().mahalanobis(test).numpy(),
+                               one.finalize().mahalanobis(test).numpy(), rtol=1e-4)
+
+
+def test_position_chunks_do_not_change_results():
+    feats = make_features()
+    chunked = GaussianStats(P, D)
+    for part in torch.tensor_split(feats, 3):
+        chunked.update(part, position_chunk=3)  # 7 positions: chunks of 3, 3, 1
+    whole = fit(feats, batches=3)
+    np.testing.assert_allclose(chunked.covariance().numpy(), whole.covariance().numpy(), rtol=1e-12)
+    model = whole.finalize()
+    test = make_features(n=5, seed=4)
+    np.testing.assert_allclose(model.mahalanobis(test, position_chunk=2).numpy(),
+                               model.mahalanobis(test).numpy(), rtol=1e-6)
+
+
+def test_merge_of_shards_equals_fit_on_all():
+    feats = make_features()
+    full = fit(feats)
+    shards = [fit(part) for part in (feats[:3], feats[3:8], feats[8:])]
+    merged = shards[0].merge(shards[1]).merge(shards[2])
+    also = shards[0] + shards[1] + shards[2]
+    for stats in (merged, also):
+        assert stats.count == B
+        np.testing.assert_allclose(stats.mean().numpy(), full.mean().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(stats.covariance().numpy(), reference_cov(feats), rtol=1e-8, atol=1e-8)
+    # merging does not modify its operands
+    assert shards[0].count == 3 and shards[1].count == 5
+
+
+def test_merge_with_empty_stats():
+    feats = make_features()
+    full = fit(feats)
+    empty = GaussianStats(P, D)
+    for stats in (full.merge(empty), empty.merge(full), empty + full):
+        assert stats.count == B
+        np.testing.assert_allclose(stats.covariance().numpy(), reference_cov(feats), rtol=1e-9, atol=1e-9)
+    assert (empty + GaussianStats(P, D)).count == 0
+
+
+def test_subtract_fold_equals_fit_on_the_rest():
+    feats = make_features(n=15)
+    full = fit(feats, batches=2)
+    fold = torch.tensor([1, 4, 9, 13])
+    rest = torch.tensor([i for i in range(15) if i not in fold.tolist()])
+    held_out = full.subtract(fit(feats[fold]))
+    assert held_out.count == len(rest)
+    np.testing.assert_allclose(held_out.mean().numpy(), feats[rest].double().mean(0).T.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(held_out.covariance().numpy(), reference_cov(feats[rest]), rtol=1e-7, atol=1e-7)
+    means, inverses, _ = reference_model(feats[rest])
+    np.testing.assert_allclose(held_out.finalize().mahalanobis(feats[fold]).double().numpy(),
+                               reference_mahalanobis(feats[fold], means, inverses), rtol=2e-3, atol=2e-3)
+
+
+def test_subtract_rejects_removing_everything():
+    stats = fit(make_features())
+    with pytest.raises(ValueError):
+        stats.subtract(stats)
+    with pytest.raises(ValueError):
+        GaussianStats(P, D).subtract(GaussianStats(P, D))
+
+
+@pytest.mark.parametrize("shape", [(4, D + 1, P), (4, D, P + 1), (D, P), (4, D, P, 1)])
+def test_update_rejects_wrong_shapes(shape):
+    stats = GaussianStats(P, D)
+    with pytest.raises(ValueError, match="shape"):
+        stats.update(torch.zeros(shape))
+    assert stats.count == 0
+
+
+def test_mahalanobis_rejects_wrong_shapes():
+    model = fit(make_features()).finalize()
+    for shape in [(2, D + 1, P), (2, D, P - 1), (D, P)]:
+        with pytest.raises(ValueError, match="shape"):
+            model.mahalanobis(torch.zeros(shape))
+
+
+def test_merge_rejects_mismatched_shapes():
+    with pytest.raises(ValueError):
+        fit(make_features()).merge(fit(make_features(d=4)))
+    with pytest.raises(ValueError):
+        fit(make_features()).merge(fit(make_features(p=3)))
+
+
+def test_fewer_than_two_samples_raise():
+    empty = GaussianStats(P, D)
+    with pytest.raises(ValueError, match="at least"):
+        empty.finalize()
+    with pytest.raises(ValueError):
+        empty.mean()
+    one = fit(make_features(n=1))
+    assert one.mean().shape == (P, D)
+    with pytest.raises(ValueError, match="at least 2"):
+        one.finalize()
+    with pytest.raises(ValueError, match="at least 2"):
+        one.covariance()
+
+
+def test_finalized_tensors_are_contiguous():
+    # A model read back from a file has contiguous tensors; a freshly fitted one must match that
+    # layout, or the batched matmul takes another path and save → load changes scores by an ulp.
+    model = fit(make_features()).finalize()
+    assert model.mean.is_contiguous() and model.whitener.is_contiguous()
+
+
+def test_to_device_keeps_values():
+    model = fit(make_features()).finalize()
+    moved = model.to("cpu")
+    assert isinstance(moved, GaussianModel) and moved.reg == model.reg
+    assert moved.num_positions == P and moved.dim == D
+    assert torch.equal(moved.whitener, model.whitener)
+
+
+def test_constant_features_fall_back_to_absolute_eps():
+    feats = torch.full((4, D, P), 3.0)
+    model = fit(feats).finalize(eps=0.5)
+    assert model.reg == pytest.approx(0.5)
+    np.testing.assert_allclose(model.mahalanobis(feats + 1.0).numpy(), np.sqrt(D / 0.5), rtol=1e-5)

@@ -1,0 +1,376 @@
+"""padim.io: reading images of every mode and bit depth, listing folders, atomic writes."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from padim.io import (ImageReadError, atomic_output, atomic_write_bytes, atomic_write_text, image_size,
+                      list_images, load_image)
+
+
+def check_rgb(array, shape):
+    assert array.shape == (*shape, 3)
+    assert array.dtype == np.float32
+    assert array.min() >= 0 and array.max() <= 1
+
+
+def ramp(h=16, w=24):
+    return (np.arange(h * w).reshape(h, w) % 256).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ load_image: files
+
+def test_grayscale_png(tmp_path):
+    gray = ramp()
+    path = tmp_path / "g.png"
+    Image.fromarray(gray, "L").save(path)
+    out = load_image(path)
+    check_rgb(out, gray.shape)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], gray.astype(np.float32) / 255)
+
+
+def test_rgb_png_exact(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    path = tmp_path / "c.png"
+    Image.fromarray(rgb).save(path)
+    out = load_image(str(path))  # str accepted as well as Path
+    np.testing.assert_array_equal(out, rgb.astype(np.float32) / 255)
+
+
+def test_rgba_is_composited_onto_black(tmp_path):
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., :3] = (200, 100, 50)
+    rgba[..., 3] = 128
+    rgba[:5, :, 3] = 255
+    rgba[:, :2, 3] = 0
+    path = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    out = load_image(path)
+    check_rgb(out, (10, 10))
+    np.testing.assert_allclose(out[7, 5], np.array([200, 100, 50]) / 255 * 128 / 255, rtol=1e-6)
+    np.testing.assert_allclose(out[2, 5], np.array([200, 100, 50]) / 255, rtol=1e-6)
+    np.testing.assert_array_equal(out[:, :2], 0)
+
+
+def test_gray_16bit_png_keeps_precision(tmp_path):
+    data = np.full((12, 12), 1000, np.uint16)
+    data[0, 0], data[0, 1], data[0, 2] = 1001, 65535, 0
+    path = tmp_path / "g16.png"
+    Image.fromarray(data).save(path)
+    assert Image.open(path).mode.startswith("I")
+    out = load_image(path)
+    check_rgb(out, data.shape)
+    np.testing.assert_allclose(out[..., 0], data / 65535.0, rtol=1e-6, atol=0)
+    assert out[5, 5, 0] == pytest.approx(1000 / 65535, rel=1e-6)
+    assert out[0, 0, 0] != out[5, 5, 0]  # 1001 and 1000 are told apart: no 8-bit truncation
+    assert out[0, 1, 1] == 1.0 and out[0, 2, 2] == 0.0
+
+
+def test_gray_16bit_tiff_keeps_precision(tmp_path):
+    data = np.arange(144, dtype=np.uint16).reshape(12, 12) * 400 + 7
+    path = tmp_path / "g16.tif"
+    Image.fromarray(data).save(path)
+    np.testing.assert_allclose(load_image(path)[..., 1], data / 65535.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_colour_16bit_keeps_precision(tmp_path, ext):
+    # 48-bit RGB files (industrial cameras, scanners). Pillow opens them as 8-bit RGB.
+    rgb = np.zeros((12, 12, 3), np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 1000, 30000, 65535
+    rgb[0, 0, 0] = 1001
+    path = tmp_path / f"c16{ext}"
+    assert cv2.imwrite(str(path), rgb[..., ::-1].copy())  # cv2 writes BGR
+    out = load_image(path)
+    check_rgb(out, (12, 12))
+    np.testing.assert_allclose(out, rgb / 65535.0, rtol=1e-6, atol=1e-7)
+
+
+def test_colour_16bit_with_alpha(tmp_path):
+    rgba = np.zeros((12, 12, 4), np.uint16)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 1000, 30000, 65535, 65535
+    rgba[:6, :, 3] = 0
+    path = tmp_path / "c16a.png"
+    assert cv2.imwrite(str(path), rgba[..., [2, 1, 0, 3]].copy())
+    out = load_image(path)
+    np.testing.assert_array_equal(out[:6], 0)
+    np.testing.assert_allclose(out[6:], np.broadcast_to(rgba[6:, :, :3] / 65535.0, (6, 12, 3)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientations_of_16bit_colour_follow_pillow(tmp_path, orientation):
+    # The 16-bit colour path re-reads pixels with OpenCV and applies EXIF orientation itself;
+    # it must agree with Pillow's exif_transpose, checked on an 8-bit image of the same layout.
+    from PIL import ImageOps
+
+    from padim.io import _ORIENT
+
+    img = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    pil = Image.fromarray(img)
+    exif = pil.getexif()
+    exif[0x0112] = orientation
+    pil.save(tmp_path / "o.png", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "o.png")))
+    np.testing.assert_array_equal(_ORIENT.get(orientation, lambda a: a)(img), expected)
+
+
+def test_exif_rotated_jpeg(tmp_path):
+    h, w = 24, 40
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 2] = 255  # left half white, right half black
+    path = tmp_path / "rot.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(img).save(path, exif=exif, quality=95)
+    out = load_image(path)
+    check_rgb(out, (w, h))  # height and width swapped
+    assert image_size(path) == (w, h) == out.shape[:2]
+    expected = np.rot90(img, k=-1).astype(np.float32) / 255  # clockwise: the left half goes on top
+    assert np.abs(out - expected).mean() < 0.02
+    assert out[: w // 2 - 3].mean() > 0.95 and out[w // 2 + 3:].mean() < 0.05
+    # the same image given as a PIL image is rotated too
+    pil_out = load_image(Image.open(path))
+    assert pil_out.shape == out.shape and image_size(Image.open(path)) == (w, h)
+
+
+def test_image_size_without_exif(tmp_path):
+    path = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((13, 29), np.uint8)).save(path)
+    assert image_size(path) == (13, 29)
+    assert image_size(np.zeros((13, 29, 3))) == (13, 29)
+
+
+def test_palette_image(tmp_path):
+    idx = np.zeros((10, 10), np.uint8)
+    idx[5:] = 1
+    img = Image.fromarray(idx, "P")
+    img.putpalette([10, 20, 30, 250, 128, 0] + [0] * 762)
+    path = tmp_path / "p.png"
+    img.save(path)
+    out = load_image(path)
+    check_rgb(out, (10, 10))
+    np.testing.assert_allclose(out[0, 0], np.array([10, 20, 30]) / 255, rtol=1e-6)
+    np.testing.assert_allclose(out[9, 9], np.array([250, 128, 0]) / 255, rtol=1e-6)
+
+
+def test_palette_with_transparency(tmp_path):
+    idx = np.zeros((10, 10), np.uint8)
+    idx[5:] = 1
+    img = Image.fromarray(idx, "P")
+    img.putpalette([10, 20, 30, 250, 128, 0] + [0] * 762)
+    path = tmp_path / "pt.png"
+    img.save(path, transparency=0)  # index 0 transparent
+    out = load_image(path)
+    np.testing.assert_array_equal(out[0, 0], 0)  # transparent → black
+    np.testing.assert_allclose(out[9, 9], np.array([250, 128, 0]) / 255, rtol=1e-6)
+
+
+def test_bmp_and_webp_lossless(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    for name, kwargs in (("x.bmp", {}), ("x.webp", {"lossless": True})):
+        Image.fromarray(rgb).save(tmp_path / name, **kwargs)
+        np.testing.assert_array_equal(load_image(tmp_path / name), rgb / np.float32(255))
+
+
+# ------------------------------------------------------------------ load_image: arrays
+
+@pytest.mark.parametrize("dtype, peak", [(np.uint8, 255), (np.uint16, 65535), (np.float32, 1.0),
+                                          (np.float64, 1.0)])
+@pytest.mark.parametrize("layout", ["hw", "hw1", "hw3"])
+def test_numpy_arrays(dtype, peak, layout):
+    base = np.linspace(0, 1, 10 * 12).reshape(10, 12)
+    data = (base * peak).astype(dtype) if peak != 1.0 else base.astype(dtype)
+    expected = data.astype(np.float64) / peak
+    arr = {"hw": data, "hw1": data[:, :, None], "hw3": np.stack([data] * 3, axis=2)}[layout]
+    out = load_image(arr)
+    check_rgb(out, (10, 12))
+    for c in range(3):
+        np.testing.assert_allclose(out[:, :, c], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_bool_array():
+    arr = np.zeros((8, 8), bool)
+    arr[2:4] = True
+    out = load_image(arr)
+    np.testing.assert_array_equal(out[..., 0], arr.astype(np.float32))
+
+
+def test_rgba_array_uint16():
+    arr = np.full((8, 8, 4), 65535, np.uint16)
+    arr[..., 3] = 32768
+    np.testing.assert_allclose(load_image(arr), 32768 / 65535, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.full((8, 8, 3), 1.5, np.float32), np.full((8, 8), -0.1),
+                                 np.full((8, 8, 3), 255.0)])
+def test_float_out_of_range(bad):
+    with pytest.raises(ImageReadError, match=r"\[0, 1\]"):
+        load_image(bad)
+
+
+def test_float_nan_is_refused():
+    arr = np.full((8, 8, 3), 0.5, np.float32)
+    arr[3, 3, 1] = np.nan
+    with pytest.raises(ImageReadError):
+        load_image(arr)
+
+
+def test_signed_integer_array_is_not_turned_negative():
+    arr = np.full((8, 8), -5, np.int16)
+    try:
+        out = load_image(arr)
+    except ImageReadError:
+        return  # refusing is fine
+    assert out.min() >= 0
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 2), (8, 8, 5), (8,), (2, 8, 8, 3)])
+def test_bad_array_shapes(shape):
+    with pytest.raises(ImageReadError, match="shape"):
+        load_image(np.zeros(shape, np.uint8))
+
+
+def test_too_small():
+    with pytest.raises(ImageReadError, match="too small"):
+        load_image(np.zeros((4, 30), np.uint8))
+
+
+# ------------------------------------------------------------------ load_image: broken files
+
+def _assert_one_line_naming(exc_info, path):
+    message = str(exc_info.value)
+    assert str(path) in message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "missing.png"
+    with pytest.raises(ImageReadError) as info:
+        load_image(path)
+    _assert_one_line_naming(info, path)
+
+
+def test_not_an_image(tmp_path):
+    path = tmp_path / "text.png"
+    path.write_text("hello, I am not a PNG\nsecond line\n")
+    with pytest.raises(ImageReadError) as info:
+        load_image(path)
+    _assert_one_line_naming(info, path)
+    with pytest.raises(ImageReadError) as info:
+        image_size(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_truncated_file(tmp_path, ext):
+    rgb = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    full = tmp_path / f"full{ext}"
+    Image.fromarray(rgb).save(full)
+    path = tmp_path / f"truncated{ext}"
+    path.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(ImageReadError) as info:
+        load_image(path)
+    _assert_one_line_naming(info, path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(ImageReadError) as info:
+        load_image(path)
+    _assert_one_line_naming(info, path)
+
+
+def test_image_read_error_is_a_value_error():
+    assert issubclass(ImageReadError, ValueError)
+
+
+# ------------------------------------------------------------------ list_images
+
+def _touch_image(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, format="PNG")
+
+
+def test_list_images_recursive_sorted_and_filtered(tmp_path):
+    names = ["b.png", "a.jpg", "sub/c.PNG", "sub/deeper/d.tif", "z.bmp", "sub/a.jpeg"]
+    for name in names:
+        _touch_image(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "mask.npy").write_bytes(b"x")
+    _touch_image(tmp_path / ".hidden.png")
+    _touch_image(tmp_path / ".cache" / "e.png")
+    _touch_image(tmp_path / "sub" / ".thumbs" / "f.png")
+    found = list_images(tmp_path)
+    assert found == sorted(tmp_path / n for n in names)
+    flat = list_images(tmp_path, recursive=False)
+    assert flat == sorted(tmp_path / n for n in ("a.jpg", "b.png", "z.bmp"))
+    assert list_images(str(tmp_path / "b.png")) == [tmp_path / "b.png"]  # a single file
+
+
+def test_list_images_in_hidden_root_still_works(tmp_path):
+    # Only hidden parts *below* the root are skipped: a root like ~/.data/good must work.
+    root = tmp_path / ".data" / "good"
+    _touch_image(root / "a.png")
+    assert list_images(root) == [root / "a.png"]
+
+
+def test_list_images_empty_folder(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError) as info:
+        list_images(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path) in message and "no images" in message and ".png" in message
+
+
+def test_list_images_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        list_images(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(info.value)
+
+
+# ------------------------------------------------------------------ atomic writes
+
+def test_atomic_write_text_and_bytes(tmp_path):
+    path = tmp_path / "deep" / "out.tsv"
+    atomic_write_text(path, "a\tb\n")
+    assert path.read_text() == "a\tb\n"
+    atomic_write_text(path, "new\n")
+    assert path.read_text() == "new\n"
+    atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert not [n for n in os.listdir(path.parent) if n.endswith(".tmp")]
+
+
+def test_failed_write_leaves_old_file_intact(tmp_path):
+    path = tmp_path / "scores.tsv"
+    path.write_text("old contents\n")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with atomic_output(path) as handle:
+            handle.write("half of the new ")
+            handle.flush()
+            raise RuntimeError("disk on fire")
+    assert path.read_text() == "old contents\n"
+    assert os.listdir(tmp_path) == ["scores.tsv"]  # no temporary file left behind
+
+
+def test_failed_atomic_write_text_leaves_old_file_intact(tmp_path):
+    path = tmp_path / "scores.tsv"
+    path.write_text("old contents\n")
+    with pytest.raises(TypeError):
+        atomic_write_text(path, 12345)  # write() fails inside the helper
+    assert path.read_text() == "old contents\n"
+    assert os.listdir(tmp_path) == ["scores.tsv"]
+
+
+def test_failed_first_write_creates_nothing(tmp_path):
+    path = tmp_path / "new.tsv"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(path) as handle:
+            handle.write("partial")
+            raise KeyboardInterrupt
+    assert not path.exists() and os.listdir(tmp_path) == []

@@ -1,0 +1,361 @@
+"""End-to-end PaDiM on synthetic images: detection, localisation, inputs, save/load, errors."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from padim import PaDiM
+from padim.modelfile import ModelFileError
+
+SIZE = 96
+DEFECT = (0.3, 0.25, 0.07)  # relative (centre y, centre x, radius)
+PARAMS = dict(image_size=SIZE, d=100, device="cpu", workers=0, batch_size=8, calibration_folds=0)
+
+
+def pattern(h=SIZE, w=SIZE, seed=0, defect=None, gray=False):
+    """A fixed product: smooth gradient, a dark square, a bright disk and a stripe (all placed in
+    relative coordinates, so other sizes show the same product), plus mild sensor noise.
+    ``defect`` = (cy, cx, r) in relative units adds a dark blob. Returns uint8 HxWx3."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    yr, xr = (y + 0.5) / h, (x + 0.5) / w
+    img = np.empty((h, w, 3))
+    img[..., 0] = 0.35 + 0.35 * xr
+    img[..., 1] = 0.55 - 0.25 * yr
+    img[..., 2] = 0.45 + 0.15 * xr * yr
+    img[(np.abs(yr - 0.25) < 0.1) & (np.abs(xr - 0.7) < 0.1)] = (0.15, 0.2, 0.25)
+    img[(yr - 0.7) ** 2 + (xr - 0.3) ** 2 < 0.12**2] = (0.85, 0.8, 0.7)
+    img[np.abs(xr - 0.5) < 0.03] *= 0.7
+    if defect is not None:
+        cy, cx, r = defect
+        img[(yr - cy) ** 2 + (xr - cx) ** 2 < r**2] = (0.05, 0.04, 0.06)
+    if gray:
+        img[:] = img.mean(axis=2, keepdims=True)
+    img += rng.normal(0, 0.015, size=(h, w, 1 if gray else 3))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def save_png(array, path):
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("padim_data")
+    train = root / "train"
+    train.mkdir()
+    for i in range(12):
+        save_png(pattern(seed=i), train / f"good_{i:02d}.png")
+    (train / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    test = root / "test"
+    test.mkdir()
+    for i in range(3):
+        save_png(pattern(seed=100 + i), test / f"{i}_good.png")
+    save_png(pattern(seed=200, defect=DEFECT), test / "3_defect.png")
+    return {"root": root, "train": train, "test": test, "broken": train / "broken.png",
+            "test_files": sorted(test.glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = PaDiM(**PARAMS).fit(data["train"])
+    model.fit_warnings_ = [str(w.message) for w in caught]
+    return model
+
+
+def near(found, expected, tolerance):
+    return abs(found[0] - expected[0]) <= tolerance and abs(found[1] - expected[1]) <= tolerance
+
+
+# ------------------------------------------------------------------------------- fit
+
+def test_fit_learns_the_expected_shapes(fitted):
+    assert fitted.n_train_ == 12
+    assert fitted.input_size_ == (SIZE, SIZE)
+    assert fitted.feature_size_ == (SIZE // 8, SIZE // 8)  # finest default lite0 layer: stride 8
+    assert fitted.n_features_ == 100 and fitted.channel_index_.shape == (100,)
+    assert fitted.gaussian_.mean.shape == ((SIZE // 8) ** 2, 100)
+
+
+def test_unreadable_training_image_is_skipped_with_a_warning(fitted, data):
+    assert len(fitted.skipped_) == 1
+    name, message = fitted.skipped_[0]
+    assert name == str(data["broken"]) and str(data["broken"]) in message
+    assert any("broken.png" in w for w in fitted.fit_warnings_)
+
+
+def test_fit_needs_two_readable_images(data):
+    with pytest.raises(ValueError, match="2"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            PaDiM(**PARAMS).fit([data["train"] / "good_00.png", data["broken"]])
+
+
+# ------------------------------------------------------------------- detection
+
+def test_defect_scores_highest_and_map_points_at_it(fitted, data):
+    scores = fitted.score_samples(data["test_files"])
+    assert scores.shape == (4,) and np.isfinite(scores).all()
+    assert int(np.argmax(scores)) == 3
+    assert scores[3] > 1.5 * scores[:3].max()
+    amap = fitted.anomaly_maps([data["test_files"][3]])[0]
+    assert amap.shape == (SIZE, SIZE) and amap.dtype == np.float32
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    assert near(peak, (DEFECT[0] * SIZE, DEFECT[1] * SIZE), tolerance=10), peak
+    # image score = max of the map at the model's input size (here the original size)
+    assert float(amap.max()) == pytest.approx(scores[3], rel=1e-5)
+
+
+def test_maps_come_back_at_original_sizes(fitted):
+    sizes = [(96, 96), (144, 96), (80, 120), (200, 64)]
+    images = [pattern(h, w, seed=300 + k, defect=DEFECT if k == 1 else None) for k, (h, w) in enumerate(sizes)]
+    results = list(fitted.iter_results(images))
+    assert [r.anomaly_map.shape for r in results] == sizes
+    assert all(np.isfinite(r.anomaly_map).all() and not r.error for r in results)
+    # the defect of the 144×96 image is found at its place in that image's own coordinates
+    amap = results[1].anomaly_map
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    assert near(peak, (DEFECT[0] * 144, DEFECT[1] * 96), tolerance=14), peak
+    assert int(np.argmax([r.score for r in results])) == 1
+    assert results[1].score == pytest.approx(float(amap.max()), rel=0.05)
+
+
+def test_input_kinds_give_identical_scores(fitted, data):
+    files = data["test_files"]
+    arrays = [np.asarray(Image.open(p)) for p in files]
+    reference = fitted.score_samples(data["test"])  # a folder
+    variants = {
+        "paths": files,
+        "strings": [str(p) for p in files],
+        "pil": [Image.open(p) for p in files],
+        "arrays": arrays,
+        "stack": np.stack(arrays),
+        "tensor": torch.from_numpy(np.stack(arrays)),
+    }
+    for name, images in variants.items():
+        np.testing.assert_array_equal(fitted.score_samples(images), reference, err_msg=name)
+
+
+def test_grayscale_and_16bit_inputs(fitted, tmp_path):
+    gray = pattern(seed=400, gray=True)[:, :, 0]
+    rgb_path = save_png(np.stack([gray] * 3, axis=2), tmp_path / "rgb.png")
+    l_path = save_png(gray, tmp_path / "gray.png")
+    deep = gray.astype(np.uint16) * 257  # the same picture at 16 bits
+    deep_path = tmp_path / "gray16.png"
+    Image.fromarray(deep).save(deep_path)
+    assert Image.open(l_path).mode == "L" and Image.open(deep_path).mode.startswith("I")
+    scores = fitted.score_samples([rgb_path, l_path, deep_path, deep, gray, gray[:, :, None]])
+    assert np.isfinite(scores).all()
+    np.testing.assert_array_equal(scores[1], scores[0])  # gray PNG = the same RGB PNG
+    np.testing.assert_array_equal(scores[4:], scores[0])  # 2-D and HxWx1 arrays
+    np.testing.assert_allclose(scores[2:4], scores[0], rtol=1e-4)  # 16-bit: same up to rounding
+    maps = fitted.anomaly_maps([deep_path])
+    assert maps[0].shape == gray.shape
+
+
+# ----------------------------------------------------------------------- save / load
+
+@pytest.fixture(scope="module")
+def saved(fitted, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    fitted.save(path)
+    return path
+
+
+def test_save_load_round_trip_is_bit_identical(fitted, saved, data):
+    loaded = PaDiM.load(saved, device="cpu", workers=0, batch_size=8)
+    np.testing.assert_array_equal(loaded.score_samples(data["test"]), fitted.score_samples(data["test"]))
+    for a, b in zip(loaded.anomaly_maps(data["test_files"]), fitted.anomaly_maps(data["test_files"])):
+        np.testing.assert_array_equal(a, b)
+    for attr in ("input_size_", "feature_size_", "n_features_", "n_train_", "layers_", "backbone_fingerprint_"):
+        assert getattr(loaded, attr) == getattr(fitted, attr), attr
+    for param in ("backbone", "layers", "d", "image_size", "keep_aspect", "eps", "blur_sigma", "seed",
+                  "calibration_folds", "max_false_reject"):
+        assert getattr(loaded, param) == getattr(fitted, param), param
+    assert torch.equal(loaded.channel_index_, fitted.channel_index_)
+    assert torch.equal(loaded.gaussian_.whitener, fitted.gaussian_.whitener)
+    assert loaded.gaussian_.reg == fitted.gaussian_.reg
+    assert loaded.calibrator_ is None
+    assert loaded.describe()["training images"] == 12
+
+
+def test_saved_file_is_safetensors_with_json_metadata(saved):
+    from safetensors import safe_open
+
+    with safe_open(str(saved), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["padim"])
+        keys = set(handle.keys())
+    assert meta["format"] == "padim-model" and meta["format_version"] == 1
+    assert meta["n_train"] == 12 and meta["params"]["d"] == 100
+    assert {"mean", "whitener", "channel_index"} <= keys
+
+
+def _rewrite_metadata(src, dst, change):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["padim"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    change(meta)
+    save_file(tensors, str(dst), metadata={"padim": json.dumps(meta)})
+    return dst
+
+
+def _corrupt(kind, saved, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "truncated":
+        blob = saved.read_bytes()
+        path.write_bytes(blob[: len(blob) // 2])
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "foreign":
+        save_file({"weight": torch.zeros(3, 3)}, str(path), metadata={"framework": "other"})
+    elif kind == "version":
+        _rewrite_metadata(saved, path, lambda m: m.update(format_version=99))
+    elif kind == "format":
+        _rewrite_metadata(saved, path, lambda m: m.update(format="something-else"))
+    elif kind == "incomplete":
+        _rewrite_metadata(saved, path, lambda m: m.pop("params"))
+    elif kind == "badjson":
+        from safetensors import safe_open
+
+        with safe_open(str(saved), framework="pt") as handle:
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        save_file(tensors, str(path), metadata={"padim": "{not json"})
+    elif kind == "shapes":
+        from safetensors import safe_open
+
+        with safe_open(str(saved), framework="pt") as handle:
+            meta = handle.metadata()
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        tensors["mean"] = tensors["mean"][:-1].contiguous()
+        save_file(tensors, str(path), metadata=meta)
+    elif kind == "missing":
+        pass
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "empty", "foreign", "version", "format",
+                                  "incomplete", "badjson", "shapes", "missing"])
+def test_bad_model_files_raise_model_file_error(kind, saved, tmp_path):
+    path = _corrupt(kind, saved, tmp_path)
+    with pytest.raises(ModelFileError) as info:
+        PaDiM.load(path, device="cpu")
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    if kind == "version":
+        assert "99" in message
+    if kind == "foreign":
+        assert "padim" in message
+
+
+# ------------------------------------------------------------- errors while scoring
+
+def test_iter_results_reports_unreadable_images_and_scores_the_rest(fitted, data):
+    files = data["test_files"]
+    sources = [files[0], data["broken"], files[3]]
+    results = list(fitted.iter_results(sources))
+    assert [r.index for r in results] == [0, 1, 2]
+    assert str(data["broken"]) in results[1].error
+    assert results[1].score is None and results[1].anomaly_map is None
+    assert not results[0].error and not results[2].error
+    expected = fitted.score_samples([files[0], files[3]])
+    np.testing.assert_allclose([results[0].score, results[2].score], expected, rtol=1e-5)
+    assert results[2].anomaly_map.shape == (SIZE, SIZE)
+    with pytest.raises(ValueError, match="broken.png"):
+        fitted.score_samples(sources)
+
+
+def test_using_an_unfitted_model_raises_a_clear_error(tmp_path):
+    model = PaDiM(**PARAMS)
+    image = pattern(seed=1)
+    for call in (lambda: model.score_samples([image]), lambda: model.anomaly_maps([image]),
+                 lambda: list(model.iter_results([image])), lambda: model.save(tmp_path / "m.safetensors"),
+                 lambda: model.predict_proba([image])):
+        with pytest.raises(RuntimeError, match="fit"):
+            call()
+
+
+def test_predict_without_calibration_raises(fitted):
+    with pytest.raises(RuntimeError, match="calibrat"):
+        fitted.predict_proba([pattern(seed=1)])
+
+
+# ------------------------------------------------------------------------ calibration
+
+def _calibrator_or_skip():
+    try:
+        from padim.calibration import Calibrator
+    except ImportError as exc:
+        pytest.skip(f"padim.calibration is not available yet ({exc})")
+    try:
+        cal = Calibrator().fit(np.array([1.0, 1.2, 1.1, 1.3, 0.9, 1.05]), max_false_reject=0.05)
+        probs = cal.probability(np.array([1.0, 5.0]))
+        cal.predict(np.array([1.0, 5.0]))
+        Calibrator.from_dict(cal.to_dict())
+    except (TypeError, AttributeError) as exc:
+        pytest.skip(f"padim.calibration API differs from Calibrator().fit/probability/predict/"
+                    f"to_dict/from_dict ({exc})")
+    assert probs.shape == (2,)
+    return Calibrator
+
+
+@pytest.fixture(scope="module")
+def calibrated(data):
+    _calibrator_or_skip()
+    files = sorted(data["train"].glob("good_*.png"))[:6]
+    params = dict(PARAMS, calibration_folds=3)
+    return PaDiM(**params).fit(files), files
+
+
+def test_calibration_gives_probabilities(calibrated, data, tmp_path):
+    model, files = calibrated
+    assert model.calibrator_ is not None
+    held_out = np.asarray(model.calibration_scores_)
+    assert held_out.shape == (6,) and np.isfinite(held_out).all()
+    # held-out scores exceed in-sample ones: each image was scored by a model that never saw it
+    in_sample = model.score_samples(files)
+    assert (held_out > in_sample).all()
+    probs = model.predict_proba(data["test_files"])
+    assert probs.shape == (4,) and ((probs >= 0) & (probs <= 1)).all()
+    assert int(np.argmax(probs)) == 3 and probs[3] > 0.5
+    decisions = model.predict(data["test_files"])
+    assert bool(decisions[3]) and decisions.dtype == bool
+    # the calibration survives save / load
+    path = model.save(tmp_path / "calibrated.safetensors")
+    loaded = PaDiM.load(path, device="cpu", workers=0, batch_size=8)
+    np.testing.assert_array_equal(loaded.predict_proba(data["test_files"]), probs)
+    np.testing.assert_array_equal(np.asarray(loaded.calibration_scores_), held_out)
+
+
+def test_held_out_scores_equal_refitting_without_the_fold(calibrated):
+    # The k-fold scores come from subtracting a fold's statistics; an independent refit on the
+    # other images must give the same scores. Fold membership: seeded permutation, every k-th.
+    model, files = calibrated
+    order = np.random.default_rng(model.seed).permutation(len(files))
+    members = np.sort(order[0::3])
+    rest = [f for i, f in enumerate(files) if i not in set(members.tolist())]
+    refit = PaDiM(**PARAMS).fit(rest)
+    expected = refit.score_samples([files[i] for i in members])
+    np.testing.assert_allclose(np.asarray(model.calibration_scores_)[members], expected, rtol=1e-5)
+
+
+def test_calibration_needs_enough_images(data):
+    _calibrator_or_skip()
+    files = sorted(data["train"].glob("good_*.png"))[:4]
+    with pytest.raises(ValueError, match="calibration"):
+        PaDiM(**dict(PARAMS, calibration_folds=3)).fit(files, calibrate=True)
+    model = PaDiM(**dict(PARAMS, calibration_folds=3)).fit(files)  # not asked for: silently skipped
+    assert model.calibrator_ is None
