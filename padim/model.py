@@ -15,11 +15,13 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .backbones import DEFAULT_BACKBONE, build_backbone, get_spec
+from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
 from .features import FeatureExtractor, embedding_concat, random_channel_index
 from .gaussian import GaussianModel, GaussianStats
 from .io import image_size as read_image_size
 from .maps import distance_grid_to_maps, input_size_for, resize_map
+from .memory import MemoryPlan, plan_memory
 from .modelfile import ModelFileError, read_model_file, write_model_file
 
 DEFAULT_EPS = 0.01
@@ -171,6 +173,13 @@ class PaDiM:
         stride = min(p.stride for p in points)
         self.feature_size_ = (self.input_size_[0] // stride, self.input_size_[1] // stride)
 
+    def plan(self, images: Any) -> MemoryPlan:
+        """Memory needed to fit on ``images`` with the current parameters (nothing is fitted)."""
+        sources = as_sources(images)
+        self._prepare_fit(sources)
+        positions = self.feature_size_[0] * self.feature_size_[1]
+        return plan_memory(positions, self.n_features_, positions, self.batch_size, self.calibration_folds)
+
     def fit(self, images: Any, calibrate: bool | None = None) -> "PaDiM":
         """Fit the Gaussians on good images (folder, paths, PIL images or arrays); returns self.
 
@@ -196,6 +205,8 @@ class PaDiM:
         self.n_train_ = stats.count
         self.gaussian_ = stats.finalize(self.eps)
         self.calibrator_ = None
+        self.calibration_scores_ = None
+        self.map_floor_ = None
         folds = self.calibration_folds if calibrate in (None, True) else 0
         if folds and folds >= 2:
             if len(used) >= max(folds, 5):
@@ -213,29 +224,47 @@ class PaDiM:
         if not isinstance(batch.images, torch.Tensor):
             raise ValueError("images of one batch were resized to different sizes")
 
-    def held_out_scores(self, sources, stats: GaussianStats, folds: int) -> np.ndarray:
-        """Each image scored by a model fitted without its fold (statistics subtracted, no refit)."""
+    def held_out_scores(self, sources, stats: GaussianStats, folds: int) -> tuple[np.ndarray, float]:
+        """Each image scored by a model fitted without its fold (statistics subtracted, no refit).
+
+        Returns the scores and the median anomaly-map value of these good images, which anchors
+        the heatmaps' colour scale.
+        """
         order = np.random.default_rng(self.seed).permutation(len(sources))
-        scores = np.empty(len(sources), dtype=np.float64)
+        scores = np.full(len(sources), np.nan)
+        medians = []
         for fold in range(folds):
             members = np.sort(order[fold::folds])
-            embeddings = []
+            embeddings, indices = [], []
             fold_stats = GaussianStats(stats.num_positions, stats.dim, stats.device)
             for batch in self._loader([sources[i] for i in members], self.input_size_):
                 if batch.indices:
-                    emb = self._embed(batch.images).flatten(2)
-                    fold_stats.update(emb)
+                    emb = self._embed(batch.images)
+                    fold_stats.update(emb.flatten(2))
                     embeddings.append(emb)
+                    indices.extend(members[batch.indices])
             model = stats.subtract(fold_stats).finalize(self.eps)
-            fold_scores = torch.cat([self._scores_from_embedding(e, model) for e in embeddings])
-            scores[members[: len(fold_scores)]] = fold_scores.cpu().numpy()
-        return scores
+            maps = torch.cat([self._maps_from_embedding(e, model) for e in embeddings]).flatten(1)
+            scores[indices] = maps.amax(dim=1).cpu().numpy()
+            medians.append(maps.median(dim=1).values.cpu().numpy())
+        return scores[~np.isnan(scores)], float(np.median(np.concatenate(medians)))
 
     def _calibrate(self, sources, stats: GaussianStats, folds: int) -> None:
-        from .calibration import Calibrator
-
-        self.calibration_scores_ = self.held_out_scores(sources, stats, folds)
+        self.calibration_scores_, self.map_floor_ = self.held_out_scores(sources, stats, folds)
         self.calibrator_ = Calibrator().fit(self.calibration_scores_, max_false_reject=self.max_false_reject)
+
+    def recalibrate(self, defect_images: Any = None, *, threshold: float | None = None,
+                    threshold_method: str = "youden") -> "PaDiM":
+        """Refit probabilities and threshold: with labelled defect images (a logistic posterior
+        and a Youden/F1 threshold), or with a fixed ``threshold``; held-out good scores are reused."""
+        self._check_fitted()
+        if getattr(self, "calibration_scores_", None) is None:
+            raise RuntimeError("no held-out good scores; fit with calibration_folds ≥ 2 first")
+        defect_scores = None if defect_images is None else self.score_samples(defect_images)
+        self.calibrator_ = Calibrator().fit(self.calibration_scores_, defect_scores,
+                                            max_false_reject=self.max_false_reject, threshold=threshold,
+                                            threshold_method=threshold_method)
+        return self
 
     # ------------------------------------------------------------------ score
     def _check_fitted(self) -> None:
@@ -337,6 +366,7 @@ class PaDiM:
             "normalisation": {"mean": list(self.spec.mean), "std": list(self.spec.std)},
             "backbone_fingerprint": getattr(self, "backbone_fingerprint_", None),
             "calibrator": None if self.calibrator_ is None else self.calibrator_.to_dict(),
+            "map_floor": getattr(self, "map_floor_", None),
         }
         write_model_file(path, tensors, metadata)
         return path
@@ -360,9 +390,8 @@ class PaDiM:
             scores = tensors.get("calibration_scores")
             model.calibration_scores_ = None if scores is None else scores.numpy()
             model.calibrator_ = None
+            model.map_floor_ = meta.get("map_floor")
             if meta.get("calibrator"):
-                from .calibration import Calibrator
-
                 model.calibrator_ = Calibrator.from_dict(meta["calibrator"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"'{path}': model metadata is incomplete or invalid ({exc})") from None

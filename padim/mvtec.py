@@ -1,0 +1,73 @@
+"""Labelled test sets in MVTec AD layout: ``test/good``, ``test/<defect>``, ``ground_truth/<defect>``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .io import IMAGE_EXTENSIONS, ImageReadError, list_images
+
+
+@dataclass
+class LabelledSet:
+    """Test images with their labels (1 = defect), defect types and mask files (None if absent)."""
+
+    root: Path
+    paths: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    defect_types: list[str] = field(default_factory=list)
+    mask_paths: list[Path | None] = field(default_factory=list)
+
+    @property
+    def has_masks(self) -> bool:
+        return any(m is not None for m, y in zip(self.mask_paths, self.labels) if y == 1)
+
+
+def _find_mask(root: Path, defect: str, stem: str) -> Path | None:
+    folder = root / "ground_truth" / defect
+    for name in (f"{stem}_mask", stem):
+        for ext in IMAGE_EXTENSIONS:
+            candidate = folder / f"{name}{ext}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_labelled_set(root: str | Path) -> LabelledSet:
+    """Index ``root/test`` (MVTec AD layout); every sub-folder except ``good`` is a defect type."""
+    root = Path(root)
+    test = root / "test"
+    if not test.is_dir():
+        raise FileNotFoundError(f"'{root}': expected MVTec AD layout with a 'test' folder (test/good, test/<defect>)")
+    result = LabelledSet(root)
+    for folder in sorted(p for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            images = list_images(folder)
+        except FileNotFoundError:
+            continue
+        for path in images:
+            defect = folder.name != "good"
+            result.paths.append(path)
+            result.labels.append(int(defect))
+            result.defect_types.append(folder.name)
+            result.mask_paths.append(_find_mask(root, folder.name, path.stem) if defect else None)
+    if not result.paths:
+        raise FileNotFoundError(f"'{test}': no test images found")
+    return result
+
+
+def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
+    """Binary mask at ``shape`` (all False when ``path`` is None)."""
+    if path is None:
+        return np.zeros(shape, dtype=bool)
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise ImageReadError(f"'{path}': cannot read mask")
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if mask.shape != shape:
+        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return mask > 0

@@ -1,0 +1,214 @@
+"""What users run: score a folder into a probability TSV (with heatmaps and maps), evaluate a
+labelled set, and the self-contained demo. The CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_output, list_images, load_image
+from .model import PaDiM
+from .mvtec import read_labelled_set, load_mask
+from .results import ResultJournal, Row
+
+
+@dataclass
+class ScoreSummary:
+    scored: int = 0
+    skipped: int = 0  # already in the output (resume)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    out: Path | None = None
+    errors_file: Path | None = None
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """Path of an image relative to the scored input, with forward slashes."""
+    if root.is_file():
+        return path.name
+    return path.relative_to(root).as_posix()
+
+
+def colour_scale(model: PaDiM, threshold: float, anomaly_map: np.ndarray | None = None) -> tuple[float, float]:
+    """Fixed heatmap colour range: from the typical good-pixel value to as far above the threshold,
+    so the threshold sits mid-scale in every image of a model."""
+    floor = getattr(model, "map_floor_", None)
+    if floor is None or not floor < threshold:
+        floor = float(np.median(anomaly_map)) if anomaly_map is not None else 0.0
+        floor = min(floor, threshold * 0.5)
+    return floor, threshold + (threshold - floor)
+
+
+def _write_map(path: Path, anomaly_map: np.ndarray) -> None:
+    with atomic_output(path, "wb") as handle:
+        np.save(handle, anomaly_map.astype(np.float32), allow_pickle=False)
+
+
+def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: str = "default",
+                 heatmaps: str | Path | None = None, save_maps: str | Path | None = None,
+                 resume: bool = False, threshold: float | None = None, log=sys.stderr) -> ScoreSummary:
+    """Score every image under ``input_path`` into a TSV; unreadable images are reported, not fatal."""
+    from .viz import save_heatmap
+
+    root = Path(input_path)
+    calibrator = model.calibrator_
+    if calibrator is None:
+        raise RuntimeError("the model has no calibration, so no probabilities; refit it with `padim fit`")
+    if threshold is not None:
+        calibrator = calibrator.with_threshold(threshold)
+    paths = list_images(root)
+    journal = ResultJournal(Path(out), fmt, resume)
+    summary = ScoreSummary(out=Path(out))
+    todo = [p for p in paths if not journal.done(relative_name(p, root))]
+    summary.skipped = len(paths) - len(todo)
+    want_maps = heatmaps is not None or save_maps is not None
+    try:
+        pending: list[Row] = []
+        for result in model.iter_results(todo, maps=want_maps) if todo else []:
+            path = todo[result.index]
+            name = relative_name(path, root)
+            if result.error:
+                summary.failed.append((name, result.error))
+                print(f"padim: {result.error}", file=log)
+                continue
+            probability = float(calibrator.probability([result.score])[0])
+            ng = bool(calibrator.predict([result.score])[0])
+            if save_maps is not None:
+                _write_map(Path(save_maps) / Path(name).with_suffix(".npy"), result.anomaly_map)
+            if heatmaps is not None:
+                vmin, vmax = colour_scale(model, calibrator.threshold_, result.anomaly_map)
+                save_heatmap(Path(heatmaps) / Path(name).with_suffix(".png"), load_image(path), result.anomaly_map,
+                             vmin=vmin, vmax=vmax, threshold=calibrator.threshold_,
+                             title=f"{name}  score {result.score:.3g}  p(defect) {probability:.3f}  "
+                                   f"{'NG' if ng else 'OK'}")
+            pending.append(Row(name, result.score, probability, "NG" if ng else "OK"))
+            summary.scored += 1
+            if len(pending) >= model.batch_size:
+                journal.add(pending)
+                pending = []
+        journal.add(pending)
+    except BaseException:
+        journal.close()  # keep the journal: `--resume` continues from it
+        raise
+    journal.finish()
+    if summary.failed:
+        summary.errors_file = Path(str(out) + ".errors.tsv")
+        with atomic_output(summary.errors_file) as handle:
+            handle.writelines(f"{name}\t{message}\n" for name, message in summary.failed)
+    return summary
+
+
+def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path | None = None,
+                    heatmaps: bool = False, max_side: int = 2048) -> dict:
+    """Metrics of ``model`` on an MVTec-layout test set, with plots and a Markdown summary.
+
+    Pixel metrics use maps and masks at the original resolution, or scaled so the longer side
+    is at most ``max_side`` (huge images), with masks resized by nearest neighbour.
+    """
+    import cv2
+
+    from .metrics import evaluate
+    from .viz import plot_pr, plot_roc, plot_score_histogram, save_heatmap
+
+    data = read_labelled_set(data_dir)
+    report = Path(report_dir) if report_dir else None
+    scores, maps, masks = [], [], []
+    threshold = model.calibrator_.threshold_ if model.calibrator_ is not None else None
+    started = time.time()
+    for result in model.iter_results(data.paths, maps=True):
+        path = data.paths[result.index]
+        if result.error:
+            raise ValueError(result.error)
+        amap = result.anomaly_map
+        h, w = amap.shape
+        factor = min(1.0, max_side / max(h, w))
+        if factor < 1:
+            amap = cv2.resize(amap, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+        mask_path = data.mask_paths[result.index]
+        defect = data.labels[result.index] == 1
+        mask = None if (defect and mask_path is None) else load_mask(mask_path, amap.shape)
+        scores.append(result.score)
+        maps.append(amap)
+        masks.append(mask)
+        if heatmaps and report is not None and threshold is not None:
+            vmin, vmax = colour_scale(model, threshold, amap)
+            rel = path.relative_to(data.root / "test")
+            save_heatmap(report / "heatmaps" / rel.with_suffix(".png"), load_image(path), result.anomaly_map,
+                         vmin=vmin, vmax=vmax, threshold=threshold,
+                         mask=None if mask_path is None else load_mask(mask_path, result.anomaly_map.shape),
+                         title=f"{rel.as_posix()}  score {result.score:.3g}")
+    seconds = time.time() - started
+    labels = np.array(data.labels)
+    pixel = data.has_masks
+    metrics = evaluate(labels, np.array(scores), masks=masks if pixel else None, maps=maps if pixel else None,
+                       defect_types=data.defect_types)
+    metrics["n_images"] = len(scores)
+    metrics["seconds"] = round(seconds, 2)
+    metrics["images_per_second"] = round(len(scores) / seconds, 2) if seconds else None
+    if threshold is not None:
+        predicted = np.array(scores) >= threshold
+        metrics["model_threshold"] = threshold
+        metrics["false_reject_rate"] = float(predicted[labels == 0].mean()) if (labels == 0).any() else None
+        metrics["miss_rate"] = float((~predicted[labels == 1]).mean()) if (labels == 1).any() else None
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        with atomic_output(report / "metrics.json") as handle:
+            json.dump(metrics, handle, indent=2)
+        with atomic_output(report / "summary.md") as handle:
+            handle.write(markdown_summary(metrics, Path(data_dir)))
+        plot_roc(labels, scores, report / "roc.png")
+        plot_pr(labels, scores, report / "pr.png")
+        plot_score_histogram(np.array(scores)[labels == 0], np.array(scores)[labels == 1],
+                             report / "score_histogram.png", threshold=threshold)
+    return metrics
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown_summary(metrics: dict, data_dir: Path) -> str:
+    keys = ("image_auroc", "pixel_auroc", "pro", "best_f1", "best_f1_threshold", "model_threshold",
+            "false_reject_rate", "miss_rate", "n_good", "n_defect", "images_per_second")
+    lines = [f"# Evaluation on `{data_dir}`", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(metrics[k])} |" for k in keys if metrics.get(k) is not None]
+    per_type = metrics.get("per_defect_type") or {}
+    if per_type:
+        lines += ["", "## Per defect type", "", "| type | n | image AUROC | pixel AUROC | PRO |", "|---|---|---|---|---|"]
+        for name, m in per_type.items():
+            lines.append(f"| {name} | {m.get('n')} | {_fmt(m.get('image_auroc'))} | "
+                         f"{_fmt(m.get('pixel_auroc', '–'))} | {_fmt(m.get('pro', '–'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def default_demo_data() -> Path:
+    """The cookie sample shipped in the repository's ``datasets/`` folder."""
+    return Path(__file__).resolve().parents[1] / "datasets" / "cookies_small"
+
+
+def run_demo(out_dir: str | Path, data: str | Path | None = None, log=print, **runtime) -> dict:
+    """Fit on the sample's good images, score its test images to a TSV with heatmaps, evaluate."""
+    data = Path(data) if data is not None else default_demo_data()
+    if not (data / "train" / "good").is_dir():
+        raise FileNotFoundError(
+            f"'{data}': demo data not found (expected train/good inside); run from a clone of the "
+            f"padim repository or pass --data DIR in MVTec AD layout")
+    out = Path(out_dir)
+    started = time.time()
+    model = PaDiM(**runtime)
+    log(model.plan(data / "train" / "good").describe())
+    model.fit(data / "train" / "good")
+    model_path = model.save(out / "model.padim")
+    log(f"fit: {model.n_train_} good images, threshold {model.calibrator_.threshold_:.4g} "
+        f"({time.time() - started:.1f} s) → {model_path}")
+    summary = score_folder(model, data / "test", out / "scores.tsv", heatmaps=out / "heatmaps")
+    log(f"score: {summary.scored} test images → {summary.out}, heatmaps → {out / 'heatmaps'}")
+    metrics = evaluate_folder(model, data, out / "report")
+    log(f"eval: image AUROC {metrics['image_auroc']:.3f}, pixel AUROC {metrics.get('pixel_auroc', float('nan')):.3f}, "
+        f"PRO {metrics.get('pro', float('nan')):.3f} → {out / 'report'}")
+    log(f"demo finished in {time.time() - started:.1f} s; everything is in {out}/")
+    return metrics
