@@ -39,10 +39,16 @@ def _row_line(row: Row) -> str:
 def read_rows(path: Path) -> list[Row]:
     """Rows of a finished TSV of either format, or of a ``.partial`` journal."""
     rows = []
+    journal = path.suffix == ".partial"
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             fields = line.rstrip("\n").split("\t")
             if not line.strip() or (number == 1 and fields[0] == HEADER[0]):
+                continue
+            if journal and (not line.endswith("\n") or len(fields) != 4):
+                # A journal line cut off by a kill (journal lines always have 4 fields and end
+                # in a newline; a cut one could otherwise parse as a 2-field signate row or a
+                # row with a cut label): that image is simply scored again.
                 continue
             try:
                 if len(fields) == 2:  # signate: file name and probability only
@@ -52,8 +58,8 @@ def read_rows(path: Path) -> list[Row]:
                 else:
                     raise ValueError
             except ValueError:
-                if path.suffix == ".partial" and number > 1:
-                    continue  # a journal line cut off by a kill: that image is simply scored again
+                if journal:
+                    continue  # a damaged journal line: that image is simply scored again
                 raise ValueError(f"'{path}' line {number}: not a padim result row") from None
     return rows
 
@@ -78,6 +84,9 @@ class ResultJournal:
                 if source.is_file():
                     for row in read_rows(source):
                         self.rows[row.path] = row
+        if fmt == "default" and any(math.isnan(r.score) for r in self.rows.values()):
+            raise ValueError(f"'{self.out}' holds signate rows (probabilities only); resume it with "
+                             f"--format signate, or score again without --resume")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(self.partial) as handle:  # start the journal with what is already done
             handle.writelines(_row_line(r) for r in self.rows.values())

@@ -50,10 +50,15 @@ def _write_map(path: Path, anomaly_map: np.ndarray) -> None:
 
 def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: str = "default",
                  heatmaps: str | Path | None = None, save_maps: str | Path | None = None,
-                 resume: bool = False, threshold: float | None = None, log=sys.stderr) -> ScoreSummary:
-    """Score every image under ``input_path`` into a TSV; unreadable images are reported, not fatal."""
+                 resume: bool = False, threshold: float | None = None, log=None) -> ScoreSummary:
+    """Score every image under ``input_path`` into a TSV; unreadable images are reported, not fatal.
+
+    Unreadable images are reported on ``log`` (default: the current ``sys.stderr``) and listed
+    in ``OUT.errors.tsv``; a run without failures removes a stale errors file.
+    """
     from .viz import save_heatmap
 
+    log = sys.stderr if log is None else log  # looked up now: sys.stderr may have been redirected
     root = Path(input_path)
     calibrator = model.calibrator_
     if calibrator is None:
@@ -61,6 +66,11 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     if threshold is not None:
         calibrator = calibrator.with_threshold(threshold)
     paths = list_images(root)
+    if heatmaps is not None and root.is_dir():
+        # heatmap PNGs written inside the input folder must not be scored by the next run (or --resume)
+        folder, top = Path(heatmaps).resolve(), root.resolve()
+        if folder != top and folder.is_relative_to(top):
+            paths = [p for p in paths if not p.resolve().is_relative_to(folder)]
     journal = ResultJournal(Path(out), fmt, resume)
     summary = ScoreSummary(out=Path(out))
     todo = [p for p in paths if not journal.done(relative_name(p, root))]
@@ -95,10 +105,13 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
         journal.close()  # keep the journal: `--resume` continues from it
         raise
     journal.finish()
+    errors_file = Path(str(out) + ".errors.tsv")
     if summary.failed:
-        summary.errors_file = Path(str(out) + ".errors.tsv")
+        summary.errors_file = errors_file
         with atomic_output(summary.errors_file) as handle:
             handle.writelines(f"{name}\t{message}\n" for name, message in summary.failed)
+    else:
+        errors_file.unlink(missing_ok=True)  # a list from an earlier run would be stale now
     return summary
 
 

@@ -1,0 +1,713 @@
+"""The command line end to end: fit → score → eval on a tiny synthetic MVTec-layout set.
+
+The CLI runs in-process through ``padim.cli.main`` (one model fit shared by the module; tiny
+64-px images, one thread, no worker processes); two checks run the real ``padim`` console script.
+"""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import padim.results
+from padim import __version__
+from padim.cli import EXAMPLES, main
+
+RUNTIME = ["--device", "cpu", "--workers", "0", "--batch-size", "4", "--quiet", "--threads", "1"]
+FIT = ["--image-size", "64", "--d", "50", *RUNTIME]
+HEADER = "path\tscore\tprobability\tlabel"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def cli(*args):
+    """Run ``padim ARGS`` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse: --help, --version, usage errors
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def product(h=64, w=64, seed=0, blob=None, line=False):
+    """A smooth product picture (gradients, a dark square, a soft ring) with mild noise.
+    ``blob`` = (cy, cx, r) in relative units adds a bright disk; ``line`` a bright diagonal
+    scratch. Returns (uint8 HxWx3 image, bool defect mask)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    yr, xr = (y + 0.5) / h, (x + 0.5) / w
+    img = np.empty((h, w, 3))
+    img[..., 0] = 0.30 + 0.30 * xr
+    img[..., 1] = 0.50 - 0.20 * yr
+    img[..., 2] = 0.40 + 0.10 * np.sin(3 * xr + 2 * yr)
+    img[(np.abs(yr - 0.7) < 0.12) & (np.abs(xr - 0.7) < 0.12)] = (0.15, 0.18, 0.22)
+    ring = np.hypot(yr - 0.3, xr - 0.7)
+    img[(ring > 0.08) & (ring < 0.13)] *= 0.75
+    mask = np.zeros((h, w), dtype=bool)
+    if blob is not None:
+        cy, cx, r = blob
+        mask |= np.hypot((yr - cy) * h, (xr - cx) * w) < r * min(h, w)
+    if line:
+        mask |= (np.abs(yr - xr) < 0.05) & (xr > 0.15) & (xr < 0.6)
+    img[mask] = (0.98, 0.96, 0.92)
+    img += rng.normal(0, 0.01, size=(h, w, 3))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), mask
+
+
+def save(array, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def read_tsv(path):
+    return [line.split("\t") for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def table(path):
+    """Default-format TSV → {path: (score, probability, label)}; checks the header."""
+    lines = read_tsv(path)
+    assert "\t".join(lines[0]) == HEADER
+    return {f[0]: (float(f[1]), float(f[2]), f[3]) for f in lines[1:]}
+
+
+def error_lines(err, command):
+    """The stderr of a failed command without the memory plan ``fit`` prints first."""
+    lines = [line for line in err.splitlines() if not line.startswith("memory")]
+    assert lines, f"nothing on stderr for {command}"
+    return lines
+
+
+# ----------------------------------------------------------------------------- data and model
+
+BLOBS = [(0.30, 0.25, 0.12), (0.65, 0.30, 0.11), (0.30, 0.30, 0.13)]
+INPUT_NAMES = ["a_good.png", "b_blob.png", "sub/c_good.png", "sub/deeper/d_blob.png", "sub/e_good.png"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """An MVTec-layout set (train/good, test/good, test/blob with masks, test/scratch without)
+    and a plain input folder with nested sub-folders, three image sizes (one not square: a good
+    product of another aspect ratio would look squashed, so that one has a defect anyway) and a
+    non-image file."""
+    root = tmp_path_factory.mktemp("cli")
+    mvtec = root / "mvtec"
+    for i in range(10):
+        save(product(seed=i)[0], mvtec / "train" / "good" / f"{i:02d}.png")
+    (mvtec / "train" / "good" / "readme.txt").write_text("not an image\n")
+    for i in range(3):
+        save(product(seed=100 + i)[0], mvtec / "test" / "good" / f"{i:02d}.png")
+    for i, blob in enumerate(BLOBS):
+        img, mask = product(seed=200 + i, blob=blob)
+        save(img, mvtec / "test" / "blob" / f"{i:02d}.png")
+        save(mask.astype(np.uint8) * 255, mvtec / "ground_truth" / "blob" / f"{i:02d}_mask.png")
+    for i in range(2):
+        save(product(seed=300 + i, line=True)[0], mvtec / "test" / "scratch" / f"{i:02d}.png")
+
+    inputs = root / "inputs"
+    sizes = {"a_good.png": (64, 64), "b_blob.png": (64, 64), "sub/c_good.png": (96, 96),
+             "sub/deeper/d_blob.png": (80, 112), "sub/e_good.png": (64, 64)}
+    for k, name in enumerate(INPUT_NAMES):
+        h, w = sizes[name]
+        save(product(h, w, seed=400 + k, blob=(0.3, 0.3, 0.12) if "blob" in name else None)[0], inputs / name)
+    (inputs / "notes.txt").write_text("ignored\n")
+    return {"root": root, "mvtec": mvtec, "train": mvtec / "train" / "good", "test": mvtec / "test",
+            "inputs": inputs, "sizes": sizes}
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    path = data["root"] / "models" / "model.padim"
+    rc, out, err = cli("fit", data["train"], "-o", path, *FIT)
+    return {"path": path, "rc": rc, "out": out, "err": err}
+
+
+@pytest.fixture(scope="module")
+def model(fitted):
+    from padim import PaDiM
+
+    assert fitted["rc"] == 0, fitted["err"]
+    return PaDiM.load(fitted["path"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scored_test(data, fitted):
+    """``padim score`` of the MVTec test folder (default format), maps in ``scores/maps``."""
+    out = data["root"] / "scores" / "test.tsv"
+    rc, stdout, err = cli("score", fitted["path"], data["test"], "-o", out, "--save-maps", out.parent / "maps",
+                          *RUNTIME)
+    assert rc == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def scored_inputs(data, fitted):
+    """An uninterrupted ``padim score`` of the input folder with maps and heatmaps."""
+    root = data["root"] / "full"
+    out = root / "scores.tsv"
+    rc, stdout, err = cli("score", fitted["path"], data["inputs"], "-o", out, "--save-maps", root / "maps",
+                          "--heatmaps", root / "heatmaps", *RUNTIME)
+    assert rc == 0, err
+    return {"out": out, "maps": root / "maps", "heatmaps": root / "heatmaps", "stdout": stdout, "err": err}
+
+
+# ----------------------------------------------------------------------------- fit
+
+def test_fit_writes_one_model_file_and_prints_a_memory_estimate(fitted):
+    assert fitted["rc"] == 0, fitted["err"]
+    assert fitted["path"].is_file()
+    assert sorted(p.name for p in fitted["path"].parent.iterdir()) == ["model.padim"]  # no temp files
+    plan = [line for line in fitted["err"].splitlines() if line.startswith("memory")]
+    assert plan and "peak" in " ".join(plan)
+    assert "fitted on 10 images" in fitted["out"]  # readme.txt ignored
+    assert "good-only calibration" in fitted["out"]
+
+
+def test_memory_estimate_is_printed_before_fitting_starts(data, tmp_path, monkeypatch):
+    from padim.model import PaDiM
+
+    def no_fit(self, *args, **kwargs):
+        raise RuntimeError("fit started")
+
+    monkeypatch.setattr(PaDiM, "fit", no_fit)
+    rc, out, err = cli("fit", data["train"], "-o", tmp_path / "m.padim", *FIT)
+    assert rc == 2
+    lines = err.splitlines()
+    assert lines[0].startswith("memory")
+    assert lines[-1] == "padim fit: error: fit started"
+    assert error_lines(err, "fit") == lines[-1:]
+    assert not (tmp_path / "m.padim").exists()
+
+
+def test_fit_calibrates_from_held_out_good_scores(model):
+    cal = model.calibrator_
+    assert cal.method_ == "good-only"
+    assert cal.n_good_ == 10 and model.n_train_ == 10
+    assert model.calibration_scores_.shape == (10,)
+
+
+def test_threshold_without_defects_does_not_flag_every_good_image(model, scored_test):
+    """No defects at fit: the threshold lies above the good scores' minimum (and median), and
+    the good test images (and nearly all held-out good scores) are OK."""
+    threshold = model.calibrator_.threshold_
+    good_scores = model.calibration_scores_
+    assert threshold > good_scores.min()
+    assert threshold > np.median(good_scores)
+    assert (good_scores < threshold).mean() >= 0.8
+    rows = table(scored_test)
+    good = [v for k, v in rows.items() if k.startswith("good/")]
+    assert all(label == "OK" for _, _, label in good)
+    assert all(score < threshold for score, _, _ in good)
+
+
+def test_fit_with_unreadable_images_reports_them_exits_1_and_still_writes_the_model(data, tmp_path):
+    train = tmp_path / "train"
+    train.mkdir()
+    for i in range(6):
+        shutil.copy(data["train"] / f"{i:02d}.png", train / f"{i:02d}.png")
+    (train / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (train / "notes.txt").write_text("ignored")
+    out = tmp_path / "m.padim"
+    rc, stdout, err = cli("fit", train, "-o", out, *FIT)
+    assert rc == 1
+    assert out.is_file()
+    assert "fitted on 6 images" in stdout
+    warnings = [line for line in err.splitlines() if line.startswith("padim: warning:")]
+    assert len(warnings) == 1 and "broken.png" in warnings[0]
+    assert "notes.txt" not in err
+    rc, info, _ = cli("info", out)
+    assert rc == 0 and "training images: 6" in info
+
+
+def test_fit_threshold_overrides_and_score_threshold_overrides_again(data, fitted, tmp_path):
+    model_path = tmp_path / "fixed.padim"
+    rc, out, err = cli("fit", data["train"], "-o", model_path, "--threshold", "123.5", *FIT)
+    assert rc == 0, err
+    assert "threshold 123.5" in out
+    rc, info, _ = cli("info", model_path)
+    assert '"threshold": 123.5' in info
+    tsv = tmp_path / "s.tsv"
+    rc, _, err = cli("score", model_path, data["test"], "-o", tsv, *RUNTIME)
+    assert rc == 0, err
+    rows = table(tsv)
+    assert all(label == ("NG" if score >= 123.5 else "OK") for score, _, label in rows.values())
+    # at score time: a threshold between the scores splits them there
+    scores = sorted(score for score, _, _ in rows.values())
+    cut = (scores[3] + scores[4]) / 2
+    rc, _, err = cli("score", model_path, data["test"], "-o", tsv, "--threshold", cut, *RUNTIME)
+    assert rc == 0, err
+    labels = [label for _, _, label in sorted(table(tsv).values())]
+    assert labels == ["OK"] * 4 + ["NG"] * (len(scores) - 4)
+
+
+def test_val_defects_give_a_logistic_calibration(data, tmp_path):
+    model_path = tmp_path / "logistic.padim"
+    rc, out, err = cli("fit", data["train"], "-o", model_path, "--val-defects", data["test"] / "blob", *FIT)
+    assert rc == 0, err
+    assert "logistic calibration" in out
+    rc, info, _ = cli("info", model_path)
+    assert '"method": "logistic"' in info
+    tsv = tmp_path / "s.tsv"
+    rc, _, err = cli("score", model_path, data["test"], "-o", tsv, *RUNTIME)
+    assert rc == 0, err
+    rows = table(tsv)
+    assert_probabilities_monotone(rows)
+    assert all(label == "NG" for path, (_, _, label) in rows.items() if path.startswith("blob/"))
+
+
+# ----------------------------------------------------------------------------- score: formats
+
+def test_default_tsv_header_columns_sorted_relative_paths(scored_inputs, model):
+    lines = read_tsv(scored_inputs["out"])
+    assert "\t".join(lines[0]) == HEADER
+    body = lines[1:]
+    assert all(len(f) == 4 for f in body)
+    assert [f[0] for f in body] == sorted(INPUT_NAMES)  # notes.txt ignored, nested paths with '/'
+    threshold = model.calibrator_.threshold_
+    for name, score, probability, label in body:
+        assert label in ("OK", "NG")
+        assert label == ("NG" if float(score) >= threshold else "OK")
+        assert 0.0 <= float(probability) <= 1.0
+        assert ("NG" if "blob" in name else "OK") == label
+    assert "scored 5 images" in scored_inputs["stdout"]
+
+
+def test_signate_tsv_is_file_name_and_probability_without_header(data, fitted, scored_inputs, tmp_path):
+    out = tmp_path / "submit.tsv"
+    rc, stdout, err = cli("score", fitted["path"], data["inputs"], "-o", out, "--format", "signate", *RUNTIME)
+    assert rc == 0, err
+    lines = read_tsv(out)
+    assert all(len(f) == 2 for f in lines)
+    assert [f[0] for f in lines] == sorted(INPUT_NAMES)
+    default = table(scored_inputs["out"])
+    for name, probability in lines:
+        assert float(probability) == pytest.approx(default[name][1], abs=1.5e-6)
+
+
+def test_single_image_input_gives_its_file_name(data, fitted, scored_inputs, tmp_path):
+    out = tmp_path / "one.tsv"
+    rc, _, err = cli("score", fitted["path"], data["inputs"] / "sub" / "deeper" / "d_blob.png", "-o", out, *RUNTIME)
+    assert rc == 0, err
+    rows = table(out)
+    assert list(rows) == ["d_blob.png"]
+    assert rows["d_blob.png"][0] == pytest.approx(table(scored_inputs["out"])["sub/deeper/d_blob.png"][0], rel=1e-5)
+
+
+def assert_probabilities_monotone(rows):
+    values = sorted((score, probability) for score, probability, _ in rows.values())
+    probabilities = [p for _, p in values]
+    assert all(0.0 <= p <= 1.0 for p in probabilities)
+    assert all(a <= b for a, b in zip(probabilities, probabilities[1:])), values
+
+
+def test_probabilities_in_unit_interval_and_monotone_in_the_score(scored_test, scored_inputs):
+    rows = {**table(scored_test), **{"in/" + k: v for k, v in table(scored_inputs["out"]).items()}}
+    assert_probabilities_monotone(rows)
+    # defects are far out: probability near 1; good images are not
+    assert min(p for k, (_, p, _) in rows.items() if "blob" in k) > 0.9
+    assert max(p for k, (_, p, _) in rows.items() if "good" in k) < 0.5
+
+
+# ----------------------------------------------------------------------------- score: maps, heatmaps
+
+def test_save_maps_are_float32_at_the_original_size(scored_inputs, data):
+    maps = scored_inputs["maps"]
+    found = sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*") if p.is_file())
+    assert found == sorted(str(Path(n).with_suffix(".npy").as_posix()) for n in INPUT_NAMES)
+    shapes = set()
+    for name, size in data["sizes"].items():
+        amap = np.load(maps / Path(name).with_suffix(".npy"), allow_pickle=False)
+        assert amap.dtype == np.float32
+        assert amap.shape == size
+        shapes.add(amap.shape)
+        if "blob" in name:  # the map peaks on the blob (centre at (0.3, 0.3) of the image)
+            y, x = np.unravel_index(np.argmax(amap), amap.shape)
+            assert abs(y - 0.3 * size[0]) < 0.2 * size[0] and abs(x - 0.3 * size[1]) < 0.2 * size[1]
+    assert shapes == {(64, 64), (96, 96), (80, 112)}
+
+
+def test_heatmaps_one_png_per_image(scored_inputs):
+    heatmaps = scored_inputs["heatmaps"]
+    found = sorted(p.relative_to(heatmaps).as_posix() for p in heatmaps.rglob("*") if p.is_file())
+    assert found == sorted(INPUT_NAMES)
+    for name in found:
+        with Image.open(heatmaps / name) as image:
+            assert image.format == "PNG" and min(image.size) > 0
+
+
+# ----------------------------------------------------------------------------- score: resume
+
+def _interrupt_on_call(monkeypatch, call):
+    """Make ``ResultJournal.add`` raise KeyboardInterrupt on its ``call``-th call (a kill after
+    the earlier flushes)."""
+    real = padim.results.ResultJournal.add
+    calls = []
+
+    def add(self, rows):
+        calls.append(len(rows))
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(self, rows)
+
+    monkeypatch.setattr(padim.results.ResultJournal, "add", add)
+    return calls
+
+
+def test_resume_after_an_interrupted_run(data, fitted, scored_inputs, tmp_path, monkeypatch):
+    out = tmp_path / "scores.tsv"
+    partial = tmp_path / "scores.tsv.partial"
+    args = ["score", fitted["path"], data["inputs"], "-o", out, *RUNTIME, "--batch-size", "2"]
+    calls = _interrupt_on_call(monkeypatch, 2)
+    rc, stdout, err = cli(*args)
+    assert rc == 130 and calls == [2, 2]
+    assert err.strip().splitlines()[-1] == "padim score: interrupted"
+    assert not out.exists()  # OUT is never half-written
+    assert partial.is_file()
+    done = [f[0] for f in read_tsv(partial)]
+    assert done == sorted(INPUT_NAMES)[:2]
+    # a hard kill can also cut the journal's last line: that image must be scored again
+    with open(partial, "a", encoding="utf-8") as handle:
+        handle.write(f"{sorted(INPUT_NAMES)[2]}\t9")
+    monkeypatch.undo()
+
+    rc, stdout, err = cli(*args, "--resume")
+    assert rc == 0, err
+    assert "scored 3 images, 2 already done" in stdout
+    assert not partial.exists()
+    lines = read_tsv(out)
+    assert "\t".join(lines[0]) == HEADER
+    assert [f[0] for f in lines[1:]] == sorted(INPUT_NAMES)  # every image exactly once, in order
+    resumed, full = table(out), table(scored_inputs["out"])
+    for name in INPUT_NAMES:
+        assert resumed[name][0] == pytest.approx(full[name][0], rel=1e-5)
+        assert resumed[name][1] == pytest.approx(full[name][1], abs=2e-6)
+        assert resumed[name][2] == full[name][2]
+
+
+def test_interrupted_run_leaves_an_existing_output_untouched(data, fitted, scored_inputs, tmp_path, monkeypatch):
+    out = tmp_path / "scores.tsv"
+    shutil.copy(scored_inputs["out"], out)
+    before = out.read_bytes()
+    _interrupt_on_call(monkeypatch, 1)
+    rc, _, _ = cli("score", fitted["path"], data["inputs"], "-o", out, *RUNTIME)
+    assert rc == 130
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.tsv", "scores.tsv.partial"]
+
+
+def test_resume_with_a_complete_output_scores_nothing_new(data, fitted, scored_inputs, tmp_path, monkeypatch):
+    from padim.model import PaDiM
+
+    out = tmp_path / "scores.tsv"
+    shutil.copy(scored_inputs["out"], out)
+    before = out.read_text(encoding="utf-8")
+
+    def no_scoring(self, *args, **kwargs):
+        raise AssertionError("nothing should be scored")
+
+    monkeypatch.setattr(PaDiM, "iter_results", no_scoring)
+    rc, stdout, err = cli("score", fitted["path"], data["inputs"], "-o", out, "--resume", *RUNTIME)
+    assert rc == 0, err
+    assert "scored 0 images, 5 already done" in stdout
+    assert out.read_text(encoding="utf-8") == before
+    assert not (tmp_path / "scores.tsv.partial").exists()
+
+
+def test_signate_resume_after_an_interrupted_run(data, fitted, scored_inputs, tmp_path, monkeypatch):
+    out = tmp_path / "submit.tsv"
+    args = ["score", fitted["path"], data["inputs"], "-o", out, "--format", "signate", *RUNTIME, "--batch-size", "2"]
+    _interrupt_on_call(monkeypatch, 3)
+    assert cli(*args)[0] == 130
+    assert not out.exists() and len(read_tsv(tmp_path / "submit.tsv.partial")) == 4
+    monkeypatch.undo()
+    rc, stdout, err = cli(*args, "--resume")
+    assert rc == 0, err
+    assert "scored 1 images, 4 already done" in stdout
+    lines = read_tsv(out)
+    assert [f[0] for f in lines] == sorted(INPUT_NAMES) and all(len(f) == 2 for f in lines)
+    full = table(scored_inputs["out"])
+    assert all(float(p) == pytest.approx(full[name][1], abs=2e-6) for name, p in lines)
+    # resuming the finished signate file changes nothing
+    before = out.read_bytes()
+    rc, stdout, err = cli(*args, "--resume")
+    assert rc == 0 and "scored 0 images, 5 already done" in stdout
+    assert out.read_bytes() == before
+
+
+def test_heatmaps_inside_the_input_folder_are_not_scored_next_time(data, fitted, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(data["inputs"], inputs)
+    args = ["score", fitted["path"], inputs, "-o", inputs / "scores.tsv", "--heatmaps", inputs / "heatmaps", *RUNTIME]
+    for _ in range(2):
+        rc, stdout, err = cli(*args)
+        assert rc == 0, err
+        assert "scored 5 images" in stdout
+        assert list(table(inputs / "scores.tsv")) == sorted(INPUT_NAMES)
+    assert len(list((inputs / "heatmaps").rglob("*.png"))) == 5
+
+
+# ----------------------------------------------------------------------------- score: bad inputs
+
+def test_unreadable_and_non_image_files_do_not_stop_the_run(data, fitted, tmp_path):
+    inputs = tmp_path / "in"
+    for name in ("a_good.png", "b_blob.png", "sub/c_good.png"):
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data["inputs"] / name, inputs / name)
+    (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    (inputs / "sub" / "bad.jpg").write_bytes(b"not a jpeg at all")
+    (inputs / "notes.txt").write_text("not an image")
+    out = tmp_path / "out" / "scores.tsv"
+    rc, stdout, err = cli("score", fitted["path"], inputs, "-o", out, *RUNTIME)
+    assert rc == 1
+    assert "scored 3 images" in stdout
+    assert list(table(out)) == ["a_good.png", "b_blob.png", "sub/c_good.png"]
+    errors_file = tmp_path / "out" / "scores.tsv.errors.tsv"
+    errors = read_tsv(errors_file)
+    assert [f[0] for f in errors] == ["corrupt.png", "sub/bad.jpg"]
+    assert all(len(f) == 2 and "cannot read image" in f[1] for f in errors)
+    reported = err.splitlines()
+    assert any("corrupt.png" in line and "cannot read image" in line for line in reported)
+    assert any("bad.jpg" in line and "cannot read image" in line for line in reported)
+    assert any("2 image(s) could not be read" in line and str(errors_file) in line for line in reported)
+    assert "notes.txt" not in err
+    assert not (tmp_path / "out" / "scores.tsv.partial").exists()
+
+    # once the bad files are gone, a new run succeeds and no stale error list is left behind
+    (inputs / "corrupt.png").unlink()
+    (inputs / "sub" / "bad.jpg").unlink()
+    rc, stdout, err = cli("score", fitted["path"], inputs, "-o", out, *RUNTIME)
+    assert rc == 0, err
+    assert not errors_file.exists()
+
+
+# ----------------------------------------------------------------------------- eval
+
+@pytest.fixture(scope="module")
+def evaluated(data, fitted):
+    report = data["root"] / "report"
+    rc, out, err = cli("eval", fitted["path"], data["mvtec"], "-o", report, "--heatmaps", *RUNTIME)
+    assert rc == 0, err
+    return {"report": report, "out": out, "metrics": json.loads((report / "metrics.json").read_text())}
+
+
+def test_eval_writes_the_report(evaluated):
+    report = evaluated["report"]
+    for name in ("metrics.json", "summary.md", "roc.png", "pr.png", "score_histogram.png"):
+        assert (report / name).is_file(), name
+    for name in ("roc.png", "pr.png", "score_histogram.png"):
+        with Image.open(report / name) as image:
+            assert image.format == "PNG"
+    heatmaps = sorted(p.relative_to(report / "heatmaps").as_posix() for p in (report / "heatmaps").rglob("*.png"))
+    assert len(heatmaps) == 8 and "blob/00.png" in heatmaps
+    summary = (report / "summary.md").read_text()
+    assert "image_auroc" in summary and "Per defect type" in summary and "| blob |" in summary
+    printed = json.loads(evaluated["out"].splitlines()[0])
+    assert set(printed) == {"image_auroc", "pixel_auroc", "pro", "best_f1"}
+
+
+def test_eval_metrics_match_hand_computed_values(evaluated, scored_test, model, data):
+    m = evaluated["metrics"]
+    for key in ("image_auroc", "pixel_auroc", "pro", "best_f1", "best_f1_threshold", "model_threshold",
+                "per_defect_type", "n_good", "n_defect", "false_reject_rate", "miss_rate"):
+        assert key in m, key
+    rows = table(scored_test)
+    good = [s for k, (s, _, _) in rows.items() if k.startswith("good/")]
+    bad = [s for k, (s, _, _) in rows.items() if not k.startswith("good/")]
+    assert (m["n_good"], m["n_defect"], m["n_images"]) == (3, 5, 8)
+    # obvious defects: every defect above every good image
+    assert min(bad) > max(good)
+    assert m["image_auroc"] == 1.0
+    pairs = [(b > g) + 0.5 * (b == g) for b in bad for g in good]
+    assert m["image_auroc"] == pytest.approx(sum(pairs) / len(pairs))
+    assert m["best_f1"] == 1.0
+    # the best-F1 threshold is an actual score: the highest one with F1 = 1, the lowest defect score
+    assert m["best_f1_threshold"] == pytest.approx(min(bad), rel=1e-5)
+    assert m["model_threshold"] == model.calibrator_.threshold_
+    assert m["false_reject_rate"] == sum(label == "NG" for k, (_, _, label) in rows.items() if k.startswith("good/")) / 3
+    assert m["miss_rate"] == sum(label == "OK" for k, (_, _, label) in rows.items() if not k.startswith("good/")) / 5
+    # pixel metrics from the blob masks (the scratches have none, so they are left out) against
+    # an independent AUROC of the maps `padim score --save-maps` wrote
+    from sklearn.metrics import roc_auc_score
+
+    maps = scored_test.parent / "maps"
+    good_px = np.concatenate([np.load(maps / "good" / f"{i:02d}.npy").ravel() for i in range(3)])
+    blob_maps = [np.load(maps / "blob" / f"{i:02d}.npy") for i in range(3)]
+    masks = [np.asarray(Image.open(data["mvtec"] / "ground_truth" / "blob" / f"{i:02d}_mask.png")) > 0
+             for i in range(3)]
+    blob_px = np.concatenate([a.ravel() for a in blob_maps])
+    blob_y = np.concatenate([k.ravel() for k in masks])
+    overall = roc_auc_score(np.r_[np.zeros(good_px.size), blob_y], np.r_[good_px, blob_px])
+    assert m["pixel_auroc"] == pytest.approx(overall, abs=1e-6)
+    assert 0.9 < m["pixel_auroc"] <= 1.0
+    assert 0.5 < m["pro"] <= 1.0
+    per = m["per_defect_type"]
+    assert sorted(per) == ["blob", "scratch"]
+    assert per["blob"]["n"] == 3 and per["scratch"]["n"] == 2
+    assert per["blob"]["image_auroc"] == per["scratch"]["image_auroc"] == 1.0
+    assert per["blob"]["pixel_auroc"] == pytest.approx(roc_auc_score(blob_y, blob_px), abs=1e-6)  # own images only
+    assert 0.5 < per["blob"]["pro"] <= 1.0
+    assert per["scratch"]["pixel_auroc"] is None and per["scratch"]["pro"] is None
+
+
+def test_eval_without_masks_has_no_pixel_metrics(data, fitted, tmp_path):
+    shutil.copytree(data["test"], tmp_path / "set" / "test")
+    rc, out, err = cli("eval", fitted["path"], tmp_path / "set", "-o", tmp_path / "report", *RUNTIME)
+    assert rc == 0, err
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert m["image_auroc"] == 1.0
+    assert m.get("pixel_auroc") is None and m.get("pro") is None
+    assert set(m["per_defect_type"]) == {"blob", "scratch"}
+
+
+# ----------------------------------------------------------------------------- info, version, help
+
+def test_info_describes_the_model(fitted, model):
+    rc, out, err = cli("info", fitted["path"])
+    assert rc == 0, err
+    fields = dict(line.split(": ", 1) for line in out.splitlines())
+    assert fields["backbone"] == "efficientnet_lite0"
+    assert fields["features (d)"] == "50"
+    assert fields["training images"] == "10"
+    assert json.loads(fields["layers"]) == model.layers_
+    assert json.loads(fields["input size (h, w)"]) == [64, 64]
+    calibration = json.loads(fields["calibration"])
+    assert calibration["method"] == "good-only"
+    assert calibration["threshold"] == model.calibrator_.threshold_
+
+
+def test_version():
+    rc, out, err = cli("--version")
+    assert rc == 0
+    assert out.strip() == f"padim {__version__}"
+
+
+@pytest.mark.parametrize("command", [None, "fit", "score", "eval", "demo", "info"])
+def test_help_shows_an_example(command):
+    rc, out, err = cli(*([command] if command else []), "--help")
+    assert rc == 0 and err == ""
+    if command:
+        assert "example:" in out and EXAMPLES[command] in out
+    else:
+        assert "examples:" in out and all(example in out for example in EXAMPLES.values())
+
+
+def test_no_command_prints_help_and_exits_2():
+    rc, out, err = cli()
+    assert rc == 2
+    assert "usage: padim" in out and "fit" in out
+
+
+# ----------------------------------------------------------------------------- boundary errors
+
+def _bad_model_files(root, model_path):
+    blob = model_path.read_bytes()
+    (root / "garbage.padim").write_bytes(os.urandom(2000))
+    (root / "truncated.padim").write_bytes(blob[: len(blob) // 2])
+    (root / "text.padim").write_text("hello")
+    (root / "empty.padim").write_bytes(b"")
+
+
+ERROR_CASES = {
+    "fit-missing-folder": ("fit", "{root}/nope -o {root}/m.padim", "nope"),
+    "fit-empty-folder": ("fit", "{root}/empty -o {root}/m.padim", "no images found"),
+    "fit-unknown-backbone": ("fit", "{train} -o {root}/m.padim --backbone resnet9000", "unknown backbone"),
+    "fit-unknown-layer": ("fit", "{train} -o {root}/m.padim --layers layer9", "no hook point"),
+    "fit-all-unreadable": ("fit", "{root}/broken -o {root}/m.padim", "can be read"),
+    "fit-missing-weights": ("fit", "{train} -o {root}/m.padim --weights {root}/no.pth", "no.pth"),
+    "fit-threshold-without-folds": ("fit", "{train} -o {root}/m.padim --folds 0 --threshold 5", "held-out"),
+    "score-missing-model": ("score", "{root}/none.padim {inputs} -o {root}/s.tsv", "none.padim"),
+    "score-garbage-model": ("score", "{root}/garbage.padim {inputs} -o {root}/s.tsv", "garbage.padim"),
+    "score-truncated-model": ("score", "{root}/truncated.padim {inputs} -o {root}/s.tsv", "truncated.padim"),
+    "score-text-model": ("score", "{root}/text.padim {inputs} -o {root}/s.tsv", "text.padim"),
+    "score-empty-model": ("score", "{root}/empty.padim {inputs} -o {root}/s.tsv", "empty.padim"),
+    "score-missing-input": ("score", "{model} {root}/nope -o {root}/s.tsv", "nope"),
+    "score-empty-input": ("score", "{model} {root}/empty -o {root}/s.tsv", "no images found"),
+    "score-nan-threshold": ("score", "{model} {inputs} -o {root}/s.tsv --threshold nan", "finite"),
+    "score-resume-foreign-output": ("score", "{model} {inputs} -o {root}/foreign.tsv --resume", "foreign.tsv"),
+    "score-resume-signate-as-default": ("score", "{model} {inputs} -o {root}/signate.tsv --resume", "--format signate"),
+    "eval-missing-folder": ("eval", "{model} {root}/nope", "nope"),
+    "eval-no-test-folder": ("eval", "{model} {root}/empty", "test"),
+    "eval-garbage-model": ("eval", "{root}/garbage.padim {mvtec}", "garbage.padim"),
+    "info-garbage-model": ("info", "{root}/garbage.padim", "garbage.padim"),
+    "info-missing-model": ("info", "{root}/none.padim", "none.padim"),
+}
+
+
+@pytest.fixture(scope="module")
+def error_setup(data, fitted, tmp_path_factory):
+    root = tmp_path_factory.mktemp("errors")
+    (root / "empty").mkdir()
+    (root / "empty" / "readme.txt").write_text("no images here")
+    (root / "broken").mkdir()
+    for i in range(3):
+        (root / "broken" / f"{i}.png").write_bytes(b"garbage")
+    _bad_model_files(root, fitted["path"])
+    (root / "foreign.tsv").write_text("this is not a padim TSV\n")
+    (root / "signate.tsv").write_text("a_good.png\t0.012345\n")
+    return {"root": root, "train": data["train"], "inputs": data["inputs"], "mvtec": data["mvtec"],
+            "model": fitted["path"]}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_boundary_errors_are_one_line_with_exit_code_2(case, error_setup):
+    command, template, needle = ERROR_CASES[case]
+    args = template.format(**{k: str(v) for k, v in error_setup.items()}).split()
+    extra = FIT if command == "fit" else RUNTIME if command in ("score", "eval") else []
+    rc, out, err = cli(command, *args, *extra)
+    assert rc == 2, (out, err)
+    lines = error_lines(err, command)
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"padim {command}: error: ")
+    assert needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_score_with_an_uncalibrated_model_is_a_boundary_error(data, tmp_path):
+    model_path = tmp_path / "nocal.padim"
+    rc, out, err = cli("fit", data["train"], "-o", model_path, "--folds", "0", *FIT)
+    assert rc == 0, err
+    rc, out, err = cli("score", model_path, data["inputs"], "-o", tmp_path / "s.tsv", *RUNTIME)
+    assert rc == 2
+    assert err.splitlines() == [err.strip()] and err.startswith("padim score: error: ")
+    assert "calibration" in err
+
+
+def test_eval_without_defect_images_is_a_boundary_error(data, fitted, tmp_path):
+    shutil.copytree(data["test"] / "good", tmp_path / "set" / "test" / "good")
+    rc, out, err = cli("eval", fitted["path"], tmp_path / "set", *RUNTIME)
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("padim eval: error: ")
+
+
+# ----------------------------------------------------------------------------- the real console script
+
+def _console_script():
+    script = Path(sys.executable).with_name("padim")
+    return str(script) if script.exists() else shutil.which("padim")
+
+
+@pytest.mark.skipif(_console_script() is None, reason="padim console script not installed")
+def test_console_script_version_and_one_line_error(error_setup):
+    script = _console_script()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == f"padim {__version__}"
+    root = error_setup["root"]
+    done = subprocess.run([script, "score", str(root / "garbage.padim"), str(error_setup["inputs"]),
+                           "-o", str(root / "s.tsv"), "--quiet"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("padim score: error: ") and "garbage.padim" in lines[0]
