@@ -118,6 +118,8 @@ def cmd_fit(args) -> int:
         params["layers"] = [s.strip() for s in args.layers.split(",")]
     if args.eps is not None:
         params["eps"] = args.eps
+    if args.folds < 2 and (args.threshold is not None or args.val_defects is not None):
+        raise CliError("--threshold and --val-defects calibrate probabilities, which needs --folds 2 or more")
     model = PaDiM(**params)
     print(model.plan(args.train_dir).describe(), file=sys.stderr)
     started = time.time()

@@ -297,7 +297,12 @@ class PaDiM:
         self._apply_threads()
         sources = as_sources(images)
         loader = self._loader(sources, self.input_size_)
+        warned = False
         for batch in self._progress(loader, len(loader), "score"):
+            if not warned and self._aspect_mismatch(batch.original_sizes):
+                warned = True
+                warnings.warn(f"some images differ in aspect ratio from the training images; they are resized "
+                              f"to {self.input_size_[0]}×{self.input_size_[1]} and may score high", stacklevel=2)
             results = {index: ImageResult(index, error=message) for index, message in batch.errors}
             if batch.indices:
                 self._check_sizes(batch)
@@ -309,6 +314,13 @@ class PaDiM:
                     results[index] = ImageResult(index, float(scores[k]), amap)
             for index in sorted(results):
                 yield results[index]
+
+    def _aspect_mismatch(self, sizes) -> bool:
+        """True when an image's aspect ratio is more than 15 % off the model input's."""
+        if not self.keep_aspect or isinstance(self.image_size, (tuple, list)):
+            return False  # the user chose the geometry explicitly
+        target = self.input_size_[0] / self.input_size_[1]
+        return any(abs(np.log((h / w) / target)) > np.log(1.15) for h, w in sizes)
 
     def _collect(self, images: Any, maps: bool) -> list[ImageResult]:
         results = list(self.iter_results(images, maps=maps))

@@ -625,7 +625,7 @@ ERROR_CASES = {
     "fit-unknown-layer": ("fit", "{train} -o {root}/m.padim --layers layer9", "no hook point"),
     "fit-all-unreadable": ("fit", "{root}/broken -o {root}/m.padim", "can be read"),
     "fit-missing-weights": ("fit", "{train} -o {root}/m.padim --weights {root}/no.pth", "no.pth"),
-    "fit-threshold-without-folds": ("fit", "{train} -o {root}/m.padim --folds 0 --threshold 5", "held-out"),
+    "fit-threshold-without-folds": ("fit", "{train} -o {root}/m.padim --folds 0 --threshold 5", "--folds 2"),
     "score-missing-model": ("score", "{root}/none.padim {inputs} -o {root}/s.tsv", "none.padim"),
     "score-garbage-model": ("score", "{root}/garbage.padim {inputs} -o {root}/s.tsv", "garbage.padim"),
     "score-truncated-model": ("score", "{root}/truncated.padim {inputs} -o {root}/s.tsv", "truncated.padim"),
