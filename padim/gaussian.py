@@ -12,6 +12,19 @@ from dataclasses import dataclass
 import torch
 
 
+FINALIZE_CHUNK_BYTES = 2**27  # float64 covariance of one chunk of positions
+
+
+def finalize_chunk(dim: int) -> int:
+    """Positions per chunk when finalising: a covariance chunk of about 128 MiB."""
+    return max(1, FINALIZE_CHUNK_BYTES // (8 * dim * dim))
+
+
+def update_chunk(dim: int, batch: int) -> int:
+    """Positions per chunk when accumulating: temporaries of about 128 MiB."""
+    return max(1, FINALIZE_CHUNK_BYTES // (8 * dim * (dim + batch)))
+
+
 class GaussianStats:
     """Running count, sum and sum of outer products of feature vectors, one set per position.
 
@@ -30,7 +43,7 @@ class GaussianStats:
         self.sum = torch.zeros(num_positions, dim, dtype=torch.float64, device=self.device)
         self.sum_outer = torch.zeros(num_positions, dim, dim, dtype=torch.float64, device=self.device)
 
-    def update(self, features: torch.Tensor, position_chunk: int = 4096) -> "GaussianStats":
+    def update(self, features: torch.Tensor, position_chunk: int | None = None) -> "GaussianStats":
         """Add a batch of features ``[B, d, P]`` (any float dtype, any device)."""
         if features.ndim != 3 or features.shape[1] != self.dim or features.shape[2] != self.num_positions:
             raise ValueError(
@@ -39,13 +52,20 @@ class GaussianStats:
         x = features.to(self.device, torch.float64).permute(2, 0, 1)  # [P, B, d]
         if self.shift is None:
             self.shift = x.mean(dim=1)
+        position_chunk = position_chunk or update_chunk(self.dim, features.shape[0])
         for start in range(0, self.num_positions, position_chunk):
             stop = start + position_chunk
             centred = x[start:stop] - self.shift[start:stop, None, :]
             self.sum[start:stop] += centred.sum(dim=1)
-            self.sum_outer[start:stop] += centred.transpose(1, 2) @ centred
+            self.sum_outer[start:stop].baddbmm_(centred.transpose(1, 2), centred)
         self.count += features.shape[0]
         return self
+
+    def empty_like(self) -> "GaussianStats":
+        """Empty statistics with the same shape and shift, so combining them needs no re-centring."""
+        empty = GaussianStats(self.num_positions, self.dim, self.device)
+        empty.shift = self.shift
+        return empty
 
     def merge(self, other: "GaussianStats") -> "GaussianStats":
         """Statistics of both sets of samples together (e.g. shards fitted apart)."""
@@ -72,16 +92,17 @@ class GaussianStats:
             if sign < 0:
                 raise ValueError("cannot subtract from empty statistics")
             return other._combine(self, +1)
-        # Re-express the other's sums about our shift: x − a = (x − b) + (b − a).
-        delta = other.shift.to(self.device) - self.shift  # [P, d]
         o_sum = other.sum.to(self.device)
-        shifted_sum = o_sum + other.count * delta
-        shifted_outer = (
-            other.sum_outer.to(self.device)
-            + o_sum[:, :, None] * delta[:, None, :]
-            + delta[:, :, None] * o_sum[:, None, :]
-            + other.count * delta[:, :, None] * delta[:, None, :]
-        )
+        o_outer = other.sum_outer.to(self.device)
+        if other.shift is not self.shift and not torch.equal(other.shift.to(self.device), self.shift):
+            # Re-express the other's sums about our shift: x − a = (x − b) + (b − a).
+            delta = other.shift.to(self.device) - self.shift  # [P, d]
+            o_outer = (o_outer
+                       + o_sum[:, :, None] * delta[:, None, :]
+                       + delta[:, :, None] * o_sum[:, None, :]
+                       + other.count * delta[:, :, None] * delta[:, None, :])
+            o_sum = o_sum + other.count * delta
+        shifted_sum, shifted_outer = o_sum, o_outer
         result.count = self.count + sign * other.count
         result.shift = self.shift.clone()
         result.sum = self.sum + sign * shifted_sum
@@ -99,37 +120,42 @@ class GaussianStats:
         """Per-position unbiased covariance ``[P, d, d]`` in float64 (as ``np.cov``)."""
         self._require_samples(2)
         centred_mean = self.sum / self.count
-        outer_of_mean = centred_mean[:, :, None] * centred_mean[:, None, :]
-        return (self.sum_outer - self.count * outer_of_mean) / (self.count - 1)
+        cov = torch.baddbmm(self.sum_outer, centred_mean[:, :, None], centred_mean[:, None, :], alpha=-self.count)
+        return cov.div_(self.count - 1)
 
     def finalize(self, eps: float = 0.01, relative_eps: bool = True) -> "GaussianModel":
         """Mean and Cholesky-whitening matrix of ``Σ + λI`` for every position.
 
         With ``relative_eps`` the regulariser is ``λ = eps · mean(diag Σ)`` (averaged over all
         positions), so one ``eps`` suits backbones whose features have very different scales;
-        otherwise ``λ = eps`` as in the paper.
+        otherwise ``λ = eps`` as in the paper. Works through positions in chunks so that its
+        float64 temporaries stay small next to the statistics themselves.
         """
-        cov = self.covariance()
-        diag = torch.diagonal(cov, dim1=1, dim2=2)
-        lam = float(eps) * (float(diag.mean()) if relative_eps else 1.0)
+        self._require_samples(2)
+        centred_mean = self.sum / self.count
+        variances = (torch.diagonal(self.sum_outer, dim1=1, dim2=2) - self.count * centred_mean**2) / (self.count - 1)
+        lam = float(eps) * (float(variances.mean()) if relative_eps else 1.0)
         if lam <= 0 and eps > 0:
             lam = float(eps)  # all-constant features: fall back to the absolute value
-        cov = cov + lam * torch.eye(self.dim, dtype=cov.dtype, device=cov.device)
-        chol, info = torch.linalg.cholesky_ex(cov)
-        if bool((info > 0).any()):
-            bad = int((info > 0).sum())
-            raise ValueError(
-                f"covariance is not positive definite at {bad} positions; increase eps (now {eps})"
-            )
-        eye = torch.eye(self.dim, dtype=cov.dtype, device=cov.device).expand_as(chol)
-        whitener = torch.linalg.solve_triangular(chol, eye, upper=False)  # L⁻¹
-        # solve_triangular returns column-major matrices; store them row-major, as a saved and
-        # reloaded model has them, so both take the same matmul path and score bit-identically.
-        return GaussianModel(
-            mean=self.mean().to(torch.float32).contiguous(),
-            whitener=whitener.to(torch.float32).contiguous(),
-            reg=lam,
-        )
+        whitener = torch.empty(self.num_positions, self.dim, self.dim, dtype=torch.float32, device=self.device)
+        eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
+        chunk = finalize_chunk(self.dim)
+        for start in range(0, self.num_positions, chunk):
+            stop = min(start + chunk, self.num_positions)
+            m = centred_mean[start:stop]
+            cov = torch.baddbmm(self.sum_outer[start:stop], m[:, :, None], m[:, None, :], alpha=-self.count)
+            cov.div_(self.count - 1).diagonal(dim1=1, dim2=2).add_(lam)
+            chol, info = torch.linalg.cholesky_ex(cov)
+            del cov
+            if bool((info > 0).any()):
+                raise ValueError(
+                    f"covariance is not positive definite at {int((info > 0).sum())} positions; "
+                    f"increase eps (now {eps})"
+                )
+            # L⁻¹, copied row-major into the float32 whitener (as a reloaded model has it, so both
+            # take the same matmul path and score bit-identically).
+            whitener[start:stop] = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+        return GaussianModel(mean=self.mean().to(torch.float32).contiguous(), whitener=whitener, reg=lam)
 
     def _require_samples(self, k: int) -> None:
         if self.count < k:

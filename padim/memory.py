@@ -1,8 +1,18 @@
-"""Memory arithmetic for a fit, printed before any work starts so nobody learns it from a crash."""
+"""Memory arithmetic for a fit, printed before any work starts so nobody learns it from a crash.
+
+:func:`plan_memory` estimates one configuration; :func:`choose_granularity` picks the finest
+Gaussian granularity (per position, per k×k cell, one shared) that fits a budget, and refuses
+with a clear message when nothing does; :func:`parse_memory` reads budgets such as ``"6G"``.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass
+from typing import Sequence, Union
+
+from .gaussian import finalize_chunk, update_chunk
 
 GIB = 2**30
 MIB = 2**20
@@ -17,15 +27,21 @@ class MemoryPlan:
     batch_size: int
     feature_positions: int  # positions per image on the feature grid
     statistics: int  # float64 Σx, Σxxᵀ of the running fit
-    finalize: int  # covariance, Cholesky and whitener temporaries at the end of the fit
+    finalize: int  # covariance, Cholesky, identity and whitener temporaries at the end of the fit
     model: int  # float32 mean + whitener kept for scoring and written to disk
     batch_features: int  # float32 embedding of one batch (plus its float64 copy for the sums)
-    calibration: int  # extra statistics held while scoring held-out folds
+    calibration: int  # extra statistics (and held fold embeddings) while scoring held-out folds
+    update_temporaries: int = 0  # GaussianStats.update's per-chunk centred copy and outer products
+
+    @property
+    def samples_per_gaussian(self) -> int:
+        """Samples one image adds to each Gaussian (1 per position, k² per cell, h·w shared)."""
+        return max(1, math.ceil(self.feature_positions / max(1, self.gaussians)))
 
     @property
     def peak(self) -> int:
         """Largest simultaneous need: statistics + finalize temporaries + model, or the fit loop."""
-        fit_loop = self.statistics + self.batch_features
+        fit_loop = self.statistics + self.batch_features + self.update_temporaries
         end = self.statistics + self.finalize + self.model + self.calibration
         return max(fit_loop, end)
 
@@ -36,7 +52,8 @@ class MemoryPlan:
 
     def describe(self) -> str:
         return (f"memory plan: {self.gaussians} Gaussians × d={self.d}: statistics {fmt_bytes(self.statistics)}, "
-                f"model {fmt_bytes(self.model)}, batch features {fmt_bytes(self.batch_features)}, "
+                f"model {fmt_bytes(self.model)}, batch features {fmt_bytes(self.batch_features)} "
+                f"(+ {fmt_bytes(self.update_temporaries)} update temporaries), "
                 f"calibration {fmt_bytes(self.calibration)}; estimated peak {fmt_bytes(self.peak)} "
                 f"(plus the backbone and image decoding)")
 
@@ -46,18 +63,112 @@ def fmt_bytes(n: int) -> str:
 
 
 def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
-                calibration_folds: int = 0) -> MemoryPlan:
+                calibration_folds: int = 0, n_images: int = 0, position_chunk: int | None = None) -> MemoryPlan:
     """Estimate the memory of fitting ``gaussians`` Gaussians of dimension ``d``.
 
-    ``feature_positions`` is the number of feature vectors one image yields (equal to
-    ``gaussians`` for one Gaussian per position, larger when cells pool positions).
+    ``gaussians`` is the number of Gaussians (positions, cells, or 1 shared): the statistics,
+    finalize temporaries and model scale with it. ``feature_positions`` is the number of feature
+    vectors one image yields (equal to ``gaussians`` for one Gaussian per position, larger when
+    cells pool positions): the batch features scale with it. ``n_images`` (optional) adds the
+    embeddings of one held-out fold, which calibration keeps while it scores that fold.
+    ``position_chunk`` is :meth:`GaussianStats.update`'s chunk over Gaussians, whose centred
+    float64 copy and ``d×d`` outer products are temporaries of the fit loop.
     """
     square = gaussians * d * d
     statistics = 8 * (square + 2 * gaussians * d)
-    finalize = 8 * 2 * square  # covariance and its Cholesky factor in float64
+    # GaussianStats.finalize works through chunks of positions: a float64 covariance, its
+    # Cholesky factor and the solved inverse of one chunk at a time.
+    finalize = 8 * 3 * min(gaussians, finalize_chunk(d)) * d * d
     model = 4 * (square + gaussians * d)
     batch_features = batch_size * feature_positions * d * (4 + 8)
+    samples = batch_size * max(1, math.ceil(feature_positions / max(1, gaussians)))
+    chunk = min(gaussians, position_chunk or update_chunk(d, samples))
+    update_temporaries = 8 * chunk * (samples * d + d * d)
     # Held-out folds: one fold's statistics, their difference from the total, and its model.
-    calibration = (2 * statistics + model) if calibration_folds >= 2 else 0
+    calibration = 0
+    if calibration_folds >= 2:
+        calibration = 2 * statistics + model
+        if n_images:
+            calibration += math.ceil(n_images / calibration_folds) * feature_positions * d * 4
     return MemoryPlan(gaussians, d, batch_size, feature_positions, statistics, finalize, model,
-                      batch_features, calibration)
+                      batch_features, calibration, update_temporaries)
+
+
+Cell = Union[int, str]
+
+
+def _cell_count(grid_h: int, grid_w: int, cell: Cell) -> int:
+    if cell == "image":
+        return 1
+    if isinstance(cell, bool) or not isinstance(cell, int) or cell < 1:
+        raise ValueError(f"cell must be an integer ≥ 1 or 'image', got {cell!r}")
+    return math.ceil(grid_h / cell) * math.ceil(grid_w / cell)
+
+
+def _describe_cell(cell: Cell) -> str:
+    if cell == "image":
+        return "one shared Gaussian"
+    return "one Gaussian per position" if cell == 1 else f"{cell}×{cell} cells"
+
+
+def choose_granularity(grid_h: int, grid_w: int, d: int, batch_size: int, max_memory_bytes: int,
+                       calibration_folds: int = 0,
+                       candidates_cells: Sequence[Cell] = (1, 2, 4, 8, 16, "image"),
+                       d_candidates: Sequence[int] | None = None,
+                       n_images: int = 0) -> tuple[Cell, int, MemoryPlan]:
+    """The finest Gaussian granularity whose estimated peak fits ``max_memory_bytes``.
+
+    Cells are tried from finest (1 = per position) to coarsest (``"image"``) at dimension ``d``;
+    only if none fits are the smaller dimensions of ``d_candidates`` tried, largest first, each
+    again from the finest cell. Returns ``(cell, d, plan)``; raises ``MemoryError`` with a
+    one-line message (what the smallest option needs, the budget, what to change) otherwise.
+    """
+    if max_memory_bytes is None or max_memory_bytes <= 0:
+        raise ValueError(f"max_memory_bytes must be positive, got {max_memory_bytes!r}")
+    if not candidates_cells:
+        raise ValueError("candidates_cells is empty")
+    cells = sorted(set(candidates_cells), key=lambda c: math.inf if c == "image" else c)
+    counts = {c: _cell_count(grid_h, grid_w, c) for c in cells}
+    dims = [int(d)] + sorted({int(x) for x in (d_candidates or ()) if 1 <= int(x) < d}, reverse=True)
+    positions = grid_h * grid_w
+    smallest: tuple[int, Cell, int, MemoryPlan] | None = None
+    for dim in dims:
+        for cell in cells:
+            plan = plan_memory(counts[cell], dim, positions, batch_size, calibration_folds, n_images)
+            if plan.peak <= max_memory_bytes:
+                return cell, dim, plan
+            if smallest is None or plan.peak < smallest[0]:
+                smallest = (plan.peak, cell, dim, plan)
+    _, cell, dim, plan = smallest
+    raise MemoryError(
+        f"memory budget {fmt_bytes(max_memory_bytes)} is too small for a {grid_h}×{grid_w} feature grid: "
+        f"the smallest option ({_describe_cell(cell)}, d={dim}, batch {batch_size}) needs about "
+        f"{fmt_bytes(plan.peak)} (statistics {fmt_bytes(plan.statistics)}, batch features "
+        f"{fmt_bytes(plan.batch_features + plan.update_temporaries)}); use a smaller tile or image scale, "
+        f"a smaller batch, fewer dims (d), or a larger budget"
+    )
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_MEMORY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([KMGT]?)(I?B?)\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: Union[str, int, float]) -> int:
+    """Bytes from ``"6G"``, ``"500M"``, ``"1.5GiB"``, ``"2e9"`` or a number.
+
+    K/M/G/T (with or without ``i``/``B``: ``G``, ``Gi``, ``GB``, ``GiB``; any case) are binary, 2^10 … 2^40, as
+    memory sizes are reported; a bare number is bytes.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"not a memory size: {text!r}")
+    if isinstance(text, (int, float)):
+        value, unit = float(text), ""
+    else:
+        match = _MEMORY_RE.match(str(text))
+        if not match or (match.group(3)[:1].upper() == "I" and not match.group(2)):
+            raise ValueError(f"not a memory size: {text!r} (expected e.g. '6G', '500M', '1.5GiB' or '2e9')")
+        value, unit = float(match.group(1)), match.group(2).upper()
+    size = value * _UNITS[unit]
+    if not math.isfinite(size) or size < 1:
+        raise ValueError(f"memory size must be at least 1 byte and finite, got {text!r}")
+    return int(size)

@@ -236,7 +236,7 @@ class PaDiM:
         for fold in range(folds):
             members = np.sort(order[fold::folds])
             embeddings, indices = [], []
-            fold_stats = GaussianStats(stats.num_positions, stats.dim, stats.device)
+            fold_stats = stats.empty_like()
             for batch in self._loader([sources[i] for i in members], self.input_size_):
                 if batch.indices:
                     emb = self._embed(batch.images)

@@ -1,0 +1,129 @@
+"""Memory plan arithmetic, budget parsing and the choice of Gaussian granularity."""
+
+import math
+
+import pytest
+
+from padim.memory import GIB, MIB, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
+
+
+def test_plan_per_position_hand_computed():
+    plan = plan_memory(gaussians=100, d=10, feature_positions=100, batch_size=1)
+    assert plan.statistics == 8 * (100 * 100 + 2 * 100 * 10) == 96_000
+    # finalize: covariance, Cholesky factor and inverse of one chunk (here all 100 positions)
+    assert plan.finalize == 8 * 3 * 100 * 100 == 240_000
+    assert plan.model == 4 * (100 * 100 + 100 * 10) == 44_000
+    assert plan.batch_features == 1 * 100 * 10 * 12 == 12_000
+    assert plan.update_temporaries == 8 * 100 * (1 * 10 + 10 * 10) == 88_000
+    assert plan.calibration == 0
+    assert plan.samples_per_gaussian == 1
+    assert plan.peak == max(96_000 + 12_000 + 88_000, 96_000 + 240_000 + 44_000) == 380_000
+    assert plan.as_dict()["peak"] == 380_000
+    assert "100 Gaussians × d=10" in plan.describe()
+
+
+def test_plan_cells_scale_statistics_with_cells_and_features_with_positions():
+    # a 10×10 grid in 2×2 cells: 25 Gaussians, 100 positions per image, 4 samples per image each
+    plan = plan_memory(gaussians=25, d=10, feature_positions=100, batch_size=2)
+    assert plan.statistics == 8 * (25 * 100 + 2 * 25 * 10) == 24_000
+    assert plan.model == 4 * (25 * 100 + 25 * 10)
+    assert plan.batch_features == 2 * 100 * 10 * 12 == 24_000
+    assert plan.samples_per_gaussian == 4
+    assert plan.update_temporaries == 8 * 25 * (2 * 4 * 10 + 100)
+
+
+def test_plan_shared_gaussian_holds_the_whole_batch_centred():
+    plan = plan_memory(gaussians=1, d=10, feature_positions=10_000, batch_size=4)
+    assert plan.statistics == 8 * (100 + 20)
+    assert plan.update_temporaries == 8 * (4 * 10_000 * 10 + 100)
+
+
+def test_plan_update_chunk_caps_temporaries():
+    # chunks of 2**27 bytes of float64 over d·(d + samples) values per position
+    plan = plan_memory(gaussians=1_000_000, d=10, feature_positions=1_000_000, batch_size=1)
+    chunk = 2**27 // (8 * 10 * (10 + 1))
+    assert chunk < 1_000_000
+    assert plan.update_temporaries == 8 * chunk * (10 + 100)
+    big = plan_memory(gaussians=1_000_000, d=300, feature_positions=1_000_000, batch_size=1)
+    assert big.finalize == 8 * 3 * (2**27 // (8 * 300 * 300)) * 300 * 300 <= 3 * 2**27
+
+
+def test_plan_calibration():
+    plan = plan_memory(100, 10, 100, 1, calibration_folds=5)
+    assert plan.calibration == 2 * 96_000 + 44_000
+    with_images = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=12)
+    assert with_images.calibration == plan.calibration + math.ceil(12 / 5) * 100 * 10 * 4
+    assert plan_memory(100, 10, 100, 1, calibration_folds=1, n_images=12).calibration == 0
+
+
+def test_plan_positional_signature_unchanged():
+    plan = plan_memory(3136, 100, 3136, 16, 5)  # as PaDiM.plan calls it
+    assert isinstance(plan, MemoryPlan) and plan.gaussians == 3136 and plan.calibration > 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("6G", 6 * GIB), ("6g", 6 * GIB), ("6GB", 6 * GIB), ("6 GiB", 6 * GIB), ("6Gi", 6 * GIB),
+    ("500M", 500 * MIB), ("1.5GiB", int(1.5 * GIB)), ("2e9", 2_000_000_000), ("1024", 1024),
+    ("512k", 512 * 1024), ("1T", 2**40), (" 3.0e1M ", 30 * MIB), (4096, 4096), (2.5e9, 2_500_000_000),
+])
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "6X", "G", "-1G", "6iB", "1.2.3G", "6 G B", "nan", "0", "0.5", "1e400", True])
+def test_parse_memory_rejects_junk(text):
+    with pytest.raises(ValueError, match="memory size"):
+        parse_memory(text)
+
+
+def _peak(grid_h, grid_w, cell, d, batch=1):
+    gaussians = 1 if cell == "image" else math.ceil(grid_h / cell) * math.ceil(grid_w / cell)
+    return plan_memory(gaussians, d, grid_h * grid_w, batch).peak
+
+
+def test_choose_finest_fitting_cell():
+    h, w, d = 100, 80, 50
+    peaks = {c: _peak(h, w, c, d) for c in (1, 2, 4, 8, 16, "image")}
+    assert peaks[1] > peaks[2] > peaks[4] > peaks[8]
+    assert choose_granularity(h, w, d, 1, peaks[1]) [:2] == (1, d)
+    cell, dim, plan = choose_granularity(h, w, d, 1, peaks[4])
+    assert (cell, dim) == (4, d) and plan.peak == peaks[4] and plan.gaussians == 25 * 20
+    assert plan.feature_positions == h * w
+    assert choose_granularity(h, w, d, 1, peaks[4] - 1)[0] == 8
+    # candidate order does not matter; the finest is preferred
+    assert choose_granularity(h, w, d, 1, peaks[4], candidates_cells=("image", 8, 4, 16))[0] == 4
+
+
+def test_choose_shared_gaussian_when_cells_do_not_fit():
+    h = w = 64
+    d = 20
+    budget = _peak(h, w, "image", d)
+    assert all(_peak(h, w, c, d) > budget for c in (1, 2, 4, 8, 16))
+    assert choose_granularity(h, w, d, 1, budget)[:2] == ("image", d)
+
+
+def test_choose_shrinks_d_only_when_no_cell_fits():
+    h, w = 200, 200
+    smallest_at_100 = min(_peak(h, w, c, 100) for c in (1, 2, 4, 8, 16, "image"))
+    budget = smallest_at_100 - 1
+    cell, dim, plan = choose_granularity(h, w, 100, 1, budget, d_candidates=[20, 50, 80, 200])
+    assert dim == 80 and plan.peak <= budget
+    assert cell == next(c for c in (1, 2, 4, 8, 16, "image") if _peak(h, w, c, 80) <= budget)
+    with pytest.raises(MemoryError):
+        choose_granularity(h, w, 100, 1, budget)  # no d_candidates: refuse
+
+
+def test_choose_refuses_with_numbers_in_message():
+    with pytest.raises(MemoryError) as info:
+        choose_granularity(968, 800, 100, 16, 1 * GIB, d_candidates=[50])
+    message = str(info.value)
+    assert "\n" not in message
+    assert fmt_bytes(GIB) in message  # the budget given
+    smallest = min(_peak(968, 800, c, dim, batch=16) for c in (1, 2, 4, 8, 16, "image") for dim in (100, 50))
+    assert fmt_bytes(smallest) in message  # what the smallest option needs
+    assert "d=50" in message and "fewer dims" in message and "smaller tile" in message
+
+
+def test_choose_rejects_bad_budget():
+    with pytest.raises(ValueError, match="max_memory_bytes"):
+        choose_granularity(10, 10, 5, 1, 0)
