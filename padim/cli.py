@@ -34,6 +34,24 @@ def _image_size(text: str):
         raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
 
 
+def _tile(text: str):
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a tile side in pixels, got {text!r}") from None
+
+
+def _cell(text: str):
+    if text in ("auto", "image"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, image or a cell side k, got {text!r}") from None
+
+
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16)
@@ -73,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-defects", type=Path, default=None, help="folder of labelled defect images for calibration")
     p.add_argument("--threshold-method", choices=("youden", "f1"), default="youden",
                    help="threshold rule when --val-defects is given")
+    large = p.add_argument_group("large images (stored in the model; scoring needs no options repeated)")
+    large.add_argument("--tile", type=_tile, default="auto",
+                       help="tile side in px, 'none', or 'auto' (tiles when the long side exceeds 2000 px)")
+    large.add_argument("--overlap", type=int, default=None, help="px cropped from each tile side (default 128)")
+    large.add_argument("--scale", type=float, default=None,
+                       help="rescale factor before tiling (default: long side to 2048 px)")
+    large.add_argument("--cell", type=_cell, default="auto",
+                       help="Gaussian per position (1), per k×k cell (k), one shared ('image'), or 'auto'")
+    large.add_argument("--max-memory", default=None,
+                       help="memory budget for the Gaussians, e.g. 6G (default: 4G or half the RAM)")
     _add_runtime(p)
 
     p = add("score", "Score an image or a folder into a TSV of defect probabilities.")
@@ -113,7 +141,8 @@ def cmd_fit(args) -> int:
 
     params = dict(backbone=args.backbone, image_size=args.image_size, keep_aspect=not args.squash, d=args.d,
                   seed=args.seed, weights=args.weights, calibration_folds=args.folds,
-                  max_false_reject=args.max_false_reject, **_runtime(args))
+                  max_false_reject=args.max_false_reject, tile=args.tile, overlap=args.overlap,
+                  scale=args.scale, cell=args.cell, max_memory=args.max_memory, **_runtime(args))
     if args.layers:
         params["layers"] = [s.strip() for s in args.layers.split(",")]
     if args.eps is not None:

@@ -32,10 +32,17 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[:, 0]
 
 
-def distance_grid_to_maps(distances: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
-    """``[B, h, w]`` Mahalanobis grid → ``[B, H, W]`` blurred map at the model's input size."""
-    maps = F.interpolate(distances[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return gaussian_blur(maps, sigma)
+def distance_grid_to_maps(distances: torch.Tensor, size: tuple[int, int], sigma: float,
+                          stride: int | None = None) -> torch.Tensor:
+    """``[B, h, w]`` Mahalanobis grid → ``[B, H, W]`` blurred map at the model's input size.
+
+    With ``stride`` the grid is upsampled to ``(h·stride, w·stride)`` and cropped to ``size``
+    (a tiled grid covers up to ``stride − 1`` pixels beyond the image); without it, to ``size``.
+    """
+    h, w = distances.shape[-2:]
+    target = (h * stride, w * stride) if stride else size
+    maps = F.interpolate(distances[:, None], size=target, mode="bilinear", align_corners=False)[:, 0]
+    return gaussian_blur(maps[:, : size[0], : size[1]], sigma)
 
 
 def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:

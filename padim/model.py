@@ -20,11 +20,14 @@ from .data import Batch, Resize, as_sources, make_loader, source_name
 from .features import FeatureExtractor, embedding_concat, random_channel_index
 from .gaussian import GaussianModel, GaussianStats
 from .io import image_size as read_image_size
-from .maps import distance_grid_to_maps, input_size_for, resize_map
-from .memory import MemoryPlan, plan_memory
+from .geometry import DEFAULT_TILED_D, Geometry, decide_geometry, default_memory_budget, wants_tiles
+from .maps import distance_grid_to_maps, resize_map
+from .memory import MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
+from .tiling import cell_grid, extract_tiled, from_cells, to_cells
 from .modelfile import ModelFileError, read_model_file, write_model_file
 
 DEFAULT_EPS = 0.01
+FOLD_CACHE_BYTES = 256 * 2**20  # held-out embeddings kept per fold before re-extracting instead
 DEFAULT_IMAGE_SIZE = 256
 
 
@@ -48,6 +51,11 @@ class ImageResult:
     error: str = ""
 
 
+def cell_count(grid_h: int, grid_w: int, cell) -> int:
+    gh, gw = cell_grid(grid_h, grid_w, cell)
+    return gh * gw
+
+
 def _fingerprint(module: torch.nn.Module) -> str:
     """Short hash of a backbone's weights, to detect a model loaded with different weights."""
     digest = hashlib.sha256()
@@ -69,6 +77,12 @@ class PaDiM:
     eps: covariance regulariser relative to the mean feature variance. blur_sigma: anomaly-map
     smoothing in input pixels. calibration_folds: k-fold held-out scoring of the good images
     that calibrates probabilities and the threshold (0 disables it).
+
+    Large images: tile ("auto": tiled when the training images' long side exceeds 2000 px; an
+    int: tile side in pixels; None: never), overlap (pixels cropped from each tile side, default
+    128), scale (factor applied before tiling; default: long side to 2048 px), cell (Gaussian
+    granularity: 1 per position, k for k×k cells, "image" for one shared Gaussian, "auto" for the
+    finest that fits max_memory), max_memory (bytes or "6G"; default 4 GiB or half the RAM).
     """
 
     def __init__(
@@ -88,6 +102,11 @@ class PaDiM:
         threads: int | None = None,
         calibration_folds: int = 5,
         max_false_reject: float = 0.01,
+        tile: int | str | None = "auto",
+        overlap: int | None = None,
+        scale: float | None = None,
+        cell: int | str = "auto",
+        max_memory: int | str | None = None,
         progress: bool = False,
     ):
         self.backbone = backbone
@@ -105,6 +124,11 @@ class PaDiM:
         self.threads = threads
         self.calibration_folds = calibration_folds
         self.max_false_reject = max_false_reject
+        self.tile = tile
+        self.overlap = overlap
+        self.scale = scale
+        self.cell = cell
+        self.max_memory = max_memory
         self.progress = progress
         self._extractor: FeatureExtractor | None = None
 
@@ -113,9 +137,12 @@ class PaDiM:
     def spec(self):
         return get_spec(self.backbone)
 
-    @property
-    def layers_(self) -> list[str]:
-        return list(self.layers) if self.layers else list(self.spec.default_layers)
+    def _resolve_layers(self, tiled: bool) -> list[str]:
+        if self.layers:
+            return list(self.layers)
+        if tiled and self.spec.tiled_layers:
+            return list(self.spec.tiled_layers)
+        return list(self.spec.default_layers)
 
     def _device(self) -> torch.device:
         return resolve_device(self.device)
@@ -139,7 +166,8 @@ class PaDiM:
         return self._extractor
 
     def _loader(self, sources, size: tuple[int, int]):
-        return make_loader(sources, Resize(size), self.batch_size, self.workers,
+        images_per_batch = 1 if self.geometry_.tiled else self.batch_size  # tiles are batched instead
+        return make_loader(sources, Resize(size), images_per_batch, self.workers,
                            pin_memory=self._device().type == "cuda")
 
     def _progress(self, iterable, total: int, desc: str):
@@ -149,7 +177,14 @@ class PaDiM:
         """``[B, 3, H, W]`` in [0, 1] → embedding ``[B, d, h, w]`` on the model's device."""
         extractor = self._get_extractor()
         images = images.to(self._device(), non_blocking=True)
-        return embedding_concat(extractor(images), self.channel_index_)
+        if not self.geometry_.tiled:
+            return embedding_concat(extractor(images), self.channel_index_)
+        return extract_tiled(images, lambda tiles: embedding_concat(extractor(tiles), self.channel_index_),
+                             self.geometry_.layout(), fill=self.spec.mean, tile_batch=self.batch_size)
+
+    def _to_samples(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Embedding ``[B, d, h, w]`` → samples ``[S, d, G]`` for the G Gaussians (per position or cell)."""
+        return to_cells(embedding, self.cell_)
 
     # -------------------------------------------------------------------- fit
     def _first_size(self, sources) -> tuple[int, int]:
@@ -161,24 +196,44 @@ class PaDiM:
         raise ValueError("none of the training images can be read")
 
     def _prepare_fit(self, sources) -> None:
+        """Decide geometry, hook points, channels and Gaussian granularity from the first image."""
         spec = self.spec
+        h, w = self._first_size(sources)
+        tiled = wants_tiles(h, w, self.tile)
+        if self._extractor is not None and self._resolve_layers(tiled) != getattr(self, "layers_", None):
+            self._extractor = None  # refit with other hook points
+        self.layers_ = self._resolve_layers(tiled)
         points = [spec.hook_point(name) for name in self.layers_]
         total = sum(p.channels for p in points)
-        d = spec.default_d if self.d is None else (self.d or None)
+        default_d = spec.default_d or (DEFAULT_TILED_D if tiled else None)
+        d = default_d if self.d is None else (self.d or None)
+        self.geometry_ = decide_geometry(
+            h, w, image_size=self.image_size, keep_aspect=self.keep_aspect, tile=self.tile if tiled else None,
+            margin=self.overlap, scale=self.scale, stride=min(p.stride for p in points),
+            multiple=max(p.stride for p in points))
+        self.input_size_ = self.geometry_.input_size
+        self.feature_size_ = self.geometry_.feature_size
         self.channel_index_ = random_channel_index(total, d, self.seed)
         self.n_features_ = total if self.channel_index_ is None else int(self.channel_index_.numel())
-        h, w = self._first_size(sources)
-        multiple = max(p.stride for p in points)
-        self.input_size_ = input_size_for(h, w, self.image_size, self.keep_aspect, multiple)
-        stride = min(p.stride for p in points)
-        self.feature_size_ = (self.input_size_[0] // stride, self.input_size_[1] // stride)
+        gh, gw = self.feature_size_
+        batch = 1 if tiled else self.batch_size
+        budget = default_memory_budget() if self.max_memory is None else parse_memory(self.max_memory)
+        if self.cell == "auto":
+            self.cell_, _, self.plan_ = choose_granularity(gh, gw, self.n_features_, batch, budget,
+                                                           self.calibration_folds)
+        else:
+            self.cell_ = self.cell if self.cell == "image" else int(self.cell)
+            self.plan_ = plan_memory(cell_count(gh, gw, self.cell_), self.n_features_, gh * gw, batch,
+                                     self.calibration_folds)
+            if self.max_memory is not None and self.plan_.peak > budget:
+                raise MemoryError(f"{self.plan_.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
+                                  f"use cell='auto', a coarser cell, a smaller d, tile or scale")
+        self.n_gaussians_ = cell_count(gh, gw, self.cell_)
 
     def plan(self, images: Any) -> MemoryPlan:
         """Memory needed to fit on ``images`` with the current parameters (nothing is fitted)."""
-        sources = as_sources(images)
-        self._prepare_fit(sources)
-        positions = self.feature_size_[0] * self.feature_size_[1]
-        return plan_memory(positions, self.n_features_, positions, self.batch_size, self.calibration_folds)
+        self._prepare_fit(as_sources(images))
+        return self.plan_
 
     def fit(self, images: Any, calibrate: bool | None = None) -> "PaDiM":
         """Fit the Gaussians on good images (folder, paths, PIL images or arrays); returns self.
@@ -190,7 +245,7 @@ class PaDiM:
         self._apply_threads()
         sources = as_sources(images)
         self._prepare_fit(sources)
-        stats = GaussianStats(self.feature_size_[0] * self.feature_size_[1], self.n_features_, self._device())
+        stats = GaussianStats(self.n_gaussians_, self.n_features_, self._device())
         self.skipped_: list[tuple[str, str]] = []
         used: list[int] = []
         loader = self._loader(sources, self.input_size_)
@@ -198,7 +253,7 @@ class PaDiM:
             self._record_errors(batch, sources)
             if batch.indices:
                 self._check_sizes(batch)
-                stats.update(self._embed(batch.images).flatten(2))
+                stats.update(self._to_samples(self._embed(batch.images)))
                 used.extend(batch.indices)
         if stats.count < 2:
             raise ValueError(f"need at least 2 readable training images, got {stats.count}")
@@ -231,23 +286,30 @@ class PaDiM:
         the heatmaps' colour scale.
         """
         order = np.random.default_rng(self.seed).permutation(len(sources))
-        scores = np.full(len(sources), np.nan)
-        medians = []
+        scores, medians = {}, []
         for fold in range(folds):
             members = np.sort(order[fold::folds])
-            embeddings, indices = [], []
+            fold_sources = [sources[i] for i in members]
             fold_stats = stats.empty_like()
-            for batch in self._loader([sources[i] for i in members], self.input_size_):
+            cache, cached_bytes = [], 0
+            for batch in self._loader(fold_sources, self.input_size_):
                 if batch.indices:
                     emb = self._embed(batch.images)
-                    fold_stats.update(emb.flatten(2))
-                    embeddings.append(emb)
-                    indices.extend(members[batch.indices])
+                    fold_stats.update(self._to_samples(emb))
+                    cached_bytes += emb.numel() * emb.element_size()
+                    # Keep the fold's embeddings only while they are small, else extract them again,
+                    # so that memory does not grow with the number of training images.
+                    cache = cache + [(batch.indices, emb)] if cache is not None and cached_bytes <= FOLD_CACHE_BYTES else None
             model = stats.subtract(fold_stats).finalize(self.eps)
-            maps = torch.cat([self._maps_from_embedding(e, model) for e in embeddings]).flatten(1)
-            scores[indices] = maps.amax(dim=1).cpu().numpy()
-            medians.append(maps.median(dim=1).values.cpu().numpy())
-        return scores[~np.isnan(scores)], float(np.median(np.concatenate(medians)))
+            batches = cache if cache is not None else (
+                (b.indices, self._embed(b.images)) for b in self._loader(fold_sources, self.input_size_) if b.indices)
+            for local, emb in batches:
+                maps = self._maps_from_embedding(emb, model).flatten(1)
+                for i, score in zip(local, maps.amax(dim=1).cpu().numpy()):
+                    scores[int(members[i])] = float(score)
+                medians.append(maps.median(dim=1).values.cpu().numpy())
+        ordered = np.array([scores[i] for i in sorted(scores)])
+        return ordered, float(np.median(np.concatenate(medians)))
 
     def _calibrate(self, sources, stats: GaussianStats, folds: int) -> None:
         self.calibration_scores_, self.map_floor_ = self.held_out_scores(sources, stats, folds)
@@ -273,13 +335,9 @@ class PaDiM:
 
     def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
         model = model or self._gaussian_on_device()
-        distances = model.mahalanobis(embedding.flatten(2)).view(embedding.shape[0], *embedding.shape[2:])
-        return distance_grid_to_maps(distances, self.input_size_, self.blur_sigma)
-
-    def _scores_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
-        if embedding.ndim == 3:
-            embedding = embedding.view(embedding.shape[0], embedding.shape[1], *self.feature_size_)
-        return self._maps_from_embedding(embedding, model).flatten(1).amax(dim=1)
+        batch, _, h, w = embedding.shape
+        distances = from_cells(model.mahalanobis(self._to_samples(embedding)), self.cell_, batch, h, w)
+        return distance_grid_to_maps(distances, self.input_size_, self.blur_sigma, self.geometry_.stride)
 
     def _gaussian_on_device(self) -> GaussianModel:
         device = self._device()
@@ -355,7 +413,7 @@ class PaDiM:
 
     # ------------------------------------------------------------- save/load
     _PARAMS = ("backbone", "layers", "d", "image_size", "keep_aspect", "eps", "blur_sigma",
-               "seed", "calibration_folds", "max_false_reject")
+               "seed", "calibration_folds", "max_false_reject", "tile", "overlap", "scale", "cell", "max_memory")
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to one safetensors file (no pickled code)."""
@@ -370,8 +428,9 @@ class PaDiM:
             "padim_version": __version__,
             "params": {k: getattr(self, k) for k in self._PARAMS},
             "layers": self.layers_,
-            "input_size": list(self.input_size_),
-            "feature_size": list(self.feature_size_),
+            "geometry": self.geometry_.as_dict(),
+            "cell": self.cell_,
+            "memory_plan": self.plan_.as_dict() if isinstance(self.plan_, MemoryPlan) else self.plan_,
             "n_features": self.n_features_,
             "n_train": self.n_train_,
             "regularisation": self.gaussian_.reg,
@@ -394,8 +453,13 @@ class PaDiM:
             model = cls(**params, device=device, weights=weights, **overrides)
             model.gaussian_ = GaussianModel(tensors["mean"], tensors["whitener"], float(meta["regularisation"]))
             model.channel_index_ = tensors.get("channel_index")
-            model.input_size_ = tuple(meta["input_size"])
-            model.feature_size_ = tuple(meta["feature_size"])
+            model.layers_ = list(meta["layers"])
+            model.geometry_ = Geometry.from_dict(meta["geometry"])
+            model.input_size_ = model.geometry_.input_size
+            model.feature_size_ = model.geometry_.feature_size
+            model.cell_ = meta["cell"]
+            model.n_gaussians_ = cell_count(*model.feature_size_, model.cell_)
+            model.plan_ = meta.get("memory_plan")
             model.n_features_ = int(meta["n_features"])
             model.n_train_ = int(meta["n_train"])
             model.backbone_fingerprint_ = meta.get("backbone_fingerprint")
@@ -407,7 +471,7 @@ class PaDiM:
                 model.calibrator_ = Calibrator.from_dict(meta["calibrator"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"'{path}': model metadata is incomplete or invalid ({exc})") from None
-        p, d = model.feature_size_[0] * model.feature_size_[1], model.n_features_
+        p, d = model.n_gaussians_, model.n_features_
         if tuple(model.gaussian_.mean.shape) != (p, d) or tuple(model.gaussian_.whitener.shape) != (p, d, d):
             raise ModelFileError(f"'{path}': tensor shapes do not match the metadata")
         return model
@@ -420,7 +484,11 @@ class PaDiM:
             "layers": self.layers_,
             "features (d)": self.n_features_,
             "input size (h, w)": list(self.input_size_),
+            "tiles": (f"{self.geometry_.tile} px, overlap {self.geometry_.margin} px, scale {self.geometry_.scale:.3g}"
+                      if self.geometry_.tiled else "no (whole image resized)"),
             "feature grid (h, w)": list(self.feature_size_),
+            "Gaussians": f"{self.n_gaussians_} (cell {self.cell_})",
+            "memory plan": self.plan_.as_dict() if isinstance(self.plan_, MemoryPlan) else self.plan_,
             "training images": self.n_train_,
             "eps (relative)": self.eps,
             "regularisation λ": self.gaussian_.reg,
