@@ -77,12 +77,24 @@ class GaussianStats:
             raise ValueError(f"cannot remove {other.count} samples from {self.count}")
         return self._combine(other, -1)
 
-    def _combine(self, other: "GaussianStats", sign: int) -> "GaussianStats":
+    def merge_(self, other: "GaussianStats") -> "GaussianStats":
+        """In-place :meth:`merge`: no second copy of the sums is allocated."""
+        return self._combine(other, +1, inplace=True)
+
+    def subtract_(self, other: "GaussianStats") -> "GaussianStats":
+        """In-place :meth:`subtract`; ``merge_(other)`` afterwards restores the statistics."""
+        if other.count >= self.count:
+            raise ValueError(f"cannot remove {other.count} samples from {self.count}")
+        return self._combine(other, -1, inplace=True)
+
+    def _combine(self, other: "GaussianStats", sign: int, inplace: bool = False) -> "GaussianStats":
         if (other.num_positions, other.dim) != (self.num_positions, self.dim):
             raise ValueError(
                 f"cannot combine statistics of shape ({other.num_positions}, {other.dim}) "
                 f"with ({self.num_positions}, {self.dim})"
             )
+        if other.count == 0 and inplace:
+            return self
         result = GaussianStats(self.num_positions, self.dim, self.device)
         if other.count == 0:
             result.count, result.shift = self.count, self.shift
@@ -91,7 +103,11 @@ class GaussianStats:
         if self.count == 0:
             if sign < 0:
                 raise ValueError("cannot subtract from empty statistics")
-            return other._combine(self, +1)
+            merged = other._combine(self, +1)
+            if not inplace:
+                return merged
+            self.count, self.shift, self.sum, self.sum_outer = merged.count, merged.shift, merged.sum, merged.sum_outer
+            return self
         o_sum = other.sum.to(self.device)
         o_outer = other.sum_outer.to(self.device)
         if other.shift is not self.shift and not torch.equal(other.shift.to(self.device), self.shift):
@@ -103,6 +119,11 @@ class GaussianStats:
                        + other.count * delta[:, :, None] * delta[:, None, :])
             o_sum = o_sum + other.count * delta
         shifted_sum, shifted_outer = o_sum, o_outer
+        if inplace:
+            self.count += sign * other.count
+            self.sum.add_(shifted_sum, alpha=sign)
+            self.sum_outer.add_(shifted_outer, alpha=sign)
+            return self
         result.count = self.count + sign * other.count
         result.shift = self.shift.clone()
         result.sum = self.sum + sign * shifted_sum

@@ -15,6 +15,7 @@ from typing import Sequence, Union
 from .gaussian import finalize_chunk, update_chunk
 
 GIB = 2**30
+FOLD_CACHE_BYTES = 256 * 2**20  # held-out embeddings kept per calibration fold before re-extracting
 MIB = 2**20
 
 
@@ -84,12 +85,14 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
     samples = batch_size * max(1, math.ceil(feature_positions / max(1, gaussians)))
     chunk = min(gaussians, position_chunk or update_chunk(d, samples))
     update_temporaries = 8 * chunk * (samples * d + d * d)
-    # Held-out folds: one fold's statistics, their difference from the total, and its model.
+    # Held-out folds: one fold's statistics (subtracted from the total in place) and its model,
+    # plus that fold's embeddings, kept only up to FOLD_CACHE_BYTES (re-extracted beyond).
     calibration = 0
     if calibration_folds >= 2:
-        calibration = 2 * statistics + model
+        fold_embeddings = FOLD_CACHE_BYTES
         if n_images:
-            calibration += math.ceil(n_images / calibration_folds) * feature_positions * d * 4
+            fold_embeddings = min(fold_embeddings, math.ceil(n_images / calibration_folds) * feature_positions * d * 4)
+        calibration = statistics + model + fold_embeddings
     return MemoryPlan(gaussians, d, batch_size, feature_positions, statistics, finalize, model,
                       batch_features, calibration, update_temporaries)
 

@@ -22,12 +22,11 @@ from .gaussian import GaussianModel, GaussianStats
 from .io import image_size as read_image_size
 from .geometry import DEFAULT_TILED_D, Geometry, decide_geometry, default_memory_budget, wants_tiles
 from .maps import distance_grid_to_maps, resize_map
-from .memory import MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
+from .memory import FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
 from .tiling import cell_grid, extract_tiled, from_cells, to_cells
 from .modelfile import ModelFileError, read_model_file, write_model_file
 
 DEFAULT_EPS = 0.01
-FOLD_CACHE_BYTES = 256 * 2**20  # held-out embeddings kept per fold before re-extracting instead
 DEFAULT_IMAGE_SIZE = 256
 
 
@@ -300,7 +299,11 @@ class PaDiM:
                     # Keep the fold's embeddings only while they are small, else extract them again,
                     # so that memory does not grow with the number of training images.
                     cache = cache + [(batch.indices, emb)] if cache is not None and cached_bytes <= FOLD_CACHE_BYTES else None
-            model = stats.subtract(fold_stats).finalize(self.eps)
+            stats.subtract_(fold_stats)  # in place, so the fold costs no second copy of the sums
+            try:
+                model = stats.finalize(self.eps)
+            finally:
+                stats.merge_(fold_stats)
             batches = cache if cache is not None else (
                 (b.indices, self._embed(b.images)) for b in self._loader(fold_sources, self.input_size_) if b.indices)
             for local, emb in batches:

@@ -180,6 +180,23 @@ def test_subtract_fold_equals_fit_on_the_rest():
                                reference_mahalanobis(feats[fold], means, inverses), rtol=2e-3, atol=2e-3)
 
 
+def test_in_place_subtract_then_merge_restores_the_statistics():
+    feats = make_features(n=15)
+    full = fit(feats, batches=2)
+    fold = fit(feats[torch.tensor([0, 5, 11])])
+    same_shift = full.empty_like().update(feats[torch.tensor([0, 5, 11])])
+    before_sum, before_outer = full.sum.clone(), full.sum_outer.clone()
+    expected = full.subtract(fold)
+    for other in (fold, same_shift):
+        full.subtract_(other)
+        assert full.count == 12
+        np.testing.assert_allclose(full.covariance().numpy(), expected.covariance().numpy(), rtol=1e-9, atol=1e-9)
+        full.merge_(other)
+        assert full.count == 15
+        np.testing.assert_allclose(full.sum.numpy(), before_sum.numpy(), rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(full.sum_outer.numpy(), before_outer.numpy(), rtol=1e-12, atol=1e-9)
+
+
 def test_subtract_rejects_removing_everything():
     stats = fit(make_features())
     with pytest.raises(ValueError):

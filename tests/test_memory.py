@@ -49,10 +49,13 @@ def test_plan_update_chunk_caps_temporaries():
 
 
 def test_plan_calibration():
+    # fold statistics + fold model + the fold's embeddings (capped at 256 MiB; exact when n_images is known)
     plan = plan_memory(100, 10, 100, 1, calibration_folds=5)
-    assert plan.calibration == 2 * 96_000 + 44_000
+    assert plan.calibration == 96_000 + 44_000 + 256 * 2**20
     with_images = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=12)
-    assert with_images.calibration == plan.calibration + math.ceil(12 / 5) * 100 * 10 * 4
+    assert with_images.calibration == 96_000 + 44_000 + math.ceil(12 / 5) * 100 * 10 * 4
+    huge = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=10**7)
+    assert huge.calibration == 96_000 + 44_000 + 256 * 2**20
     assert plan_memory(100, 10, 100, 1, calibration_folds=1, n_images=12).calibration == 0
 
 
