@@ -87,9 +87,15 @@ def decide_geometry(height: int, width: int, *, image_size, keep_aspect: bool, t
     if not 0 < float(scale) <= 4:
         raise ValueError(f"scale must be in (0, 4], got {scale}")
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    tile_px = _round_to(DEFAULT_TILE if tile in ("auto", True) else int(tile), multiple)
-    margin_px = DEFAULT_MARGIN if margin is None else int(margin)
-    margin_px = 0 if margin_px <= 0 else _round_to(margin_px, multiple)
+    if tile == "auto" or tile is True:  # not `tile in (..., True)`: 1 == True
+        tile = DEFAULT_TILE
+    elif isinstance(tile, str) or not float(tile) >= 1:
+        raise ValueError(f"tile must be 'auto', None or a tile side in pixels (at least 1), got {tile!r}")
+    tile_px = _round_to(int(tile), multiple)
+    if margin is None:  # the default, but never more than a quarter of the tile
+        margin_px = min(DEFAULT_MARGIN, (tile_px // 4) // multiple * multiple)
+    else:  # rounded up, so the overlap is never less than asked for
+        margin_px = 0 if int(margin) <= 0 else math.ceil(int(margin) / multiple) * multiple
     if tile_px - 2 * margin_px <= 0:
         raise ValueError(f"tile {tile_px} px leaves no core after a {margin_px} px margin on each side; "
                          f"use a larger tile or a smaller overlap")

@@ -147,7 +147,7 @@ def choose_granularity(grid_h: int, grid_w: int, d: int, batch_size: int, max_me
         f"memory budget {fmt_bytes(max_memory_bytes)} is too small for a {grid_h}×{grid_w} feature grid: "
         f"the smallest option ({_describe_cell(cell)}, d={dim}, batch {batch_size}) needs about "
         f"{fmt_bytes(plan.peak)} (statistics {fmt_bytes(plan.statistics)}, batch features "
-        f"{fmt_bytes(plan.batch_features + plan.update_temporaries)}); use a smaller tile or image scale, "
+        f"{fmt_bytes(plan.batch_features + plan.update_temporaries)}); use a smaller image scale, "
         f"a smaller batch, fewer dims (d), or a larger budget"
     )
 

@@ -226,13 +226,34 @@ class PaDiM:
                                      self.calibration_folds)
             if self.max_memory is not None and self.plan_.peak > budget:
                 raise MemoryError(f"{self.plan_.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
-                                  f"use cell='auto', a coarser cell, a smaller d, tile or scale")
+                                  f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
         self.n_gaussians_ = cell_count(gh, gw, self.cell_)
 
+    _SETUP = ("layers_", "geometry_", "input_size_", "feature_size_", "channel_index_", "n_features_",
+              "cell_", "plan_", "n_gaussians_")
+
     def plan(self, images: Any) -> MemoryPlan:
-        """Memory needed to fit on ``images`` with the current parameters (nothing is fitted)."""
-        self._prepare_fit(as_sources(images))
-        return self.plan_
+        """Memory needed to fit on ``images`` with the current parameters. Nothing is fitted; an
+        unfitted model keeps the decisions (geometry, cell, …), a fitted one its learned state."""
+        if not hasattr(self, "gaussian_"):
+            self._prepare_fit(as_sources(images))
+            return self.plan_
+        saved = {k: self.__dict__[k] for k in self._SETUP if k in self.__dict__}
+        extractor = self._extractor
+        try:
+            self._prepare_fit(as_sources(images))
+            return self.plan_
+        finally:
+            for key in self._SETUP:
+                self.__dict__.pop(key, None)
+            self.__dict__.update(saved)
+            self._extractor = extractor
+
+    def __getstate__(self) -> dict:
+        # The backbone's hooks point at this object's extractor: copies build their own.
+        state = self.__dict__.copy()
+        state["_extractor"] = None
+        return state
 
     def fit(self, images: Any, calibrate: bool | None = None) -> "PaDiM":
         """Fit the Gaussians on good images (folder, paths, PIL images or arrays); returns self.
@@ -254,9 +275,9 @@ class PaDiM:
                 self._check_sizes(batch)
                 stats.update(self._to_samples(self._embed(batch.images)))
                 used.extend(batch.indices)
-        if stats.count < 2:
-            raise ValueError(f"need at least 2 readable training images, got {stats.count}")
-        self.n_train_ = stats.count
+        if len(used) < 2:
+            raise ValueError(f"need at least 2 readable training images, got {len(used)}")
+        self.n_train_ = len(used)
         self.gaussian_ = stats.finalize(self.eps)
         self.calibrator_ = None
         self.calibration_scores_ = None
