@@ -228,6 +228,9 @@ class PaDiM:
                 raise MemoryError(f"{self.plan_.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
                                   f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
         self.n_gaussians_ = cell_count(gh, gw, self.cell_)
+        # Held-out folds keep their embeddings (saving a backbone pass) in what the budget leaves.
+        peak = self.plan_.peak if isinstance(self.plan_, MemoryPlan) else 0
+        self._fold_cache_bytes = max(FOLD_CACHE_BYTES, budget - peak)
 
     _SETUP = ("layers_", "geometry_", "input_size_", "feature_size_", "channel_index_", "n_features_",
               "cell_", "plan_", "n_gaussians_")
@@ -317,9 +320,9 @@ class PaDiM:
                     emb = self._embed(batch.images)
                     fold_stats.update(self._to_samples(emb))
                     cached_bytes += emb.numel() * emb.element_size()
-                    # Keep the fold's embeddings only while they are small, else extract them again,
+                    # Keep the fold's embeddings while they fit the budget, else extract them again,
                     # so that memory does not grow with the number of training images.
-                    cache = cache + [(batch.indices, emb)] if cache is not None and cached_bytes <= FOLD_CACHE_BYTES else None
+                    cache = cache + [(batch.indices, emb)] if cache is not None and cached_bytes <= self._fold_cache_bytes else None
             stats.subtract_(fold_stats)  # in place, so the fold costs no second copy of the sums
             try:
                 model = stats.finalize(self.eps)
