@@ -210,9 +210,20 @@ def get_spec(name: str) -> BackboneSpec:
         raise ValueError(f"unknown backbone {name!r}; choose from: {', '.join(BACKBONES)}") from None
 
 
-def build_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
-    """The pretrained backbone ``name`` in eval mode, from ``weights`` if given."""
+def build_backbone(name: str, weights: str | Path | None = None, *, prepare: bool = True) -> nn.Module:
+    """The pretrained backbone ``name`` in eval mode, from ``weights`` if given.
+
+    With ``prepare`` (the default) it is made faster for inference by
+    :func:`padim.fusion.prepare_for_inference`: BatchNorm folded into the convolutions, no
+    padding copies, fused activations, channels_last on the CPU. Module names (the hook points)
+    and their outputs stay the same up to float rounding, and ``state_dict()`` still returns the
+    weights as loaded; the model must stay in eval mode. ``prepare=False`` gives the plain model.
+    """
     model = get_spec(name).build(None if weights is None else str(weights))
+    if prepare:
+        from .fusion import prepare_for_inference
+
+        model = prepare_for_inference(model.eval(), keep_state_dict=True)
     for param in model.parameters():
         param.requires_grad_(False)
     return model

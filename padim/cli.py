@@ -93,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threshold rule when --val-defects is given")
     large = p.add_argument_group("large images (stored in the model; scoring needs no options repeated)")
     large.add_argument("--tile", type=_tile, default="auto",
-                       help="tile side in px, 'none', or 'auto' (tiles when the long side exceeds 2000 px)")
+                       help="tile side in px, 'none', or 'auto' (images with a long side over 2000 px are rescaled "
+                            "and tiled if still over 4.5 MP)")
     large.add_argument("--overlap", type=int, default=None, help="px cropped from each tile side (default 128)")
     large.add_argument("--scale", type=float, default=None,
-                       help="rescale factor before tiling (default: long side to 2048 px)")
+                       help="rescale factor for large images (default: long side to 1600 px)")
     large.add_argument("--cell", type=_cell, default="auto",
                        help="Gaussian per position (1), per k×k cell (k), one shared ('image'), or 'auto'")
     large.add_argument("--max-memory", default=None,

@@ -43,7 +43,8 @@ def source_name(source: Any, index: int) -> str:
 
 
 class Resize:
-    """Picklable transform: RGB float image → ``[3, H, W]`` tensor at a fixed size (area when shrinking)."""
+    """Picklable transform: RGB image (uint8, or float in [0, 1]) → float ``[3, H, W]`` tensor in
+    [0, 1] at a fixed size (area averaging when shrinking)."""
 
     def __init__(self, size: tuple[int, int]):
         self.size = (int(size[0]), int(size[1]))
@@ -53,7 +54,8 @@ class Resize:
         if image.shape[:2] != (h, w):
             shrink = h * w < image.shape[0] * image.shape[1]
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor
 
 
 @dataclass
@@ -78,7 +80,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            image = load_image(self.sources[index])
+            image = load_image(self.sources[index], keep_uint8=True)
         except ImageReadError as exc:
             return index, None, (0, 0), str(exc)
         return index, self.transform(image), image.shape[:2], ""

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 from .maps import input_size_for
 from .tiling import TileLayout
 
-AUTO_TILE_SIDE = 2000  # training images with a longer side than this are tiled by default
-AUTO_TILED_SIDE = 2048  # ... after rescaling their longer side to at most this
+AUTO_TILE_SIDE = 2000  # training images with a longer side than this are "large"
+AUTO_LARGE_SIDE = 1600  # large images are rescaled so their longer side is at most this
+AUTO_WHOLE_PIXELS = 4_500_000  # up to this many pixels (after rescaling) one forward pass beats tiles
 DEFAULT_TILE = 1024
 DEFAULT_MARGIN = 128  # seamless to ~0.1 % of a feature's spread for stride-4/8/16 hook points
 DEFAULT_TILED_D = 100
@@ -37,14 +38,14 @@ def _round_to(value: int, multiple: int) -> int:
 
 @dataclass(frozen=True)
 class Geometry:
-    """Input size, strides and (in tiled mode) tile, margin and scale of a fitted model."""
+    """Input size, strides and, for large images, the scale and (when tiled) tile and margin."""
 
     input_size: tuple[int, int]  # images are resized to this (height, width) before features
     stride: int  # finest hooked stride: one feature position per ``stride`` input pixels
     multiple: int  # coarsest hooked stride
     tile: int | None = None
     margin: int = 0
-    scale: float | None = None  # tiled mode: input size / original size
+    scale: float | None = None  # large-image mode: input size / original size
 
     @property
     def tiled(self) -> bool:
@@ -68,8 +69,9 @@ class Geometry:
         return cls(**{**data, "input_size": tuple(data["input_size"])})
 
 
-def wants_tiles(height: int, width: int, tile) -> bool:
-    """Tiled mode: asked for with an int tile, or automatic for large images."""
+def large_image_mode(height: int, width: int, tile) -> bool:
+    """Large-image mode (rescaled, tiled when needed): asked for with an int tile, or automatic
+    when the long side exceeds ``AUTO_TILE_SIDE``."""
     if tile is None or tile is False:
         return False
     if tile == "auto":
@@ -80,13 +82,17 @@ def wants_tiles(height: int, width: int, tile) -> bool:
 def decide_geometry(height: int, width: int, *, image_size, keep_aspect: bool, tile, margin, scale,
                     stride: int, multiple: int) -> Geometry:
     """The geometry for training images of ``height × width`` and the user's options."""
-    if not wants_tiles(height, width, tile):
+    if not large_image_mode(height, width, tile):
         return Geometry(input_size_for(height, width, image_size, keep_aspect, multiple), stride, multiple)
     if scale is None:
-        scale = min(1.0, AUTO_TILED_SIDE / max(height, width))
+        scale = min(1.0, AUTO_LARGE_SIDE / max(height, width))
     if not 0 < float(scale) <= 4:
         raise ValueError(f"scale must be in (0, 4], got {scale}")
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if tile == "auto" and size[0] * size[1] <= AUTO_WHOLE_PIXELS:
+        # Tiles only bound memory; they cost 2–3× the pixels in overlap. A rescaled image this
+        # small goes through the backbone whole, at the same resolution the tiles would see.
+        return Geometry(input_size_for(height, width, size, False, multiple), stride, multiple, scale=float(scale))
     if tile == "auto" or tile is True:  # not `tile in (..., True)`: 1 == True
         tile = DEFAULT_TILE
     elif isinstance(tile, str) or not float(tile) >= 1:

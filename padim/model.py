@@ -20,7 +20,7 @@ from .data import Batch, Resize, as_sources, make_loader, source_name
 from .features import FeatureExtractor, embedding_concat, random_channel_index
 from .gaussian import GaussianModel, GaussianStats
 from .io import image_size as read_image_size
-from .geometry import DEFAULT_TILED_D, Geometry, decide_geometry, default_memory_budget, wants_tiles
+from .geometry import DEFAULT_TILED_D, Geometry, decide_geometry, default_memory_budget, large_image_mode
 from .maps import distance_grid_to_maps, resize_map
 from .memory import FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
 from .tiling import cell_grid, extract_tiled, from_cells, to_cells
@@ -77,9 +77,10 @@ class PaDiM:
     smoothing in input pixels. calibration_folds: k-fold held-out scoring of the good images
     that calibrates probabilities and the threshold (0 disables it).
 
-    Large images: tile ("auto": tiled when the training images' long side exceeds 2000 px; an
-    int: tile side in pixels; None: never), overlap (pixels cropped from each tile side, default
-    128), scale (factor applied before tiling; default: long side to 2048 px), cell (Gaussian
+    Large images: tile ("auto": images with a long side over 2000 px are rescaled so it is
+    1600 px and, if still over 4.5 MP, cut into 1024 px tiles; an int: always tile, with tiles of
+    that side; None: never), overlap (pixels cropped from each tile side, default 128), scale
+    (factor applied to large images; default: long side to 1600 px), cell (Gaussian
     granularity: 1 per position, k for k×k cells, "image" for one shared Gaussian, "auto" for the
     finest that fits max_memory), max_memory (bytes or "6G"; default 4 GiB or half the RAM).
     """
@@ -136,10 +137,10 @@ class PaDiM:
     def spec(self):
         return get_spec(self.backbone)
 
-    def _resolve_layers(self, tiled: bool) -> list[str]:
+    def _resolve_layers(self, large: bool) -> list[str]:
         if self.layers:
             return list(self.layers)
-        if tiled and self.spec.tiled_layers:
+        if large and self.spec.tiled_layers:
             return list(self.spec.tiled_layers)
         return list(self.spec.default_layers)
 
@@ -165,7 +166,8 @@ class PaDiM:
         return self._extractor
 
     def _loader(self, sources, size: tuple[int, int]):
-        images_per_batch = 1 if self.geometry_.tiled else self.batch_size  # tiles are batched instead
+        # Large images one at a time (their tiles are batched instead).
+        images_per_batch = 1 if self.geometry_.scale is not None else self.batch_size
         return make_loader(sources, Resize(size), images_per_batch, self.workers,
                            pin_memory=self._device().type == "cuda")
 
@@ -198,16 +200,16 @@ class PaDiM:
         """Decide geometry, hook points, channels and Gaussian granularity from the first image."""
         spec = self.spec
         h, w = self._first_size(sources)
-        tiled = wants_tiles(h, w, self.tile)
-        if self._extractor is not None and self._resolve_layers(tiled) != getattr(self, "layers_", None):
+        large = large_image_mode(h, w, self.tile)
+        if self._extractor is not None and self._resolve_layers(large) != getattr(self, "layers_", None):
             self._extractor = None  # refit with other hook points
-        self.layers_ = self._resolve_layers(tiled)
+        self.layers_ = self._resolve_layers(large)
         points = [spec.hook_point(name) for name in self.layers_]
         total = sum(p.channels for p in points)
-        default_d = spec.default_d or (DEFAULT_TILED_D if tiled else None)
+        default_d = spec.default_d or (DEFAULT_TILED_D if large else None)
         d = default_d if self.d is None else (self.d or None)
         self.geometry_ = decide_geometry(
-            h, w, image_size=self.image_size, keep_aspect=self.keep_aspect, tile=self.tile if tiled else None,
+            h, w, image_size=self.image_size, keep_aspect=self.keep_aspect, tile=self.tile if large else None,
             margin=self.overlap, scale=self.scale, stride=min(p.stride for p in points),
             multiple=max(p.stride for p in points))
         self.input_size_ = self.geometry_.input_size
@@ -215,7 +217,7 @@ class PaDiM:
         self.channel_index_ = random_channel_index(total, d, self.seed)
         self.n_features_ = total if self.channel_index_ is None else int(self.channel_index_.numel())
         gh, gw = self.feature_size_
-        batch = 1 if tiled else self.batch_size
+        batch = 1 if large else self.batch_size
         budget = default_memory_budget() if self.max_memory is None else parse_memory(self.max_memory)
         if self.cell == "auto":
             self.cell_, _, self.plan_ = choose_granularity(gh, gw, self.n_features_, batch, budget,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from padim.geometry import DEFAULT_MARGIN, DEFAULT_TILE, Geometry, decide_geometry, wants_tiles
+from padim.geometry import DEFAULT_MARGIN, DEFAULT_TILE, Geometry, decide_geometry, large_image_mode
 
 # EfficientNet-Lite0 hook points: resize mode (blocks 4/10/14: strides 8, 16, 32) and tiled mode
 # (blocks 2/4/10: strides 4, 8, 16).
@@ -19,7 +19,7 @@ def geometry(h, w, *, image_size=256, keep_aspect=True, tile="auto", margin=None
                            scale=scale, **strides)
 
 
-# --------------------------------------------------------------------------- wants_tiles
+# --------------------------------------------------------------------------- large_image_mode
 
 @pytest.mark.parametrize("h, w, tile, expected", [
     (768, 576, "auto", False),
@@ -32,7 +32,7 @@ def geometry(h, w, *, image_size=256, keep_aspect=True, tile="auto", margin=None
     (300, 300, 128, True),  # an explicit tile side always tiles, however small the image
 ])
 def test_wants_tiles(h, w, tile, expected):
-    assert wants_tiles(h, w, tile) is expected
+    assert large_image_mode(h, w, tile) is expected
 
 
 # ------------------------------------------------------------------------- resize mode
@@ -54,26 +54,33 @@ def test_resize_mode_explicit_size_and_squash():
 
 # -------------------------------------------------------------------------- tiled mode
 
-def test_auto_tiles_a_large_photo():
+def test_auto_rescales_a_large_photo_and_runs_it_whole():
     g = geometry(3872, 3200)
-    assert g.tiled
-    assert g.scale == pytest.approx(2048 / 3872)
-    # 3872 · 2048/3872 = 2048; 3200 · 2048/3872 = 1692.56 → 1693.
-    assert g.input_size == (2048, 1693)
+    assert g.scale == pytest.approx(1600 / 3872)
+    # 3872 · 1600/3872 = 1600, 3200 · 1600/3872 = 1322.3: 2.1 MP, small enough for one forward
+    # pass, so no tiles; the size is rounded to the coarsest stride (16): 1600 × 1328.
+    assert not g.tiled
+    assert g.input_size == (1600, 1328)
+    assert g.feature_size == (400, 332)
+
+
+def test_auto_tiles_when_the_rescaled_photo_is_still_huge():
+    g = geometry(3872, 3200, scale=1.0)  # 12.4 MP at native resolution
+    assert g.tiled and g.input_size == (3872, 3200)
     assert (g.tile, g.margin) == (DEFAULT_TILE, DEFAULT_MARGIN) == (1024, 128)
-    assert g.feature_size == (512, 424)  # ceil(2048/4), ceil(1693/4) = ceil(423.25)
+    assert g.feature_size == (968, 800)
     layout = g.layout()
     assert layout.core == 1024 - 2 * 128
-    assert (layout.tiles_y, layout.tiles_x) == (3, 3)  # ceil(2048/768), ceil(1693/768)
+    assert (layout.tiles_y, layout.tiles_x) == (6, 5)  # ceil(3872/768), ceil(3200/768)
     assert layout.grid_size == g.feature_size
 
 
-def test_auto_tiled_scale_never_enlarges():
-    # 2100 px long side: factor 2048/2100 < 1.
-    assert geometry(2100, 1000).input_size == (2048, round(1000 * 2048 / 2100))
+def test_auto_scale_never_enlarges():
+    # 2100 px long side: factor 1600/2100 < 1.
+    assert geometry(2100, 1000).scale == pytest.approx(1600 / 2100)
     # A small image with an explicit tile is tiled at its native size (default scale 1).
     g = geometry(500, 700, tile=256, margin=32)
-    assert g.scale == 1.0 and g.input_size == (500, 700)
+    assert g.scale == 1.0 and g.input_size == (500, 700) and g.tiled
 
 
 def test_explicit_tile_with_scale_one_keeps_native_size():

@@ -124,7 +124,7 @@ def test_choose_refuses_with_numbers_in_message():
     assert fmt_bytes(GIB) in message  # the budget given
     smallest = min(_peak(968, 800, c, dim, batch=16) for c in (1, 2, 4, 8, 16, "image") for dim in (100, 50))
     assert fmt_bytes(smallest) in message  # what the smallest option needs
-    assert "d=50" in message and "fewer dims" in message and "smaller tile" in message
+    assert "d=50" in message and "fewer dims" in message and "smaller image scale" in message
 
 
 def test_choose_rejects_bad_budget():
