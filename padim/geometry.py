@@ -20,7 +20,6 @@ AUTO_LARGE_SIDE = 1600  # large images are rescaled so their longer side is at m
 AUTO_WHOLE_PIXELS = 4_500_000  # up to this many pixels (after rescaling) one forward pass beats tiles
 DEFAULT_TILE = 1024
 DEFAULT_MARGIN = 128  # seamless to ~0.1 % of a feature's spread for stride-4/8/16 hook points
-DEFAULT_TILED_D = 100
 
 
 def default_memory_budget() -> int:

@@ -79,9 +79,9 @@ def near(found, expected, tolerance):
 def test_fit_learns_the_expected_shapes(fitted):
     assert fitted.n_train_ == 12
     assert fitted.input_size_ == (SIZE, SIZE)
-    assert fitted.feature_size_ == (SIZE // 8, SIZE // 8)  # finest default lite0 layer: stride 8
+    assert fitted.feature_size_ == (SIZE // 4, SIZE // 4)  # finest default lite0 layer: stride 4
     assert fitted.n_features_ == 100 and fitted.channel_index_.shape == (100,)
-    assert fitted.gaussian_.mean.shape == ((SIZE // 8) ** 2, 100)
+    assert fitted.gaussian_.mean.shape == ((SIZE // 4) ** 2, 100)
 
 
 def test_unreadable_training_image_is_skipped_with_a_warning(fitted, data):
