@@ -60,14 +60,10 @@ except ImportError:  # the package is optional for the torchvision backbones
     _lite_model = _lite_utils = None
 
 
-def _lite():
-    return _lite_model, _lite_utils
-
-
 def _known_pair_attrs() -> list[tuple[type, tuple[tuple[str, str], ...]]]:
     """(module class, (conv attribute, bn attribute) pairs its forward applies back to back)."""
     known: list[tuple[type, tuple[tuple[str, str], ...]]] = []
-    lite, _ = _lite()
+    lite = _lite_model
     if lite is not None:
         # EfficientNet.extract_features: self._swish(self._bn0(self._conv_stem(inputs))) and
         # self._swish(self._bn1(self._conv_head(x))); MBConvBlock.forward: _expand_conv → _bn0
@@ -218,13 +214,12 @@ else:  # pragma: no cover - the package is a dependency of the default backbone
 
 def _rewrite_same_padding(model: nn.Module) -> int:
     """Step 2 on every ``Conv2dStaticSamePadding`` of the model; returns how many changed."""
-    _, utils = _lite()
     cls = PreparedSamePadConv2d
     if cls is None:
         return 0
     changed = 0
     for module in model.modules():
-        if type(module) is not utils.Conv2dStaticSamePadding:
+        if type(module) is not _lite_utils.Conv2dStaticSamePadding:
             continue
         # The class changes, the object (parameters, children, hooks) stays: names cannot move.
         module.__class__ = cls
@@ -237,10 +232,10 @@ def _rewrite_same_padding(model: nn.Module) -> int:
             module.padding = (top, left)
             module._reversed_padding_repeated_twice = [left, left, top, top]
             module._modules["static_padding"] = nn.Identity()
-        else:
+        elif tuple(module.dilation) == (1, 1):
             # Output j reads input s·j − left + d, d < k. With symmetric padding max(left, right)
             # and |right − left| zero taps before (or after) the kernel it reads the same
-            # positions, and yields the same number of outputs.
+            # positions (plus zero-weighted ones), and yields as many outputs. Undilated only.
             module.cpu_padding = (max(top, bottom), max(left, right))
             module.cpu_taps = (max(right - left, 0), max(left - right, 0),
                                max(bottom - top, 0), max(top - bottom, 0))
@@ -250,8 +245,7 @@ def _rewrite_same_padding(model: nn.Module) -> int:
 
 def _fuse_relu6(model: nn.Module) -> int:
     """Step 3: the convolutions whose (folded) output goes straight into ReLU6 apply it."""
-    lite, _ = _lite()
-    cls = PreparedSamePadConv2d
+    lite, cls = _lite_model, PreparedSamePadConv2d
     if lite is None or cls is None:
         return 0
     fused = 0
