@@ -36,7 +36,7 @@ run fit_bs_native padim fit "$out/bsdata200/train/good" -o "$out/bs_native.padim
 run eval_bs_native padim eval "$out/bs_native.padim" "$out/bsdata200" -o "$out/report_bs_native" --threads "$threads" --quiet
 
 # 3. Huge images: 100 synthetic 3872×3200 training images, default options.
-run large $py benchmarks/large_images.py --root /tmp/padim_large --work "$out/large" --threads "$threads"
+run large $py benchmarks/large_images.py --root "${LARGE_ROOT:-/tmp/padim_large}" --work "$out/large" --threads "$threads"
 
 # 4. Fit memory against the number of training images (Gaussian fit only, then with calibration).
 run fit_memory $py benchmarks/fit_memory.py --data "$data/bsdata/train/good" --sizes 50 200 800 --threads "$threads"
