@@ -326,18 +326,24 @@ def plot_roc(labels: Sequence[int], scores: Sequence[float], path: PathLike, *,
         ax.plot(fpr, tpr, color="tab:blue", linewidth=2,
                 label=f"AUROC = {auc:.4f}  (n={y.size}, {int(y.sum())} defect)")
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_xlabel("false positive rate (good flagged NG)")
-        ax.set_ylabel("true positive rate (defects caught)")
-        ax.set_title(title)
-        ax.set_aspect("equal")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        _style_unit_axes(ax, "false positive rate (good flagged NG)", "true positive rate (defects caught)",
+                         title, "lower right")
         fig.tight_layout()
         return save_figure(fig, path)
     finally:
         _close(fig)
+
+
+def _style_unit_axes(ax, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
+    """Square [0, 1] axes with labels, grid and legend, shared by the ROC and PR plots."""
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize=8)
 
 
 def plot_pr(labels: Sequence[int], scores: Sequence[float], path: PathLike, *,
@@ -356,14 +362,7 @@ def plot_pr(labels: Sequence[int], scores: Sequence[float], path: PathLike, *,
                 label=f"AP = {ap:.4f}  (n={y.size}, {int(y.sum())} defect)")
         ax.axhline(base, color="grey", linestyle="--", linewidth=1,
                    label=f"chance = {base:.3f}")
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_xlabel("recall (defects caught)")
-        ax.set_ylabel("precision (NG calls that are defects)")
-        ax.set_title(title)
-        ax.set_aspect("equal")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=8)
+        _style_unit_axes(ax, "recall (defects caught)", "precision (NG calls that are defects)", title, "lower left")
         fig.tight_layout()
         return save_figure(fig, path)
     finally:
