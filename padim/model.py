@@ -225,7 +225,7 @@ class PaDiM:
                                   f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
         self.n_gaussians_ = cell_count(gh, gw, self.cell_)
         # Held-out folds keep their embeddings (saving a backbone pass) in what the budget leaves.
-        peak = self.plan_.peak if isinstance(self.plan_, MemoryPlan) else 0
+        peak = self.plan_.peak
         self._fold_cache_bytes = max(FOLD_CACHE_BYTES, budget - peak)
 
     _SETUP = ("layers_", "geometry_", "input_size_", "feature_size_", "channel_index_", "n_features_",
@@ -453,7 +453,7 @@ class PaDiM:
             "layers": self.layers_,
             "geometry": self.geometry_.as_dict(),
             "cell": self.cell_,
-            "memory_plan": self.plan_.as_dict() if isinstance(self.plan_, MemoryPlan) else self.plan_,
+            "memory_plan": None if self.plan_ is None else self.plan_.as_dict(),
             "n_features": self.n_features_,
             "n_train": self.n_train_,
             "regularisation": self.gaussian_.reg,
@@ -482,7 +482,8 @@ class PaDiM:
             model.feature_size_ = model.geometry_.feature_size
             model.cell_ = meta["cell"]
             model.n_gaussians_ = cell_count(*model.feature_size_, model.cell_)
-            model.plan_ = meta.get("memory_plan")
+            plan = meta.get("memory_plan")
+            model.plan_ = None if plan is None else MemoryPlan(**{k: v for k, v in plan.items() if k != "peak"})
             model.n_features_ = int(meta["n_features"])
             model.n_train_ = int(meta["n_train"])
             model.backbone_fingerprint_ = meta.get("backbone_fingerprint")
@@ -511,14 +512,21 @@ class PaDiM:
                       if self.geometry_.tiled else "no (whole image resized)"),
             "feature grid (h, w)": list(self.feature_size_),
             "Gaussians": f"{self.n_gaussians_} (cell {self.cell_})",
-            "memory plan": self.plan_.as_dict() if isinstance(self.plan_, MemoryPlan) else self.plan_,
+            "memory plan": None if self.plan_ is None else self.plan_.describe().removeprefix("memory plan: "),
             "training images": self.n_train_,
             "eps (relative)": self.eps,
             "regularisation λ": self.gaussian_.reg,
             "model tensors (MB)": round(
                 (self.gaussian_.mean.numel() + self.gaussian_.whitener.numel()) * 4 / 2**20, 1),
-            "calibration": None if self.calibrator_ is None else self.calibrator_.to_dict(),
+            "calibration": None if self.calibrator_ is None else self._describe_calibration(),
         }
+
+    def _describe_calibration(self) -> str:
+        cal = self.calibrator_
+        if cal.method_ == "logistic":
+            return f"logistic on labelled defects, threshold {cal.threshold_:.6g} ({cal.threshold_method_})"
+        return (f"good images only ({cal.n_good_} held-out scores), threshold {cal.threshold_:.6g} "
+                f"at a {cal.alpha_:.2%} false-reject rate")
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._PARAMS)

@@ -367,7 +367,7 @@ def test_cli_info_shows_tiles_and_memory_plan(cli_model):
     assert lines["tiles"] == "128 px, overlap 32 px, scale 1"
     assert lines["Gaussians"] == "1440 (cell 2)"
     assert lines["input size (h, w)"] == "[320, 288]"
-    assert '"gaussians": 1440' in lines["memory plan"] and '"peak":' in lines["memory plan"]
+    assert lines["memory plan"].startswith("1440 Gaussians × d=30") and "estimated peak" in lines["memory plan"]
 
 
 def test_cli_score_needs_no_tiling_options(cli_model, data, tmp_path):
