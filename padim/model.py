@@ -277,7 +277,6 @@ class PaDiM:
         if len(used) < 2:
             raise ValueError(f"need at least 2 readable training images, got {len(used)}")
         self.n_train_ = len(used)
-        self.gaussian_ = stats.finalize(self.eps)
         self.calibrator_ = None
         self.calibration_scores_ = None
         self.map_floor_ = None
@@ -287,6 +286,8 @@ class PaDiM:
                 self._calibrate([sources[i] for i in used], stats, folds)
             elif calibrate:
                 raise ValueError(f"calibration needs at least {max(folds, 5)} good images, got {len(used)}")
+        # After the folds, so their models are gone before the final one is allocated.
+        self.gaussian_ = stats.finalize(self.eps)
         return self
 
     def _record_errors(self, batch: Batch, sources) -> None:
@@ -331,6 +332,7 @@ class PaDiM:
                 for i, score in zip(local, maps.amax(dim=1).cpu().numpy()):
                     scores[int(members[i])] = float(score)
                 medians.append(maps.median(dim=1).values.cpu().numpy())
+            del model, cache, batches  # free this fold's model before the next is built
         ordered = np.array([scores[i] for i in sorted(scores)])
         return ordered, float(np.median(np.concatenate(medians)))
 
@@ -526,7 +528,7 @@ class PaDiM:
         if cal.method_ == "logistic":
             return f"logistic on labelled defects, threshold {cal.threshold_:.6g} ({cal.threshold_method_})"
         return (f"good images only ({cal.n_good_} held-out scores), threshold {cal.threshold_:.6g} "
-                f"at a {cal.alpha_:.2%} false-reject rate")
+                f"at a {100 * cal.alpha_:.3g} % false-reject rate")
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._PARAMS)

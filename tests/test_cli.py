@@ -236,7 +236,7 @@ def test_fit_threshold_overrides_and_score_threshold_overrides_again(data, fitte
     assert rc == 0, err
     assert "threshold 123.5" in out
     rc, info, _ = cli("info", model_path)
-    assert '"threshold": 123.5' in info
+    assert 'threshold 123.5' in info
     tsv = tmp_path / "s.tsv"
     rc, _, err = cli("score", model_path, data["test"], "-o", tsv, *RUNTIME)
     assert rc == 0, err
@@ -257,7 +257,7 @@ def test_val_defects_give_a_logistic_calibration(data, tmp_path):
     assert rc == 0, err
     assert "logistic calibration" in out
     rc, info, _ = cli("info", model_path)
-    assert '"method": "logistic"' in info
+    assert 'logistic on labelled defects' in info
     tsv = tmp_path / "s.tsv"
     rc, _, err = cli("score", model_path, data["test"], "-o", tsv, *RUNTIME)
     assert rc == 0, err
@@ -582,7 +582,7 @@ def test_info_describes_the_model(fitted, model):
     assert json.loads(fields["layers"]) == model.layers_
     assert json.loads(fields["input size (h, w)"]) == [64, 64]
     assert fields["calibration"].startswith("good images only (10 held-out scores)")
-    assert f"threshold {model.calibrator_.threshold_:.6g} at a 1.00% false-reject rate" in fields["calibration"]
+    assert f"threshold {model.calibrator_.threshold_:.6g} at a 1 % false-reject rate" in fields["calibration"]
 
 
 def test_version():
