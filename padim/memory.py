@@ -16,6 +16,7 @@ from .gaussian import finalize_chunk, update_chunk
 
 GIB = 2**30
 FOLD_CACHE_BYTES = 256 * 2**20  # held-out embeddings kept per calibration fold before re-extracting
+CACHE_RESERVE_BYTES = 768 * 2**20  # left for backbone activations and decoding when sizing that cache
 MIB = 2**20
 
 
@@ -91,7 +92,7 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
     if calibration_folds >= 2:
         fold_embeddings = FOLD_CACHE_BYTES
         if n_images:
-            fold_embeddings = min(fold_embeddings, math.ceil(n_images / calibration_folds) * feature_positions * d * 4)
+            fold_embeddings = min(fold_embeddings, math.ceil(n_images / calibration_folds) * feature_positions * d * 2)
         calibration = statistics + model + fold_embeddings
     return MemoryPlan(gaussians, d, batch_size, feature_positions, statistics, finalize, model,
                       batch_features, calibration, update_temporaries)

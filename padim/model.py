@@ -22,7 +22,7 @@ from .gaussian import GaussianModel, GaussianStats
 from .io import image_size as read_image_size
 from .geometry import Geometry, decide_geometry, default_memory_budget, large_image_mode
 from .maps import distance_grid_to_maps, resize_map
-from .memory import FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
+from .memory import CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
 from .tiling import cell_grid, extract_tiled, from_cells, to_cells
 from .modelfile import ModelFileError, read_model_file, write_model_file
 
@@ -224,9 +224,9 @@ class PaDiM:
                 raise MemoryError(f"{self.plan_.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
                                   f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
         self.n_gaussians_ = cell_count(gh, gw, self.cell_)
-        # Held-out folds keep their embeddings (saving a backbone pass) in what the budget leaves.
-        peak = self.plan_.peak
-        self._fold_cache_bytes = max(FOLD_CACHE_BYTES, budget - peak)
+        # Held-out folds keep their embeddings (saving a backbone pass) in what the budget leaves
+        # after the plan and a reserve for the backbone's activations and image decoding.
+        self._fold_cache_bytes = max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES)
 
     _SETUP = ("layers_", "geometry_", "input_size_", "feature_size_", "channel_index_", "n_features_",
               "cell_", "plan_", "n_gaussians_")
@@ -316,10 +316,11 @@ class PaDiM:
                 if batch.indices:
                     emb = self._embed(batch.images)
                     fold_stats.update(self._to_samples(emb))
-                    cached_bytes += emb.numel() * emb.element_size()
+                    cached_bytes += emb.numel() * 2  # kept in float16: these scores only calibrate
                     # Keep the fold's embeddings while they fit the budget, else extract them again,
                     # so that memory does not grow with the number of training images.
-                    cache = cache + [(batch.indices, emb)] if cache is not None and cached_bytes <= self._fold_cache_bytes else None
+                    keep = cache is not None and cached_bytes <= self._fold_cache_bytes
+                    cache = cache + [(batch.indices, emb.half())] if keep else None
             stats.subtract_(fold_stats)  # in place, so the fold costs no second copy of the sums
             try:
                 model = stats.finalize(self.eps)
@@ -328,7 +329,7 @@ class PaDiM:
             batches = cache if cache is not None else (
                 (b.indices, self._embed(b.images)) for b in self._loader(fold_sources, self.input_size_) if b.indices)
             for local, emb in batches:
-                maps = self._maps_from_embedding(emb, model).flatten(1)
+                maps = self._maps_from_embedding(emb.float(), model).flatten(1)
                 for i, score in zip(local, maps.amax(dim=1).cpu().numpy()):
                     scores[int(members[i])] = float(score)
                 medians.append(maps.median(dim=1).values.cpu().numpy())

@@ -53,7 +53,7 @@ def test_plan_calibration():
     plan = plan_memory(100, 10, 100, 1, calibration_folds=5)
     assert plan.calibration == 96_000 + 44_000 + 256 * 2**20
     with_images = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=12)
-    assert with_images.calibration == 96_000 + 44_000 + math.ceil(12 / 5) * 100 * 10 * 4
+    assert with_images.calibration == 96_000 + 44_000 + math.ceil(12 / 5) * 100 * 10 * 2  # float16
     huge = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=10**7)
     assert huge.calibration == 96_000 + 44_000 + 256 * 2**20
     assert plan_memory(100, 10, 100, 1, calibration_folds=1, n_images=12).calibration == 0

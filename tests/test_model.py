@@ -349,7 +349,8 @@ def test_held_out_scores_equal_refitting_without_the_fold(calibrated):
     rest = [f for i, f in enumerate(files) if i not in set(members.tolist())]
     refit = PaDiM(**PARAMS).fit(rest)
     expected = refit.score_samples([files[i] for i in members])
-    np.testing.assert_allclose(np.asarray(model.calibration_scores_)[members], expected, rtol=1e-5)
+    # (the fold's embeddings are cached in float16 for this scoring, hence the tolerance)
+    np.testing.assert_allclose(np.asarray(model.calibration_scores_)[members], expected, rtol=2e-3)
 
 
 def test_calibration_needs_enough_images(data):
