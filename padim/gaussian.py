@@ -7,6 +7,7 @@ number of training images and shards fitted apart can simply be added.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,21 @@ def finalize_chunk(dim: int) -> int:
 def update_chunk(dim: int, batch: int) -> int:
     """Positions per chunk when accumulating: temporaries of about 128 MiB."""
     return max(1, FINALIZE_CHUNK_BYTES // (8 * dim * (dim + batch)))
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Batched CPU Cholesky runs up to 100× slower with two threads when another process holds a
+    core (spinning OpenMP threads); one thread costs at most 2× on an idle machine."""
+    previous = torch.get_num_threads()
+    if device.type != "cpu" or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class GaussianStats:
@@ -161,6 +177,11 @@ class GaussianStats:
         whitener = torch.empty(self.num_positions, self.dim, self.dim, dtype=torch.float32, device=self.device)
         eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
         chunk = finalize_chunk(self.dim)
+        with _one_cpu_thread(self.device):
+            self._whiten_chunks(centred_mean, lam, eps, whitener, eye, chunk)
+        return GaussianModel(mean=self.mean().to(torch.float32).contiguous(), whitener=whitener, reg=lam)
+
+    def _whiten_chunks(self, centred_mean, lam, eps, whitener, eye, chunk) -> None:
         for start in range(0, self.num_positions, chunk):
             stop = min(start + chunk, self.num_positions)
             m = centred_mean[start:stop]
@@ -176,7 +197,6 @@ class GaussianStats:
             # L⁻¹, copied row-major into the float32 whitener (as a reloaded model has it, so both
             # take the same matmul path and score bit-identically).
             whitener[start:stop] = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
-        return GaussianModel(mean=self.mean().to(torch.float32).contiguous(), whitener=whitener, reg=lam)
 
     def _require_samples(self, k: int) -> None:
         if self.count < k:
