@@ -183,7 +183,7 @@ class PaDiM:
 
     # -------------------------------------------------------------------- fit
     def _first_size(self, sources) -> tuple[int, int]:
-        for index, source in enumerate(sources):
+        for source in sources:
             try:
                 return read_image_size(source)
             except Exception:  # noqa: BLE001 - unreadable files are reported by the loader
@@ -234,19 +234,18 @@ class PaDiM:
     def plan(self, images: Any) -> MemoryPlan:
         """Memory needed to fit on ``images`` with the current parameters. Nothing is fitted; an
         unfitted model keeps the decisions (geometry, cell, …), a fitted one its learned state."""
-        if not hasattr(self, "gaussian_"):
-            self._prepare_fit(as_sources(images))
-            return self.plan_
+        fitted = hasattr(self, "gaussian_")
         saved = {k: self.__dict__[k] for k in self._SETUP if k in self.__dict__}
         extractor = self._extractor
         try:
             self._prepare_fit(as_sources(images))
             return self.plan_
         finally:
-            for key in self._SETUP:
-                self.__dict__.pop(key, None)
-            self.__dict__.update(saved)
-            self._extractor = extractor
+            if fitted:  # put the learned state back
+                for key in self._SETUP:
+                    self.__dict__.pop(key, None)
+                self.__dict__.update(saved)
+                self._extractor = extractor
 
     def __getstate__(self) -> dict:
         # The backbone's hooks point at this object's extractor: copies build their own.
