@@ -27,7 +27,13 @@ Probability = alpha / (alpha + p(s)), alpha = max_false_reject: 0.5 at the thres
 log space so far-out scores neither underflow nor give NaN.
 
 With labelled defect scores too: a class-balanced logistic posterior on log-score (Platt
-scaling) and a threshold from Youden's J (or best F1) on the given scores.
+scaling) and a threshold from Youden's J (or best F1) on the given scores. The logistic keeps
+its fitted slope (how fast the evidence grows with the score) but is centred on the threshold,
+so that it gives 0.5 there: a Youden or user threshold and the balanced posterior's own 0.5
+point differ in general, and an NG label with a probability below 0.5 is a contradiction.
+
+In every mode NG <=> probability >= 0.5 <=> score >= threshold; moving the threshold
+(``with_threshold``, ``padim score --threshold``) moves the probabilities with it.
 """
 from __future__ import annotations
 
@@ -47,7 +53,8 @@ __all__ = ["Calibrator"]
 _EULER = 0.5772156649015329
 _N_PIVOTS = 4096        # simulated estimate pairs defining the predictive p-value
 _MAX_PIVOT_N = 500      # beyond this the parameter uncertainty is negligible
-_FORMAT = 1
+_FORMAT = 2             # 2: logistic centred on the threshold (1 is read and re-centred)
+_READABLE_FORMATS = (1, 2)
 
 
 def _lmoment_gumbel(x):
@@ -81,6 +88,9 @@ def _gumbel_logsf(z):
     with np.errstate(over="ignore", divide="ignore"):
         e = np.exp(-z)
         return np.where(e < 1e-8, -z - e / 2.0, np.log(-np.expm1(-e)))
+
+
+_BELOW_HALF = np.nextafter(0.5, 0.0)
 
 
 def _as_scores(scores, what):
@@ -132,6 +142,7 @@ class Calibrator:
             both = np.r_[good, defect]
             chosen = (youden_threshold(labels, both) if threshold_method == "youden"
                       else best_f1_threshold(labels, both)[1])
+            chosen = self._nearest_to_boundary(chosen, both)
         else:
             chosen = self._good_isf(self.max_false_reject_)
         return self._set_threshold(chosen if threshold is None else threshold)
@@ -158,6 +169,18 @@ class Calibrator:
         self.slope_ = float(slope)
         self.intercept_ = float(lr.intercept_[0] - slope * centre)
         return True
+
+    def _nearest_to_boundary(self, chosen, scores):
+        """Among the thresholds that label ``scores`` exactly as ``chosen`` does (the interval up
+        to the next lower score), the one closest to the fitted logistic's own 0.5 point: the
+        labels of the calibration set keep their Youden/F1 optimum, and centring the posterior
+        on the threshold moves it as little as possible (not at all when the classes separate)."""
+        below = scores[scores < chosen]
+        lowest = np.nextafter(below.max(), np.inf) if below.size else -np.inf
+        boundary = -self.intercept_ / self.slope_
+        if self.feature_ == "log":
+            boundary = math.exp(boundary) if boundary < 700 else math.inf
+        return float(min(max(boundary, lowest), chosen))
 
     def _feature(self, s):
         if self.feature_ == "raw":
@@ -211,10 +234,15 @@ class Calibrator:
         if np.isnan(s).any():
             raise ValueError("scores contain NaN")
         if self.method_ == "logistic":
-            return special.expit(self.intercept_ + self.slope_ * self._feature(s))
-        log_alpha = self._good_logsf(self.threshold_)[0]     # alpha = p(threshold)
-        log_p = self._good_logsf(s, floor=log_alpha - 50.0)  # expit(50) == 1.0 in float64
-        return special.expit(log_alpha - log_p).reshape(s.shape)
+            p = special.expit(self.intercept_ + self.slope_ * self._feature(s))
+        else:
+            log_alpha = self._good_logsf(self.threshold_)[0]     # alpha = p(threshold)
+            log_p = self._good_logsf(s, floor=log_alpha - 50.0)  # expit(50) == 1.0 in float64
+            p = special.expit(log_alpha - log_p).reshape(s.shape)
+        # Both curves cross 0.5 at the threshold; rounding right next to it must not put a
+        # probability on the wrong side of 0.5 from the label.
+        ng = s >= self.threshold_
+        return np.where(ng, np.maximum(p, 0.5), np.minimum(p, _BELOW_HALF))
 
     def predict(self, scores) -> np.ndarray:
         """True (NG) where score >= threshold_."""
@@ -225,12 +253,17 @@ class Calibrator:
         t = float(threshold)
         if not math.isfinite(t):
             raise ValueError(f"threshold must be finite, got {threshold}")
+        if self.method_ == "logistic":  # centre the posterior on the threshold: p(t) = 0.5
+            centre = float(self._feature(np.float64(t)))
+            if not math.isfinite(centre):
+                raise ValueError(f"threshold must be above 0 for a log-score calibration, got {threshold}")
+            self.intercept_ = -self.slope_ * centre
         self.threshold_ = t
         self.alpha_ = float(np.exp(self._good_logsf(t)[0]))  # good-model p-value of threshold_
         return self
 
     def with_threshold(self, threshold) -> "Calibrator":
-        """Copy with threshold_ overridden (good-only: probability 0.5 moves with it)."""
+        """Copy with threshold_ overridden; probability 0.5 moves with it in every mode."""
         self._check_fitted()
         return copy.deepcopy(self)._set_threshold(threshold)
 
@@ -250,9 +283,9 @@ class Calibrator:
     @classmethod
     def from_dict(cls, d) -> "Calibrator":
         """Rebuild a calibrator saved with to_dict()."""
-        if d.get("format") != _FORMAT:
+        if d.get("format") not in _READABLE_FORMATS:
             raise ValueError(f"unsupported calibrator format {d.get('format')!r}; "
-                             f"expected {_FORMAT}")
+                             f"expected one of {_READABLE_FORMATS}")
         if d.get("method") not in ("good-only", "logistic"):
             raise ValueError(f"unknown calibration method {d.get('method')!r}")
         keys = cls._KEYS + (cls._LOGISTIC_KEYS if d["method"] == "logistic" else ())
@@ -263,6 +296,8 @@ class Calibrator:
         for k in keys:
             cast = {"method": str, "feature": str, "threshold_method": str, "n_good": int}
             setattr(self, k + "_", cast.get(k, float)(d[k]))
+        if self.method_ == "logistic":
+            self._set_threshold(self.threshold_)  # format 1 stored an uncentred intercept
         return self
 
     def __repr__(self):

@@ -1,10 +1,23 @@
-"""Command line: ``padim fit | score | eval | demo | info``. Errors are one line, exit code 2."""
+"""Command line: ``padim fit | score | eval | demo | info`` (also ``python -m padim``).
+
+Exit codes, the same for every command:
+  0  success
+  1  finished, but some input images could not be read (they are listed; the rest was done)
+  2  usage or input error: bad options, missing or unreadable files, a model that does not fit
+     the request — one line on stderr saying what and where
+  3  internal error (a bug in padim or a library below it): the traceback is printed
+  130 interrupted (Ctrl-C)
+``--debug`` (or PADIM_DEBUG=1) prints the traceback of any error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import linecache
+import os
 import sys
+import traceback
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +31,15 @@ EXAMPLES = {
     "demo": "padim demo -o demo_output",
     "info": "padim info model.padim",
 }
+
+
+EXIT_CODES = """exit codes:
+  0    success
+  1    done, but some input images could not be read (listed on stderr)
+  2    usage or input error (one line on stderr)
+  3    internal error (a bug: traceback printed)
+  130  interrupted
+add --debug to any command (or set PADIM_DEBUG=1) for the full traceback of an error"""
 
 
 class CliError(Exception):
@@ -59,13 +81,19 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)")
     p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_debug(p)
+
+
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true",
+                   help="print the full traceback of an error (also: environment variable PADIM_DEBUG=1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="padim",
         description="Unsupervised visual inspection with PaDiM: fit on good images, score new ones.",
-        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
+        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()) + "\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"padim {__version__}")
@@ -129,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("info", "Print what a model file holds.")
     p.add_argument("model", type=Path)
+    _add_debug(p)
     return parser
 
 
@@ -148,6 +177,8 @@ def cmd_fit(args) -> int:
         params["layers"] = [s.strip() for s in args.layers.split(",")]
     if args.eps is not None:
         params["eps"] = args.eps
+    if args.folds == 1 or args.folds < 0:
+        raise CliError(f"--folds must be 0 (no calibration) or at least 2, got {args.folds}")
     if args.folds < 2 and (args.threshold is not None or args.val_defects is not None):
         raise CliError("--threshold and --val-defects calibrate probabilities, which needs --folds 2 or more")
     model = PaDiM(**params)
@@ -155,7 +186,9 @@ def cmd_fit(args) -> int:
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(args.train_dir)
+        # calibrate=True: too few good images for the folds is an error here, not a model that
+        # `padim score` would refuse later for want of probabilities.
+        model.fit(args.train_dir, calibrate=args.folds >= 2)
     for w in caught:
         print(f"padim: warning: {w.message}", file=sys.stderr)
     if args.val_defects is not None or args.threshold is not None:
@@ -164,6 +197,10 @@ def cmd_fit(args) -> int:
     cal = model.calibrator_
     print(f"fitted on {model.n_train_} images in {time.time() - started:.1f} s → {args.output}"
           + (f" (threshold {cal.threshold_:.4g}, {cal.method_} calibration)" if cal else ""))
+    if cal is None:
+        print("padim: warning: --folds 0: the model has no calibration, so it gives anomaly scores and maps "
+              "(Python API) but no probabilities or OK/NG labels; `padim score` needs a calibrated model",
+              file=sys.stderr)
     return 1 if model.skipped_ else 0
 
 
@@ -225,16 +262,62 @@ def main(argv: list[str] | None = None) -> int:
     from .io import ImageReadError
     from .modelfile import ModelFileError
 
+    debug = getattr(args, "debug", False) or os.environ.get("PADIM_DEBUG", "") not in ("", "0")
     try:
         return COMMANDS[args.command](args)
-    except (CliError, FileNotFoundError, ImageReadError, ModelFileError, WeightsUnavailableError,
-            ValueError, RuntimeError, MemoryError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"padim {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"padim {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (CliError, FileNotFoundError, ImageReadError, ModelFileError, WeightsUnavailableError,
+            ValueError, RuntimeError, MemoryError) as exc:
+        if debug:
+            traceback.print_exc()
+        if not _raised_by_padim(exc):
+            return _internal_error(args.command, exc, debug)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if _out_of_memory(exc) or (isinstance(exc, MemoryError) and not str(exc)):
+            message = (f"out of memory ({message}); lower --batch-size, --max-memory or --d, "
+                       f"or use a coarser --cell")
+        print(f"padim {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: show it
+        if debug:
+            traceback.print_exc()
+        return _internal_error(args.command, exc, debug)
+
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _raised_by_padim(exc: BaseException) -> bool:
+    """True for an error padim raised on purpose (a ``raise`` in padim's own code, or an OS error
+    about a file), False for one that escaped from inside torch, numpy or another library — an
+    internal error, whose traceback the user (and the bug report) needs."""
+    if isinstance(exc, (CliError, OSError, MemoryError)) or _out_of_memory(exc):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return True
+    filename = tb.tb_frame.f_code.co_filename
+    if not Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
+        return False
+    # A C-level error inside a padim line (a torch shape mismatch, say) is a bug, not a message.
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _internal_error(command: str, exc: BaseException, debug: bool) -> int:
+    if not debug:
+        traceback.print_exception(exc)
+    print(f"padim {command}: internal error ({type(exc).__name__}): this is a bug in padim or a library "
+          f"it uses; please report it with the traceback above", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

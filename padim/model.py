@@ -284,7 +284,9 @@ class PaDiM:
             if len(used) >= max(folds, 5):
                 self._calibrate([sources[i] for i in used], stats, folds)
             elif calibrate:
-                raise ValueError(f"calibration needs at least {max(folds, 5)} good images, got {len(used)}")
+                raise ValueError(f"calibration needs at least {max(folds, 5)} good images, got {len(used)}: "
+                                 f"add good images, or fit without calibration (calibration_folds=0, "
+                                 f"CLI --folds 0: scores and maps, no probabilities)")
         # After the folds, so their models are gone before the final one is allocated.
         self.gaussian_ = stats.finalize(self.eps)
         return self

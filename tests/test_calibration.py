@@ -118,8 +118,11 @@ def test_logistic_separable():
     good, defect = rng.normal(10, 1, 100), rng.normal(30, 2, 10)
     cal = Calibrator().fit(good, defect)
     assert cal.method_ == "logistic" and cal.slope_ > 0 and cal.feature_ == "log"
-    assert cal.threshold_ == youden_threshold(np.r_[0 * good, 0 * defect + 1], np.r_[good, defect])
-    assert good.max() < cal.threshold_ <= defect.min()
+    # any threshold in (good.max(), defect.min()] is Youden-optimal here; the one chosen is the
+    # balanced logistic's own 0.5 point, which lies in that gap
+    youden = youden_threshold(np.r_[0 * good, 0 * defect + 1], np.r_[good, defect])
+    assert good.max() < cal.threshold_ <= youden == defect.min()
+    assert cal.threshold_ < defect.min()
     assert not cal.predict(good).any() and cal.predict(defect).all()
     assert cal.probability(np.median(good)) < 0.1 and cal.probability(np.median(defect)) > 0.9
     p = cal.probability(GRID)
@@ -131,9 +134,16 @@ def test_logistic_overlapping_is_balanced():
     good, defect = rng.lognormal(np.log(10), 0.1, 400), rng.lognormal(np.log(13), 0.1, 20)
     cal = Calibrator().fit(good, defect, threshold_method="f1")
     y, s = np.r_[np.zeros(400), np.ones(20)], np.r_[good, defect]
-    assert cal.threshold_ == best_f1_threshold(y, s)[1]
-    # classes are balanced: even with 20x more goods, the midpoint is near 0.5
-    assert 0.3 < cal.probability(np.sqrt(10 * 13)) < 0.7
+    f1_threshold = best_f1_threshold(y, s)[1]
+    assert cal.threshold_ <= f1_threshold
+    assert np.array_equal(s >= cal.threshold_, s >= f1_threshold)  # the same labels, so the same F1
+    # the slope is that of a class-balanced logistic fit on log-score (sklearn as the reference)
+    from sklearn.linear_model import LogisticRegression
+    x = np.log(s)
+    ref = LogisticRegression(class_weight="balanced").fit(((x - x.mean()) / x.std())[:, None], y)
+    assert cal.slope_ == pytest.approx(ref.coef_[0, 0] / x.std(), rel=1e-6)
+    # ... centred on the chosen threshold
+    assert cal.probability(cal.threshold_) == pytest.approx(0.5, abs=1e-12)
     assert np.all(np.diff(cal.probability(GRID)) >= 0)
 
 
@@ -177,3 +187,52 @@ def test_no_warnings_on_normal_use(goods):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Calibrator().fit(goods).probability(GRID)
+
+
+# ----------------------------------------------------------------------------- labels agree with probabilities
+
+def _agreement_grid(cal):
+    t = cal.threshold_
+    near = [np.nextafter(t, -np.inf), t, np.nextafter(t, np.inf)]
+    return np.r_[GRID, near, t * (1 + np.linspace(-1e-6, 1e-6, 41))]
+
+
+def _calibrators(goods):
+    rng = np.random.default_rng(8)
+    defects = rng.lognormal(np.log(2 * np.median(goods)), 0.3, 12)
+    yield "good-only", Calibrator().fit(goods)
+    yield "good-only fixed", Calibrator().fit(goods, threshold=float(np.median(goods)))
+    yield "youden", Calibrator().fit(goods, defects)
+    yield "f1", Calibrator().fit(goods, defects, threshold_method="f1")
+    yield "logistic fixed", Calibrator().fit(goods, defects, threshold=float(np.max(goods)))
+    yield "logistic moved", Calibrator().fit(goods, defects).with_threshold(float(np.min(defects)))
+    yield "good-only moved", Calibrator().fit(goods).with_threshold(3.0)
+
+
+def test_ng_iff_probability_at_least_half_in_every_mode(goods):
+    for name, cal in _calibrators(goods):
+        grid = _agreement_grid(cal)
+        ng = grid >= cal.threshold_  # the definition of the label, computed here independently
+        assert np.array_equal(cal.predict(grid), ng), name
+        assert np.array_equal(cal.probability(grid) >= 0.5, ng), name
+        back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+        assert np.array_equal(back.probability(grid) >= 0.5, ng), name
+
+
+def test_moving_the_threshold_moves_the_logistic_probabilities(goods):
+    rng = np.random.default_rng(9)
+    cal = Calibrator().fit(goods, rng.lognormal(np.log(2 * np.median(goods)), 0.3, 12))
+    higher = cal.with_threshold(cal.threshold_ * 1.5)
+    assert higher.probability(higher.threshold_) == pytest.approx(0.5, abs=1e-12)
+    assert higher.probability(cal.threshold_) < 0.5 <= cal.probability(cal.threshold_)
+    assert higher.slope_ == cal.slope_  # same evidence per unit log-score, new centre
+    with pytest.raises(ValueError, match="above 0"):
+        cal.with_threshold(0.0)
+
+
+def test_format_1_logistic_dicts_are_recentred(goods):
+    rng = np.random.default_rng(10)
+    cal = Calibrator().fit(goods, rng.lognormal(np.log(2 * np.median(goods)), 0.3, 12))
+    old = {**cal.to_dict(), "format": 1, "intercept": cal.intercept_ + 3.0}  # an uncentred posterior
+    back = Calibrator.from_dict(old)
+    assert back.probability(back.threshold_) == pytest.approx(0.5, abs=1e-12)

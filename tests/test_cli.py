@@ -19,7 +19,7 @@ from PIL import Image
 
 import padim.results
 from padim import __version__
-from padim.cli import EXAMPLES, main
+from padim.cli import CliError, EXAMPLES, main
 
 RUNTIME = ["--device", "cpu", "--workers", "0", "--batch-size", "4", "--quiet", "--threads", "1"]
 FIT = ["--image-size", "64", "--d", "50", *RUNTIME]
@@ -178,7 +178,7 @@ def test_memory_estimate_is_printed_before_fitting_starts(data, tmp_path, monkey
     from padim.model import PaDiM
 
     def no_fit(self, *args, **kwargs):
-        raise RuntimeError("fit started")
+        raise CliError("fit started")
 
     monkeypatch.setattr(PaDiM, "fit", no_fit)
     rc, out, err = cli("fit", data["train"], "-o", tmp_path / "m.padim", *FIT)
@@ -710,3 +710,72 @@ def test_console_script_version_and_one_line_error(error_setup):
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("padim score: error: ") and "garbage.padim" in lines[0]
+
+
+# ----------------------------------------------------------------------------- exit codes and --debug
+
+def test_help_documents_the_exit_codes():
+    rc, out, err = cli("--help")
+    assert rc == 0
+    for code in ("0", "1", "2", "3", "130"):
+        assert any(line.split()[:1] == [code] for line in out.splitlines()), code
+
+
+def test_debug_prints_the_traceback_of_an_input_error(error_setup):
+    root = error_setup["root"]
+    args = ("score", root / "garbage.padim", error_setup["inputs"], "-o", root / "s.tsv", *RUNTIME)
+    rc, out, err = cli(*args)
+    assert rc == 2 and "Traceback" not in err
+    rc, out, err = cli(*args, "--debug")
+    assert rc == 2
+    assert "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("padim score: error: ") and "garbage.padim" in err
+
+
+def test_an_internal_error_shows_its_traceback_and_exits_3(data, tmp_path, monkeypatch):
+    import torch
+
+    import padim.model
+
+    def broken_to_cells(embedding, cell):  # a bug deep inside a library call: a shape mismatch
+        return torch.ones(3) + torch.ones(4)
+
+    monkeypatch.setattr(padim.model, "to_cells", broken_to_cells)
+    rc, out, err = cli("fit", data["train"], "-o", tmp_path / "m.padim", *FIT)
+    assert rc == 3, err
+    assert "Traceback (most recent call last)" in err and "must match" in err
+    assert "internal error (RuntimeError)" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "m.padim").exists()
+
+
+def test_too_few_images_to_calibrate_is_an_error_not_a_model(data, tmp_path):
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(Path(data["train"]).glob("*.png"))[:3]:
+        shutil.copy(path, few / path.name)
+    rc, out, err = cli("fit", few, "-o", tmp_path / "m.padim", *FIT)
+    assert rc == 2
+    assert error_lines(err, "fit")[-1].startswith("padim fit: error: calibration needs at least 5 good images, got 3")
+    assert not (tmp_path / "m.padim").exists()
+    rc, out, err = cli("fit", few, "-o", tmp_path / "m.padim", "--folds", "0", *FIT)
+    assert rc == 0 and (tmp_path / "m.padim").exists()
+    assert "no calibration" in err
+    rc, out, err = cli("fit", few, "-o", tmp_path / "m1.padim", "--folds", "1", *FIT)
+    assert rc == 2 and "--folds must be 0" in err
+
+
+def test_scores_in_the_tsv_have_labels_that_agree_with_probabilities(fitted, data, tmp_path):
+    import csv
+
+    for threshold in (None, "1e-9", "1e9", None):
+        extra = () if threshold is None else ("--threshold", threshold)
+        out_tsv = tmp_path / f"s{threshold}.tsv"
+        rc, out, err = cli("score", fitted["path"], data["inputs"], "-o", out_tsv, *extra, *RUNTIME)
+        assert rc == 0, err
+        with open(out_tsv, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        assert rows and all((float(r["probability"]) >= 0.5) == (r["label"] == "NG") for r in rows)
+        if threshold == "1e-9":
+            assert all(r["label"] == "NG" for r in rows)
+        if threshold == "1e9":
+            assert all(r["label"] == "OK" and float(r["probability"]) < 0.5 for r in rows)
