@@ -72,18 +72,24 @@ class PaDiM:
 
     backbone, weights: registry name and optional local weights file (see ``padim.backbones``).
     layers: hook points (default: the backbone's). d: random channels kept (None: the backbone's
-    default; 0 or a number ≥ all channels keeps all). image_size: int (side of a square of equal
-    area; with ``keep_aspect`` the training images' aspect ratio is kept) or (height, width).
+    default; 0 or a number ≥ all channels keeps all). image_size: int (the size rule's base: side
+    of a square of equal area; with ``keep_aspect`` the training images' aspect ratio is kept) or
+    (height, width).
     eps: covariance regulariser relative to the mean feature variance. blur_sigma: anomaly-map
     smoothing in input pixels. calibration_folds: k-fold held-out scoring of the good images
     that calibrates probabilities and the threshold (0 disables it).
 
-    Large images: tile ("auto": images with a long side over 2000 px are rescaled so it is
-    1600 px and, if still over 4.5 MP, cut into 1024 px tiles; an int: always tile, with tiles of
-    that side; None: never), overlap (pixels cropped from each tile side, default 128), scale
-    (factor applied to large images; default: long side to 1600 px), cell (Gaussian
-    granularity: 1 per position, k for k×k cells, "image" for one shared Gaussian, "auto" for the
-    finest that fits max_memory), max_memory (bytes or "6G"; default 4 GiB or half the RAM).
+    Input size: one continuous rule (padim.geometry) from the training image of median pixel
+    count: up to 768² px of area it is resized to ``image_size``² px of equal area; beyond, the
+    input's side grows by 0.44 px per image px (3872×3200 → 1616×1328), at most 4 MP per image,
+    and less if the Gaussians' memory plan does not fit ``max_memory`` otherwise. An
+    ``image_size`` of (height, width) or a ``scale`` (input = image × scale) fix it instead.
+    tile ("auto": tiles only when one forward pass of the input would need more than a quarter of
+    ``max_memory``; an int: always tile, with tiles of that side; None: never), overlap (pixels
+    cropped from each tile side; default: the receptive field of the hooked layers, 128–256 px,
+    which makes stitched features equal whole-image ones), cell (Gaussian granularity: 1 per
+    position, k for k×k cells, "image" for one shared Gaussian, "auto" for the finest that fits
+    max_memory), max_memory (bytes or "6G"; default 4 GiB or half the RAM).
     """
 
     def __init__(
