@@ -9,8 +9,8 @@ One continuous rule, no size thresholds (:func:`decide_geometry`):
 2. **Resolution.** With ``s = √(h·w)`` the typical image's equal-area side, the input's
    equal-area side is ``image_size + GROWTH · max(0, s − KNEE_SIDE)`` (aspect kept): images up to
    768² px of area get ``image_size``² px (256²: the paper's recipe, and the measured default on
-   the cookies and BSData), larger ones grow by 0.44 input px per image px of side (a 1990² photo
-   runs at 794², a 2010² one at 803²; 3872×3200 at 1616×1328, the 1600 px long side measured in
+   the cookies and BSData), larger ones grow by 0.44 input px per image px of side (a 1990² and a
+   2010² photo both run at 800² — 794² and 803² before rounding; 3872×3200 at 1616×1328, the 1600 px long side measured in
    benchmarks/RESULTS.md). The input never exceeds ``TIME_BUDGET_PIXELS`` (4 MP: about 8 s per
    image to fit on two CPU cores, from the 3.95 s measured at 2.1 MP) and shrinks further, never
    below ``image_size``², until the Gaussians' memory plan fits the budget (``fits``).
@@ -129,8 +129,9 @@ def default_margin(points: Sequence, multiple: int) -> int:
     ``stride − finest stride`` px before the fine one. So a margin of ``(rf − 1)/2 + stride − 1``
     rounded up to ``multiple`` keeps every kept feature's receptive field inside its tile: 128 px
     for ResNet18 layers 1–3, 160 for WideResNet50-2, 192 for EfficientNet-Lite0 blocks 2/4/10,
-    256 for Lite1/2 blocks 3/6/14. (Less is not free: for Lite0 blocks 4/10/14 at about 60 % of
-    this radius the features still differed by 0.2 σ at most, at 30 % by 2 σ.)
+    256 for Lite1/2 blocks 3/6/14: stitched features are then bit-identical to a whole pass on
+    the CPU. Less is not free (tests/test_stitching_backbones.py, default layers): at 0.75 of
+    this margin they differed by up to 2e-5–7e-3 of a channel's spread, at half of it 0.07–1.5.
     """
     deepest = max(points, key=lambda p: (p.receptive_field, p.stride))
     radius = (deepest.receptive_field - 1) / 2 + max(p.stride for p in points) - 1

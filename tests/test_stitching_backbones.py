@@ -13,7 +13,6 @@ float32 rounding allows more on other devices); at 0.75 of the overlap the error
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision.models as tvm
 
 from padim import PaDiM
