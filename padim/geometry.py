@@ -9,9 +9,9 @@ One continuous rule, no size thresholds (:func:`decide_geometry`):
 2. **Resolution.** With ``s = √(h·w)`` the typical image's equal-area side, the input's
    equal-area side is ``image_size + GROWTH · max(0, s − KNEE_SIDE)`` (aspect kept): images up to
    768² px of area get ``image_size``² px (256²: the paper's recipe, and the measured default on
-   the cookies and BSData), larger ones grow by 0.44 input px per image px of side (a 1990² and a
-   2010² photo both run at 800² — 794² and 803² before rounding; 3872×3200 at 1616×1328, the 1600 px long side measured in
-   benchmarks/RESULTS.md). The input never exceeds ``TIME_BUDGET_PIXELS`` (4 MP: about 8 s per
+   the cookies and BSData), larger ones grow by 0.44 input px per image px of side (a 1990² and
+   a 2010² photo both run at 800², 794² and 803² before rounding; 3872×3200 at 1616×1328, the
+   1600 px long side measured in benchmarks/RESULTS.md). The input never exceeds ``TIME_BUDGET_PIXELS`` (4 MP: about 8 s per
    image to fit on two CPU cores, from the 3.95 s measured at 2.1 MP) and shrinks further, never
    below ``image_size``², until the Gaussians' memory plan fits the budget (``fits``).
 3. **Tiles.** ``tile="auto"`` tiles exactly when one forward pass over the whole input would need
