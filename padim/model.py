@@ -167,7 +167,7 @@ class PaDiM:
         return self._extractor
 
     def _loader(self, sources, size: tuple[int, int]):
-        # Large images one at a time (their tiles are batched instead).
+        # As many images as the activation share of the budget allows; tiled ones one at a time.
         images_per_batch = self.geometry_.images_per_batch(self.batch_size)
         return make_loader(sources, Resize(size), images_per_batch, self.workers,
                            pin_memory=self._device().type == "cuda")
