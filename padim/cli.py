@@ -121,11 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threshold rule when --val-defects is given")
     large = p.add_argument_group("large images (stored in the model; scoring needs no options repeated)")
     large.add_argument("--tile", type=_tile, default="auto",
-                       help="tile side in px, 'none', or 'auto' (images with a long side over 2000 px are rescaled "
-                            "and tiled if still over 4.5 MP)")
-    large.add_argument("--overlap", type=int, default=None, help="px cropped from each tile side (default 128)")
+                       help="tile side in px, 'none', or 'auto' (tile when one forward pass of the input would "
+                            "need more than a quarter of --max-memory; 1024 px tiles)")
+    large.add_argument("--overlap", type=int, default=None,
+                       help="px cropped from each tile side (default: the hooked layers' receptive field, "
+                            "128-256 px)")
     large.add_argument("--scale", type=float, default=None,
-                       help="rescale factor for large images (default: long side to 1600 px)")
+                       help="input = training images x this factor (default: the size rule, e.g. "
+                            "3872x3200 -> 1616x1328)")
     large.add_argument("--cell", type=_cell, default="auto",
                        help="Gaussian per position (1), per k×k cell (k), one shared ('image'), or 'auto'")
     large.add_argument("--max-memory", default=None,

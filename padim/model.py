@@ -20,7 +20,8 @@ from .data import Batch, Resize, as_sources, make_loader, source_name
 from .features import FeatureExtractor, embedding_concat, random_channel_index
 from .gaussian import GaussianModel, GaussianStats
 from .io import image_size as read_image_size
-from .geometry import Geometry, decide_geometry, default_memory_budget, large_image_mode
+from .geometry import (Geometry, activation_floats_per_pixel, decide_geometry, default_margin, default_memory_budget,
+                       typical_size)
 from .maps import distance_grid_to_maps, resize_map
 from .memory import CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
 from .tiling import cell_grid, extract_tiled, from_cells, to_cells
@@ -71,18 +72,24 @@ class PaDiM:
 
     backbone, weights: registry name and optional local weights file (see ``padim.backbones``).
     layers: hook points (default: the backbone's). d: random channels kept (None: the backbone's
-    default; 0 or a number ≥ all channels keeps all). image_size: int (side of a square of equal
-    area; with ``keep_aspect`` the training images' aspect ratio is kept) or (height, width).
+    default; 0 or a number ≥ all channels keeps all). image_size: int (the size rule's base: side
+    of a square of equal area; with ``keep_aspect`` the training images' aspect ratio is kept) or
+    (height, width).
     eps: covariance regulariser relative to the mean feature variance. blur_sigma: anomaly-map
     smoothing in input pixels. calibration_folds: k-fold held-out scoring of the good images
     that calibrates probabilities and the threshold (0 disables it).
 
-    Large images: tile ("auto": images with a long side over 2000 px are rescaled so it is
-    1600 px and, if still over 4.5 MP, cut into 1024 px tiles; an int: always tile, with tiles of
-    that side; None: never), overlap (pixels cropped from each tile side, default 128), scale
-    (factor applied to large images; default: long side to 1600 px), cell (Gaussian
-    granularity: 1 per position, k for k×k cells, "image" for one shared Gaussian, "auto" for the
-    finest that fits max_memory), max_memory (bytes or "6G"; default 4 GiB or half the RAM).
+    Input size: one continuous rule (padim.geometry) from the training image of median pixel
+    count: up to 768² px of area it is resized to ``image_size``² px of equal area; beyond, the
+    input's side grows by 0.44 px per image px (3872×3200 → 1616×1328), at most 4 MP per image,
+    and less if the Gaussians' memory plan does not fit ``max_memory`` otherwise. An
+    ``image_size`` of (height, width) or a ``scale`` (input = image × scale) fix it instead.
+    tile ("auto": tiles only when one forward pass of the input would need more than a quarter of
+    ``max_memory``; an int: always tile, with tiles of that side; None: never), overlap (pixels
+    cropped from each tile side; default: the receptive field of the hooked layers, 128–256 px,
+    which makes stitched features equal whole-image ones), cell (Gaussian granularity: 1 per
+    position, k for k×k cells, "image" for one shared Gaussian, "auto" for the finest that fits
+    max_memory), max_memory (bytes or "6G"; default 4 GiB or half the RAM).
     """
 
     def __init__(
@@ -160,8 +167,8 @@ class PaDiM:
         return self._extractor
 
     def _loader(self, sources, size: tuple[int, int]):
-        # Large images one at a time (their tiles are batched instead).
-        images_per_batch = 1 if self.geometry_.scale is not None else self.batch_size
+        # As many images as the activation share of the budget allows; tiled ones one at a time.
+        images_per_batch = self.geometry_.images_per_batch(self.batch_size)
         return make_loader(sources, Resize(size), images_per_batch, self.workers,
                            pin_memory=self._device().type == "cuda")
 
@@ -175,26 +182,43 @@ class PaDiM:
         if not self.geometry_.tiled:
             return embedding_concat(extractor(images), self.channel_index_)
         return extract_tiled(images, lambda tiles: embedding_concat(extractor(tiles), self.channel_index_),
-                             self.geometry_.layout(), fill=self.spec.mean, tile_batch=self.batch_size)
+                             self.geometry_.layout(), fill=self.spec.mean,
+                             tile_batch=self.geometry_.tiles_per_batch(self.batch_size))
 
     def _to_samples(self, embedding: torch.Tensor) -> torch.Tensor:
         """Embedding ``[B, d, h, w]`` → samples ``[S, d, G]`` for the G Gaussians (per position or cell)."""
         return to_cells(embedding, self.cell_)
 
     # -------------------------------------------------------------------- fit
-    def _first_size(self, sources) -> tuple[int, int]:
+    def _training_sizes(self, sources) -> list[tuple[int, int]]:
+        """``(height, width)`` of every readable training image, from the file headers."""
+        sizes = []
         for source in sources:
             try:
-                return read_image_size(source)
+                sizes.append(read_image_size(source))
             except Exception:  # noqa: BLE001 - unreadable files are reported by the loader
                 continue
-        raise ValueError("none of the training images can be read")
+        return sizes
+
+    def _plan_for(self, geometry: Geometry, budget: int):
+        """Gaussian granularity and memory plan for ``geometry``; MemoryError when none fits."""
+        gh, gw = geometry.feature_size
+        batch = geometry.images_per_batch(self.batch_size)
+        if self.cell == "auto":
+            cell, _, plan = choose_granularity(gh, gw, self.n_features_, batch, budget, self.calibration_folds)
+            return cell, plan
+        cell = self.cell if self.cell == "image" else int(self.cell)
+        plan = plan_memory(cell_count(gh, gw, cell), self.n_features_, gh * gw, batch, self.calibration_folds)
+        if self.max_memory is not None and plan.peak > budget:
+            raise MemoryError(f"{plan.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
+                              f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
+        return cell, plan
 
     def _prepare_fit(self, sources) -> None:
-        """Decide geometry, hook points, channels and Gaussian granularity from the first image."""
+        """Decide geometry, hook points, channels and Gaussian granularity from the training images'
+        headers (the rule is in padim.geometry: the median image's size, the time and memory budget)."""
         spec = self.spec
-        h, w = self._first_size(sources)
-        large = large_image_mode(h, w, self.tile)
+        h, w = typical_size(self._training_sizes(sources))
         layers = list(self.layers) if self.layers else list(spec.default_layers)
         if self._extractor is not None and layers != getattr(self, "layers_", None):
             self._extractor = None  # refit with other hook points
@@ -202,28 +226,27 @@ class PaDiM:
         points = [spec.hook_point(name) for name in self.layers_]
         total = sum(p.channels for p in points)
         d = spec.default_d if self.d is None else (self.d or None)
-        self.geometry_ = decide_geometry(
-            h, w, image_size=self.image_size, keep_aspect=self.keep_aspect, tile=self.tile if large else None,
-            margin=self.overlap, scale=self.scale, stride=min(p.stride for p in points),
-            multiple=max(p.stride for p in points))
-        self.input_size_ = self.geometry_.input_size
-        self.feature_size_ = self.geometry_.feature_size
         self.channel_index_ = random_channel_index(total, d, self.seed)
         self.n_features_ = total if self.channel_index_ is None else int(self.channel_index_.numel())
-        gh, gw = self.feature_size_
-        batch = 1 if large else self.batch_size
         budget = default_memory_budget() if self.max_memory is None else parse_memory(self.max_memory)
-        if self.cell == "auto":
-            self.cell_, _, self.plan_ = choose_granularity(gh, gw, self.n_features_, batch, budget,
-                                                           self.calibration_folds)
-        else:
-            self.cell_ = self.cell if self.cell == "image" else int(self.cell)
-            self.plan_ = plan_memory(cell_count(gh, gw, self.cell_), self.n_features_, gh * gw, batch,
-                                     self.calibration_folds)
-            if self.max_memory is not None and self.plan_.peak > budget:
-                raise MemoryError(f"{self.plan_.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
-                                  f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
-        self.n_gaussians_ = cell_count(gh, gw, self.cell_)
+        multiple = max(p.stride for p in points)
+
+        def fits(geometry: Geometry) -> bool:
+            try:
+                return self._plan_for(geometry, budget)[1].peak <= budget
+            except MemoryError:
+                return False
+
+        self.geometry_ = decide_geometry(
+            h, w, image_size=self.image_size, keep_aspect=self.keep_aspect, tile=self.tile, margin=self.overlap,
+            scale=self.scale, stride=min(p.stride for p in points), multiple=multiple,
+            receptive_margin=default_margin(points, multiple),
+            floats_per_pixel=activation_floats_per_pixel(spec.peak_activation, points, self.n_features_),
+            memory_budget=budget, batch_size=self.batch_size, fits=fits)
+        self.input_size_ = self.geometry_.input_size
+        self.feature_size_ = self.geometry_.feature_size
+        self.cell_, self.plan_ = self._plan_for(self.geometry_, budget)
+        self.n_gaussians_ = cell_count(*self.feature_size_, self.cell_)
         # Held-out folds keep their embeddings (saving a backbone pass) in what the budget leaves
         # after the plan and a reserve for the backbone's activations and image decoding.
         self._fold_cache_bytes = max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES)

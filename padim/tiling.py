@@ -13,7 +13,7 @@ starts at ``t·core`` in padded coordinates, so its core covers image pixels
 ``[t·core, (t+1)·core)``. ``tile`` and ``margin`` are multiples of the backbone's largest
 stride (``multiple``), so every tile's convolution grid coincides with the grid of a forward
 pass over the whole image, at every layer. If, in addition, ``margin`` is at least the
-receptive-field radius of the embedding (see :func:`margin_for`), the stitched grid equals the
+receptive-field radius of the embedding (:func:`padim.geometry.default_margin`), the stitched grid equals the
 features of one whole-image pass over the image padded at the bottom/right with ``fill`` to a
 multiple of ``multiple`` (as a whole-image pipeline must pad or resize anyway), cropped to
 ``ceil(size/stride)``. Exactly so in the interior; within a receptive field of the image
@@ -149,11 +149,11 @@ def plan_tiles(height: int, width: int, tile: int, margin: int, stride: int, mul
 def margin_for(radius: float, multiple: int) -> int:
     """Smallest valid margin covering a receptive-field ``radius`` (pixels): rounded up to ``multiple``.
 
-    The radius of an embedding is that of its deepest hooked layer plus ``deepest − finest``
-    stride (nearest upsampling). EfficientNet-Lite0, measured on a 1024² photo: blocks 2/4/10
-    (radius 169 + 12 px) are exact from margin 192; the default blocks 4/10/14 (radius ≈ 393 +
-    24 px) would need 448 — at margin 256 the interior still differs by 0.6 % of a feature's
-    standard deviation on average (0.2 σ at most), at 128 by 14 % (2 σ at most).
+    :func:`padim.geometry.default_margin` gives the radius of an embedding from its hook points'
+    receptive fields. EfficientNet-Lite0, measured on a 1024² photo: blocks 2/4/10 (radius 169 +
+    15 px) are exact from margin 192; blocks 4/10/14 (radius 393 + 31 px) would need 448 — at
+    margin 256 the interior still differs by 0.6 % of a feature's standard deviation on average
+    (0.2 σ at most), at 128 by 14 % (2 σ at most).
     """
     return int(math.ceil(radius / multiple)) * multiple
 

@@ -415,3 +415,46 @@ def test_loaded_tiled_model_keeps_cell_granularity(cli_model):
     model = PaDiM.load(cli_model["path"], device="cpu")
     assert model.cell_ == 2 and model.tile == 128 and model.overlap == 32 and model.cell == 2
     assert model.geometry_.layout().core == 64
+
+
+# ------------------------------------------------------------------ the size rule, end to end
+
+def _header_only(h, w):
+    """An image of h × w whose pixels cost no memory (the geometry reads only the size)."""
+    return np.broadcast_to(np.zeros(3, np.uint8), (h, w, 3))
+
+
+def test_geometry_comes_from_the_median_training_image(monkeypatch):
+    forbid_image_processing(monkeypatch)
+    model = PaDiM(device="cpu", workers=0)
+    small, large = _header_only(460, 1130), _header_only(3872, 3200)
+    model.plan([large, small, small, small])  # the stray large photo does not decide
+    assert model.geometry_.input_size == (160, 400)  # BSData's 256² area, as for a set of one size
+    model.plan([small, large, large, large])
+    assert model.geometry_.input_size == (1616, 1328) and not model.geometry_.tiled
+
+
+def test_memory_budget_lowers_the_resolution_for_an_explicit_cell(monkeypatch):
+    """cell=1 (one Gaussian per position) at the rule's 1616 × 1328 needs ~47 GiB: under a 6 GiB
+    budget the input shrinks until the per-position plan fits, instead of refusing."""
+    forbid_image_processing(monkeypatch)
+    common = dict(device="cpu", workers=0, cell=1, calibration_folds=0)
+    full = PaDiM(image_size=(1616, 1328), **common)
+    full.plan([_header_only(3872, 3200)])
+    assert full.plan_.peak > 6 * 2**30
+    model = PaDiM(max_memory="6G", **common)
+    model.plan([_header_only(3872, 3200)])
+    h, w = model.geometry_.input_size
+    assert model.plan_.peak <= 6 * 2**30 and model.cell_ == 1
+    assert 160 * 400 < h * w < 1616 * 1328 and abs(h / w - 3872 / 3200) < 0.05
+
+
+def test_auto_tiles_under_a_small_budget_with_the_receptive_field_overlap(monkeypatch):
+    forbid_image_processing(monkeypatch)
+    model = PaDiM(device="cpu", workers=0, max_memory="2G")
+    model.plan([_header_only(3872, 3200)])
+    g = model.geometry_
+    # one pass over 1614 × 1334 would need ~830 MB > 2 GiB / 4: tiles of 1024 px, overlap 192 px
+    # (EfficientNet-Lite0 blocks 2/4/10), one tile per batch (405 MB each)
+    assert g.tiled and (g.tile, g.margin) == (1024, 192) and g.tiles_per_batch(16) == 1
+    assert model.plan_.peak <= 2 * 2**30
