@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--layers", default=None, help="comma-separated hook points (default: the backbone's)")
-    p.add_argument("--image-size", type=_image_size, default=256, help="N (area of N×N, aspect kept) or HxW")
+    p.add_argument("--image-size", type=_image_size, default=256, help="N: base of the size rule (area N×N for images up to 768² px, growing beyond; aspect kept) "
+                        "or HxW (fixed)")
     p.add_argument("--squash", action="store_true", help="with --image-size N, resize to N×N ignoring aspect")
     p.add_argument("--d", type=int, default=None, help="random feature channels kept (0: all)")
     p.add_argument("--eps", type=float, default=None, help="covariance regulariser relative to feature variance")
