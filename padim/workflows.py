@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .fingerprint import model_fingerprint
 from .io import atomic_output, list_images, load_image
 from .model import PaDiM
 from .mvtec import read_labelled_set, load_mask
-from .results import ResultJournal, Row
+from .results import Provenance, ResultJournal, Row, write_error_list
 
 
 @dataclass
@@ -71,9 +72,13 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
         folder, top = Path(heatmaps).resolve(), root.resolve()
         if folder != top and folder.is_relative_to(top):
             paths = [p for p in paths if not p.resolve().is_relative_to(folder)]
-    journal = ResultJournal(Path(out), fmt, resume)
+    names = [relative_name(p, root) for p in paths]
+    # --resume keeps earlier rows only if this model, threshold and format produced them, and
+    # drops the rows of images no longer under the input
+    provenance = Provenance(model_fingerprint(model), calibrator.threshold_, fmt)
+    journal = ResultJournal(Path(out), provenance, resume, names=names)
     summary = ScoreSummary(out=Path(out))
-    todo = [p for p in paths if not journal.done(relative_name(p, root))]
+    todo = [p for p, name in zip(paths, names) if not journal.done(name)]
     summary.skipped = len(paths) - len(todo)
     want_maps = heatmaps is not None or save_maps is not None
     try:
@@ -108,8 +113,7 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     errors_file = Path(str(out) + ".errors.tsv")
     if summary.failed:
         summary.errors_file = errors_file
-        with atomic_output(summary.errors_file) as handle:
-            handle.writelines(f"{name}\t{message}\n" for name, message in summary.failed)
+        write_error_list(summary.errors_file, summary.failed)
     else:
         errors_file.unlink(missing_ok=True)  # a list from an earlier run would be stale now
     return summary

@@ -82,6 +82,13 @@ def table(path):
     return {f[0]: (float(f[1]), float(f[2]), f[3]) for f in lines[1:]}
 
 
+def journal_names(partial):
+    """Image names in a ``.partial`` journal (JSON lines after a provenance header)."""
+    header, *records = Path(partial).read_text(encoding="utf-8").splitlines()
+    assert json.loads(header)["padim_journal"] == 1
+    return [json.loads(record)["path"] for record in records]
+
+
 def error_lines(err, command):
     """The stderr of a failed command without the memory plan ``fit`` prints first."""
     lines = [line for line in err.splitlines() if not line.startswith("memory")]
@@ -374,11 +381,10 @@ def test_resume_after_an_interrupted_run(data, fitted, scored_inputs, tmp_path, 
     assert err.strip().splitlines()[-1] == "padim score: interrupted"
     assert not out.exists()  # OUT is never half-written
     assert partial.is_file()
-    done = [f[0] for f in read_tsv(partial)]
-    assert done == sorted(INPUT_NAMES)[:2]
+    assert journal_names(partial) == sorted(INPUT_NAMES)[:2]
     # a hard kill can also cut the journal's last line: that image must be scored again
     with open(partial, "a", encoding="utf-8") as handle:
-        handle.write(f"{sorted(INPUT_NAMES)[2]}\t9")
+        handle.write(json.dumps({"path": sorted(INPUT_NAMES)[2], "score": 9.0, "probability": 0.5, "label": "OK"}))
     monkeypatch.undo()
 
     rc, stdout, err = cli(*args, "--resume")
@@ -411,6 +417,7 @@ def test_resume_with_a_complete_output_scores_nothing_new(data, fitted, scored_i
 
     out = tmp_path / "scores.tsv"
     shutil.copy(scored_inputs["out"], out)
+    shutil.copy(str(scored_inputs["out"]) + ".meta.json", tmp_path / "scores.tsv.meta.json")
     before = out.read_text(encoding="utf-8")
 
     def no_scoring(self, *args, **kwargs):
@@ -429,7 +436,7 @@ def test_signate_resume_after_an_interrupted_run(data, fitted, scored_inputs, tm
     args = ["score", fitted["path"], data["inputs"], "-o", out, "--format", "signate", *RUNTIME, "--batch-size", "2"]
     _interrupt_on_call(monkeypatch, 3)
     assert cli(*args)[0] == 130
-    assert not out.exists() and len(read_tsv(tmp_path / "submit.tsv.partial")) == 4
+    assert not out.exists() and len(journal_names(tmp_path / "submit.tsv.partial")) == 4
     monkeypatch.undo()
     rc, stdout, err = cli(*args, "--resume")
     assert rc == 0, err
@@ -635,12 +642,26 @@ ERROR_CASES = {
     "score-nan-threshold": ("score", "{model} {inputs} -o {root}/s.tsv --threshold nan", "finite"),
     "score-resume-foreign-output": ("score", "{model} {inputs} -o {root}/foreign.tsv --resume", "foreign.tsv"),
     "score-resume-signate-as-default": ("score", "{model} {inputs} -o {root}/signate.tsv --resume", "--format signate"),
+    "score-resume-older-padim-output": ("score", "{model} {inputs} -o {root}/old.tsv --resume", "no record"),
     "eval-missing-folder": ("eval", "{model} {root}/nope", "nope"),
     "eval-no-test-folder": ("eval", "{model} {root}/empty", "test"),
     "eval-garbage-model": ("eval", "{root}/garbage.padim {mvtec}", "garbage.padim"),
     "info-garbage-model": ("info", "{root}/garbage.padim", "garbage.padim"),
     "info-missing-model": ("info", "{root}/none.padim", "none.padim"),
 }
+
+
+def _write_record(tsv, model_path, fmt):
+    """The provenance record ``padim score`` writes beside a TSV, for a hand-made TSV."""
+    import hashlib
+
+    from padim import PaDiM
+    from padim.fingerprint import model_fingerprint
+
+    model = PaDiM.load(model_path, device="cpu")
+    record = {"padim_result": 1, "model": model_fingerprint(model), "threshold": model.calibrator_.threshold_,
+              "format": fmt, "sha256": hashlib.sha256(Path(tsv).read_bytes()).hexdigest()}
+    Path(str(tsv) + ".meta.json").write_text(json.dumps(record))
 
 
 @pytest.fixture(scope="module")
@@ -654,6 +675,8 @@ def error_setup(data, fitted, tmp_path_factory):
     _bad_model_files(root, fitted["path"])
     (root / "foreign.tsv").write_text("this is not a padim TSV\n")
     (root / "signate.tsv").write_text("a_good.png\t0.012345\n")
+    _write_record(root / "signate.tsv", fitted["path"], "signate")  # as if this model had written it
+    (root / "old.tsv").write_text("path\tscore\tprobability\tlabel\na_good.png\t1.5\t0.012345\tOK\n")
     return {"root": root, "train": data["train"], "inputs": data["inputs"], "mvtec": data["mvtec"],
             "model": fitted["path"]}
 
