@@ -34,6 +34,14 @@ def relative_name(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def display_name(name: str) -> str:
+    """A file name as a heatmap title can draw it: bytes that are not UTF-8 and unprintable
+    characters escaped (\\xe9, \\n), "$" escaped so that matplotlib does not parse math."""
+    shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in shown)
+    return shown.replace("$", r"\$")
+
+
 def colour_scale(model: PaDiM, threshold: float, anomaly_map: np.ndarray | None = None) -> tuple[float, float]:
     """Fixed heatmap colour range: from the typical good-pixel value to as far above the threshold,
     so the threshold sits mid-scale in every image of a model."""
@@ -98,7 +106,7 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
                 vmin, vmax = colour_scale(model, calibrator.threshold_, result.anomaly_map)
                 save_heatmap(Path(heatmaps) / Path(name).with_suffix(".png"), load_image(path), result.anomaly_map,
                              vmin=vmin, vmax=vmax, threshold=calibrator.threshold_,
-                             title=f"{name}  score {result.score:.3g}  p(defect) {probability:.3f}  "
+                             title=f"{display_name(name)}  score {result.score:.3g}  p(defect) {probability:.3f}  "
                                    f"{'NG' if ng else 'OK'}")
             pending.append(Row(name, result.score, probability, "NG" if ng else "OK"))
             summary.scored += 1
