@@ -63,7 +63,10 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     """Score every image under ``input_path`` into a TSV; unreadable images are reported, not fatal.
 
     Unreadable images are reported on ``log`` (default: the current ``sys.stderr``) and listed
-    in ``OUT.errors.tsv``; a run without failures removes a stale errors file.
+    in ``OUT.errors.tsv``; a run without failures removes a stale errors file. With ``resume``,
+    the rows already in ``OUT`` (and its journal) are kept only if the same model, threshold and
+    format produced them (else a ValueError, nothing changed); rows of images no longer under
+    ``input_path`` are dropped. See :mod:`padim.results` for the files written.
     """
     from .viz import save_heatmap
 

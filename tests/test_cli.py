@@ -904,6 +904,13 @@ def test_resume_with_another_threshold_or_format_is_refused(data, fitted, tmp_pa
     rc, stdout, err = cli(*args, "--resume", "--threshold", "12.5")
     assert rc == 0 and "scored 0 images, 5 already done" in stdout
     assert folder_bytes(tmp_path) == before
+    # the model's own threshold given explicitly is the same threshold: resumable
+    own = tmp_path / "own.tsv"
+    assert cli("score", fitted["path"], data["inputs"], "-o", own, *RUNTIME)[0] == 0
+    threshold = json.loads(Path(str(own) + ".meta.json").read_text())["threshold"]
+    rc, stdout, err = cli("score", fitted["path"], data["inputs"], "-o", own, *RUNTIME, "--resume",
+                          "--threshold", repr(threshold))
+    assert rc == 0 and "scored 0 images, 5 already done" in stdout
 
 
 def test_resume_drops_rows_of_images_no_longer_in_the_input(data, fitted, tmp_path):
@@ -929,7 +936,8 @@ def test_heatmaps_and_maps_for_any_file_name(hostile_inputs, fitted, tmp_path):
                           "--heatmaps", tmp_path / "heatmaps", "--save-maps", tmp_path / "maps", *RUNTIME)
     assert rc == 0, err
     for folder, suffix in (("heatmaps", ".png"), ("maps", ".npy")):
-        found = sorted(p.relative_to(tmp_path / folder).as_posix() for p in (tmp_path / folder).rglob("*") if p.is_file())
+        written = [p for p in (tmp_path / folder).rglob("*") if p.is_file()]
+        found = sorted(p.relative_to(tmp_path / folder).as_posix() for p in written)
         assert found == sorted(Path(name).with_suffix(suffix).as_posix() for name in HOSTILE_FILES)
     with Image.open(tmp_path / "heatmaps" / "$\\frac$ dollars.png") as image:
         assert image.format == "PNG"
