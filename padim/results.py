@@ -1,96 +1,292 @@
-"""Probability TSVs: written atomically, resumable after an interrupted run."""
+"""Probability TSVs: csv-quoted rows, a provenance record beside them, and a resumable journal.
+
+``padim score … -o OUT`` writes three files:
+
+- ``OUT``: the TSV. "default" has a header (path, score, probability, label); "signate" has
+  none (file name, probability), the contest layout. Written with the csv module (tab,
+  minimal quoting, "\\n" line ends) in UTF-8 without BOM, so any file name (tabs, newlines,
+  quotes, leading spaces, …) reads back exactly with ``csv.reader`` or ``pandas.read_csv``.
+  Names that are not valid UTF-8 keep their bytes (Python's ``surrogateescape``).
+- ``OUT.meta.json``: what produced ``OUT`` (model fingerprint, threshold, format) and the
+  SHA-256 of its bytes, written right after it. A TSV that does not match its record (edited,
+  or a run stopped between the two renames) is never resumed. The TSV itself holds no comment
+  lines: contest readers and pandas would take them for rows.
+- ``OUT.partial`` while a run goes on: one JSON object per line, first the provenance, then one
+  per scored image, flushed as they come. JSON escapes every character of a name, so a line
+  cut off by a kill is the last one, is recognised (no newline) and is dropped: that image is
+  scored again.
+
+``--resume`` keeps earlier rows only when ``OUT`` and the journal were produced by the same
+model, threshold and format as this run, and refuses otherwise, changing nothing.
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
-from .io import atomic_output
+from . import __version__
+from .io import atomic_output, atomic_write_bytes
 
 FORMATS = ("default", "signate")
 HEADER = ("path", "score", "probability", "label")
+LABELS = ("OK", "NG")
+ENCODING, ENCODING_ERRORS = "utf-8", "surrogateescape"  # file names are bytes on POSIX
+RECORD_VERSION = 1  # of OUT.meta.json and of the journal's first line
+_TSV = dict(delimiter="\t", lineterminator="\n")
+_START_OVER = "score again without --resume to replace it, or write to another -o"
 
 
 @dataclass
 class Row:
     path: str  # relative to the scored input, with forward slashes
-    score: float
+    score: float  # NaN for rows read back from a signate file
     probability: float
-    label: str  # "OK" or "NG"
+    label: str  # "OK" or "NG" ("" for rows read back from a signate file)
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown TSV format {fmt!r}; choose from: {', '.join(FORMATS)}")
+
+
+# ----------------------------------------------------------------------------- writing TSVs
+
+def _needs_quotes_everywhere(record) -> bool:
+    # The csv module leaves a lone "\r" unquoted when lines end in "\n", and readers then end
+    # the row there; pandas drops a BOM at the start of a file, so a first name starting with
+    # U+FEFF must not come first unquoted.
+    return any("\r" in field for field in record) or record[0].startswith("\ufeff")
+
+
+def _write_records(handle, records) -> None:
+    minimal = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, **_TSV)
+    quoted = csv.writer(handle, quoting=csv.QUOTE_ALL, **_TSV)
+    for record in records:
+        (quoted if _needs_quotes_everywhere(record) else minimal).writerow(record)
 
 
 def format_rows(rows: list[Row], fmt: str) -> str:
     """The TSV text for ``rows`` in sorted path order."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown TSV format {fmt!r}; choose from: {', '.join(FORMATS)}")
+    _check_format(fmt)
     rows = sorted(rows, key=lambda r: r.path)
     if fmt == "signate":
-        return "".join(f"{r.path}\t{r.probability:.6f}\n" for r in rows)
-    lines = ["\t".join(HEADER)] + [f"{r.path}\t{r.score:.6g}\t{r.probability:.6f}\t{r.label}" for r in rows]
-    return "\n".join(lines) + "\n"
+        records = [(r.path, f"{r.probability:.6f}") for r in rows]
+    else:
+        records = [HEADER] + [(r.path, f"{r.score:.6g}", f"{r.probability:.6f}", r.label) for r in rows]
+    text = io.StringIO()
+    _write_records(text, records)
+    return text.getvalue()
 
 
-def _row_line(row: Row) -> str:
-    return f"{row.path}\t{row.score!r}\t{row.probability!r}\t{row.label}\n"
+def write_error_list(path: Path, failed: list[tuple[str, str]]) -> None:
+    """``OUT.errors.tsv``: file name and message of each unreadable image, quoted like the TSV."""
+    text = io.StringIO()
+    _write_records(text, failed)
+    atomic_write_bytes(path, text.getvalue().encode(ENCODING, ENCODING_ERRORS))
+
+
+# ----------------------------------------------------------------------------- reading TSVs
+
+def _row_from_fields(fields: list[str]) -> Row:
+    if len(fields) == 2:  # signate: file name and probability only
+        return Row(fields[0], math.nan, float(fields[1]), "")
+    if len(fields) == 4 and fields[3] in LABELS:
+        return Row(fields[0], float(fields[1]), float(fields[2]), fields[3])
+    raise ValueError
 
 
 def read_rows(path: Path) -> list[Row]:
-    """Rows of a finished TSV of either format, or of a ``.partial`` journal."""
+    """Rows of a finished TSV of either format, in file order."""
     rows = []
-    journal = path.suffix == ".partial"
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.rstrip("\n").split("\t")
-            if not line.strip() or (number == 1 and fields[0] == HEADER[0]):
-                continue
-            if journal and (not line.endswith("\n") or len(fields) != 4):
-                # A journal line cut off by a kill (journal lines always have 4 fields and end
-                # in a newline; a cut one could otherwise parse as a 2-field signate row or a
-                # row with a cut label): that image is simply scored again.
-                continue
-            try:
-                if len(fields) == 2:  # signate: file name and probability only
-                    rows.append(Row(fields[0], math.nan, float(fields[1]), ""))
-                elif len(fields) == 4:
-                    rows.append(Row(fields[0], float(fields[1]), float(fields[2]), fields[3]))
-                else:
-                    raise ValueError
-            except ValueError:
-                if journal:
-                    continue  # a damaged journal line: that image is simply scored again
-                raise ValueError(f"'{path}' line {number}: not a padim result row") from None
+    line = next_line = 1
+    with open(path, encoding=ENCODING, errors=ENCODING_ERRORS, newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", strict=True)
+        try:
+            for fields in reader:
+                line, next_line = next_line, reader.line_num + 1  # a quoted name may span lines
+                if not fields or (line == 1 and tuple(fields) == HEADER):
+                    continue
+                rows.append(_row_from_fields(fields))
+        except (ValueError, csv.Error):
+            raise ValueError(f"'{path}' line {line}: not a padim result row") from None
     return rows
+
+
+# ----------------------------------------------------------------------------- provenance
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a result file: the model's fingerprint, the threshold in force, the format."""
+
+    model: str  # padim.fingerprint.model_fingerprint
+    threshold: float | None  # the score threshold labels used (the model's own or an override)
+    fmt: str
+
+    def __post_init__(self):
+        _check_format(self.fmt)
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "threshold": self.threshold, "format": self.fmt}
+
+    @classmethod
+    def from_dict(cls, data) -> "Provenance":
+        threshold = data["threshold"]
+        if not isinstance(data["model"], str) or not (
+                threshold is None or (isinstance(threshold, (int, float)) and not isinstance(threshold, bool))):
+            raise ValueError("bad model or threshold")
+        return cls(data["model"], None if threshold is None else float(threshold), data["format"])
+
+
+def check_same_provenance(source: Path, recorded: Provenance, wanted: Provenance) -> None:
+    """Refuse (one-line ValueError: what differs, what to do) unless ``recorded == wanted``."""
+    differences = []
+    if recorded.model != wanted.model:
+        differences.append(f"another model (fingerprint {recorded.model[:12]}, this model {wanted.model[:12]})")
+    if recorded.threshold != wanted.threshold:
+        differences.append(f"threshold {recorded.threshold!r} (this run: {wanted.threshold!r})")
+    if recorded.fmt != wanted.fmt:
+        differences.append(f"format {recorded.fmt} (this run: {wanted.fmt})")
+    if not differences:
+        return
+    flags = []
+    if recorded.model == wanted.model:  # the same model: the earlier options resume it
+        if recorded.threshold != wanted.threshold and recorded.threshold is not None:
+            flags.append(f"--threshold {recorded.threshold!r}")
+        if recorded.fmt != wanted.fmt:
+            flags.append(f"--format {recorded.fmt}")
+    hint = f"resume with {' '.join(flags)}, or " if flags else ""
+    raise ValueError(f"'{source}' was written with {' and '.join(differences)}; {hint}{_START_OVER}")
+
+
+def meta_path(out: Path) -> Path:
+    """The provenance record beside a TSV: ``OUT.meta.json``."""
+    out = Path(out)
+    return out.with_name(out.name + ".meta.json")
+
+
+def write_output(out: Path, rows: list[Row], provenance: Provenance) -> None:
+    """Replace ``OUT`` atomically, then its record ``OUT.meta.json`` (which names OUT's hash)."""
+    data = format_rows(rows, provenance.fmt).encode(ENCODING, ENCODING_ERRORS)
+    record = {"padim_result": RECORD_VERSION, "padim_version": __version__, **provenance.as_dict(),
+              "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write_bytes(out, data)
+    atomic_write_bytes(meta_path(out), (json.dumps(record, indent=2) + "\n").encode())
+
+
+def read_output_provenance(out: Path) -> Provenance:
+    """What produced a finished ``OUT``, from its record; ValueError if that cannot be told."""
+    meta = meta_path(out)
+    if not meta.is_file():
+        raise ValueError(f"'{out}' has no record of the model that wrote it ('{meta.name}' is missing: "
+                         f"written by an older padim, or not by padim); {_START_OVER}")
+    try:
+        record = json.loads(meta.read_bytes())
+        if record.get("padim_result") != RECORD_VERSION:
+            raise ValueError("unknown record version")
+        provenance = Provenance.from_dict(record)
+        sha256 = record["sha256"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"'{meta}': not a padim result record ({exc}); {_START_OVER}") from None
+    if hashlib.sha256(Path(out).read_bytes()).hexdigest() != sha256:
+        raise ValueError(f"'{out}' does not match its record '{meta.name}' (changed since padim wrote it, "
+                         f"or a run was stopped while finishing); {_START_OVER}")
+    return provenance
+
+
+# ----------------------------------------------------------------------------- the journal
+
+def _journal_header(provenance: Provenance) -> str:
+    return json.dumps({"padim_journal": RECORD_VERSION, **provenance.as_dict()}) + "\n"
+
+
+def _journal_line(row: Row) -> str:
+    """One JSON object (ASCII, full float precision, no raw newline whatever the name)."""
+    score = None if math.isnan(row.score) else row.score
+    return json.dumps({"path": row.path, "score": score, "probability": row.probability, "label": row.label}) + "\n"
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _journal_row(line: bytes) -> Row | None:
+    """The row of a journal line, or None for a damaged one."""
+    try:
+        record = json.loads(line)
+        path, score, probability, label = (record[k] for k in HEADER)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(path, str) and path and (score is None or _number(score)) and _number(probability)
+            and label in (*LABELS, "")):
+        return None
+    return Row(path, math.nan if score is None else float(score), float(probability), label)
+
+
+def read_journal(path: Path) -> tuple[Provenance | None, list[Row]]:
+    """Provenance and rows of a ``.partial`` journal, in the order written.
+
+    Only lines that end in a newline count: a kill can cut the last one, whose image is then
+    scored again. Damaged row lines are skipped the same way. A journal without one complete
+    line holds nothing (None, []); one whose first line is not a padim journal header (an older
+    padim's, or a foreign file) is refused with a ValueError.
+    """
+    lines = Path(path).read_bytes().split(b"\n")[:-1]  # what follows the last newline is unfinished
+    if not lines:
+        return None, []
+    try:
+        header = json.loads(lines[0])
+        if header.get("padim_journal") != RECORD_VERSION:
+            raise ValueError
+        provenance = Provenance.from_dict(header)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"'{path}': not a padim journal (or one from an older padim); {_START_OVER}") from None
+    rows = [row for row in map(_journal_row, lines[1:]) if row is not None]
+    return provenance, rows
 
 
 class ResultJournal:
     """Rows are appended (and flushed) to ``OUT.partial`` as they come; ``finish`` writes ``OUT``.
 
-    ``OUT`` itself is only ever replaced atomically, so an interrupted run never leaves a half
-    file; with ``resume`` the rows of an existing ``OUT`` and ``OUT.partial`` are kept and their
-    images skipped.
+    ``OUT`` and its record are only ever replaced atomically, so an interrupted run never leaves
+    a half file. With ``resume``, the rows of an existing ``OUT`` and ``OUT.partial`` are kept
+    (and their images skipped) if both were produced with this ``provenance``; rows of images
+    not in ``names`` (the images under the input now) are dropped. Any mismatch raises a
+    ValueError before a file is touched.
     """
 
-    def __init__(self, out: Path, fmt: str, resume: bool):
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown TSV format {fmt!r}; choose from: {', '.join(FORMATS)}")
+    def __init__(self, out: Path, provenance: Provenance, resume: bool, names: Iterable[str] | None = None):
         self.out = Path(out)
-        self.fmt = fmt
+        self.provenance = provenance
+        self.fmt = provenance.fmt
         self.partial = self.out.with_name(self.out.name + ".partial")
-        self.rows: dict[str, Row] = {}
-        if resume:
-            for source in (self.out, self.partial):
-                if source.is_file():
-                    for row in read_rows(source):
-                        self.rows[row.path] = row
-        if fmt == "default" and any(math.isnan(r.score) for r in self.rows.values()):
-            raise ValueError(f"'{self.out}' holds signate rows (probabilities only); resume it with "
-                             f"--format signate, or score again without --resume")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(self.partial) as handle:  # start the journal with what is already done
-            handle.writelines(_row_line(r) for r in self.rows.values())
-        self._handle = open(self.partial, "a", encoding="utf-8")
+        self.rows: dict[str, Row] = self._earlier_rows(names) if resume else {}
+        with atomic_output(self.partial, "wb") as handle:  # the journal starts with what is already done
+            handle.write(_journal_header(provenance).encode())
+            handle.writelines(_journal_line(r).encode() for r in self.rows.values())
+        self._handle = open(self.partial, "a", encoding=ENCODING)
+
+    def _earlier_rows(self, names: Iterable[str] | None) -> dict[str, Row]:
+        rows: dict[str, Row] = {}
+        if self.out.is_file():
+            check_same_provenance(self.out, read_output_provenance(self.out), self.provenance)
+            rows.update((r.path, r) for r in read_rows(self.out))
+        if self.partial.is_file():
+            recorded, journal_rows = read_journal(self.partial)
+            if recorded is not None:
+                check_same_provenance(self.partial, recorded, self.provenance)
+                rows.update((r.path, r) for r in journal_rows)  # later rows win
+        if names is not None:
+            wanted = set(names)
+            rows = {path: row for path, row in rows.items() if path in wanted}
+        return rows
 
     def done(self, path: str) -> bool:
         return path in self.rows
@@ -98,14 +294,13 @@ class ResultJournal:
     def add(self, rows: list[Row]) -> None:
         for row in rows:
             self.rows[row.path] = row
-            self._handle.write(_row_line(row))
+            self._handle.write(_journal_line(row))
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
     def finish(self) -> Path:
         self._handle.close()
-        with atomic_output(self.out) as handle:
-            handle.write(format_rows(list(self.rows.values()), self.fmt))
+        write_output(self.out, list(self.rows.values()), self.provenance)
         self.partial.unlink(missing_ok=True)
         return self.out
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .fingerprint import model_fingerprint
 from .io import atomic_output, list_images, load_image
 from .model import PaDiM
 from .mvtec import read_labelled_set, load_mask
-from .results import ResultJournal, Row
+from .results import Provenance, ResultJournal, Row, write_error_list
 
 
 @dataclass
@@ -31,6 +32,14 @@ def relative_name(path: Path, root: Path) -> str:
     if root.is_file():
         return path.name
     return path.relative_to(root).as_posix()
+
+
+def display_name(name: str) -> str:
+    """A file name as a heatmap title can draw it: bytes that are not UTF-8 and unprintable
+    characters escaped (\\xe9, \\n), "$" escaped so that matplotlib does not parse math."""
+    shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in shown)
+    return shown.replace("$", r"\$")
 
 
 def colour_scale(model: PaDiM, threshold: float, anomaly_map: np.ndarray | None = None) -> tuple[float, float]:
@@ -54,7 +63,10 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     """Score every image under ``input_path`` into a TSV; unreadable images are reported, not fatal.
 
     Unreadable images are reported on ``log`` (default: the current ``sys.stderr``) and listed
-    in ``OUT.errors.tsv``; a run without failures removes a stale errors file.
+    in ``OUT.errors.tsv``; a run without failures removes a stale errors file. With ``resume``,
+    the rows already in ``OUT`` (and its journal) are kept only if the same model, threshold and
+    format produced them (else a ValueError, nothing changed); rows of images no longer under
+    ``input_path`` are dropped. See :mod:`padim.results` for the files written.
     """
     from .viz import save_heatmap
 
@@ -71,9 +83,13 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
         folder, top = Path(heatmaps).resolve(), root.resolve()
         if folder != top and folder.is_relative_to(top):
             paths = [p for p in paths if not p.resolve().is_relative_to(folder)]
-    journal = ResultJournal(Path(out), fmt, resume)
+    names = [relative_name(p, root) for p in paths]
+    # --resume keeps earlier rows only if this model, threshold and format produced them, and
+    # drops the rows of images no longer under the input
+    provenance = Provenance(model_fingerprint(model), calibrator.threshold_, fmt)
+    journal = ResultJournal(Path(out), provenance, resume, names=names)
     summary = ScoreSummary(out=Path(out))
-    todo = [p for p in paths if not journal.done(relative_name(p, root))]
+    todo = [p for p, name in zip(paths, names) if not journal.done(name)]
     summary.skipped = len(paths) - len(todo)
     want_maps = heatmaps is not None or save_maps is not None
     try:
@@ -93,7 +109,7 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
                 vmin, vmax = colour_scale(model, calibrator.threshold_, result.anomaly_map)
                 save_heatmap(Path(heatmaps) / Path(name).with_suffix(".png"), load_image(path), result.anomaly_map,
                              vmin=vmin, vmax=vmax, threshold=calibrator.threshold_,
-                             title=f"{name}  score {result.score:.3g}  p(defect) {probability:.3f}  "
+                             title=f"{display_name(name)}  score {result.score:.3g}  p(defect) {probability:.3f}  "
                                    f"{'NG' if ng else 'OK'}")
             pending.append(Row(name, result.score, probability, "NG" if ng else "OK"))
             summary.scored += 1
@@ -108,8 +124,7 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     errors_file = Path(str(out) + ".errors.tsv")
     if summary.failed:
         summary.errors_file = errors_file
-        with atomic_output(summary.errors_file) as handle:
-            handle.writelines(f"{name}\t{message}\n" for name, message in summary.failed)
+        write_error_list(summary.errors_file, summary.failed)
     else:
         errors_file.unlink(missing_ok=True)  # a list from an earlier run would be stale now
     return summary

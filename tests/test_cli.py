@@ -82,6 +82,13 @@ def table(path):
     return {f[0]: (float(f[1]), float(f[2]), f[3]) for f in lines[1:]}
 
 
+def journal_names(partial):
+    """Image names in a ``.partial`` journal (JSON lines after a provenance header)."""
+    header, *records = Path(partial).read_text(encoding="utf-8").splitlines()
+    assert json.loads(header)["padim_journal"] == 1
+    return [json.loads(record)["path"] for record in records]
+
+
 def error_lines(err, command):
     """The stderr of a failed command without the memory plan ``fit`` prints first."""
     lines = [line for line in err.splitlines() if not line.startswith("memory")]
@@ -374,11 +381,10 @@ def test_resume_after_an_interrupted_run(data, fitted, scored_inputs, tmp_path, 
     assert err.strip().splitlines()[-1] == "padim score: interrupted"
     assert not out.exists()  # OUT is never half-written
     assert partial.is_file()
-    done = [f[0] for f in read_tsv(partial)]
-    assert done == sorted(INPUT_NAMES)[:2]
+    assert journal_names(partial) == sorted(INPUT_NAMES)[:2]
     # a hard kill can also cut the journal's last line: that image must be scored again
     with open(partial, "a", encoding="utf-8") as handle:
-        handle.write(f"{sorted(INPUT_NAMES)[2]}\t9")
+        handle.write(json.dumps({"path": sorted(INPUT_NAMES)[2], "score": 9.0, "probability": 0.5, "label": "OK"}))
     monkeypatch.undo()
 
     rc, stdout, err = cli(*args, "--resume")
@@ -411,6 +417,7 @@ def test_resume_with_a_complete_output_scores_nothing_new(data, fitted, scored_i
 
     out = tmp_path / "scores.tsv"
     shutil.copy(scored_inputs["out"], out)
+    shutil.copy(str(scored_inputs["out"]) + ".meta.json", tmp_path / "scores.tsv.meta.json")
     before = out.read_text(encoding="utf-8")
 
     def no_scoring(self, *args, **kwargs):
@@ -429,7 +436,7 @@ def test_signate_resume_after_an_interrupted_run(data, fitted, scored_inputs, tm
     args = ["score", fitted["path"], data["inputs"], "-o", out, "--format", "signate", *RUNTIME, "--batch-size", "2"]
     _interrupt_on_call(monkeypatch, 3)
     assert cli(*args)[0] == 130
-    assert not out.exists() and len(read_tsv(tmp_path / "submit.tsv.partial")) == 4
+    assert not out.exists() and len(journal_names(tmp_path / "submit.tsv.partial")) == 4
     monkeypatch.undo()
     rc, stdout, err = cli(*args, "--resume")
     assert rc == 0, err
@@ -635,12 +642,26 @@ ERROR_CASES = {
     "score-nan-threshold": ("score", "{model} {inputs} -o {root}/s.tsv --threshold nan", "finite"),
     "score-resume-foreign-output": ("score", "{model} {inputs} -o {root}/foreign.tsv --resume", "foreign.tsv"),
     "score-resume-signate-as-default": ("score", "{model} {inputs} -o {root}/signate.tsv --resume", "--format signate"),
+    "score-resume-older-padim-output": ("score", "{model} {inputs} -o {root}/old.tsv --resume", "no record"),
     "eval-missing-folder": ("eval", "{model} {root}/nope", "nope"),
     "eval-no-test-folder": ("eval", "{model} {root}/empty", "test"),
     "eval-garbage-model": ("eval", "{root}/garbage.padim {mvtec}", "garbage.padim"),
     "info-garbage-model": ("info", "{root}/garbage.padim", "garbage.padim"),
     "info-missing-model": ("info", "{root}/none.padim", "none.padim"),
 }
+
+
+def _write_record(tsv, model_path, fmt):
+    """The provenance record ``padim score`` writes beside a TSV, for a hand-made TSV."""
+    import hashlib
+
+    from padim import PaDiM
+    from padim.fingerprint import model_fingerprint
+
+    model = PaDiM.load(model_path, device="cpu")
+    record = {"padim_result": 1, "model": model_fingerprint(model), "threshold": model.calibrator_.threshold_,
+              "format": fmt, "sha256": hashlib.sha256(Path(tsv).read_bytes()).hexdigest()}
+    Path(str(tsv) + ".meta.json").write_text(json.dumps(record))
 
 
 @pytest.fixture(scope="module")
@@ -654,6 +675,8 @@ def error_setup(data, fitted, tmp_path_factory):
     _bad_model_files(root, fitted["path"])
     (root / "foreign.tsv").write_text("this is not a padim TSV\n")
     (root / "signate.tsv").write_text("a_good.png\t0.012345\n")
+    _write_record(root / "signate.tsv", fitted["path"], "signate")  # as if this model had written it
+    (root / "old.tsv").write_text("path\tscore\tprobability\tlabel\na_good.png\t1.5\t0.012345\tOK\n")
     return {"root": root, "train": data["train"], "inputs": data["inputs"], "mvtec": data["mvtec"],
             "model": fitted["path"]}
 
@@ -779,3 +802,219 @@ def test_scores_in_the_tsv_have_labels_that_agree_with_probabilities(fitted, dat
             assert all(r["label"] == "NG" for r in rows)
         if threshold == "1e9":
             assert all(r["label"] == "OK" and float(r["probability"]) < 0.5 for r in rows)
+
+# ----------------------------------------------------------------------------- score: file names, safe resume
+
+def csv_rows(path):
+    """A TSV as Python's csv module reads it."""
+    import csv
+
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        return list(csv.reader(handle, delimiter="\t"))
+
+
+def pandas_rows(path, fmt):
+    """A TSV as pandas reads it (C engine; names as text, "nan"/"NA"/"007" kept)."""
+    import pandas as pd
+
+    if fmt == "default":
+        return pd.read_csv(path, sep="\t", dtype={"path": str}, keep_default_na=False,
+                           encoding_errors="surrogateescape").values.tolist()
+    return pd.read_csv(path, sep="\t", header=None, dtype={0: str}, keep_default_na=False,
+                       encoding_errors="surrogateescape").values.tolist()
+
+
+def folder_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+# file names the file system allows; each is a copy of the input image it maps to
+HOSTILE_FILES = {
+    "tab\there.png": "a_good.png",
+    "new\nline.png": "b_blob.png",
+    "carriage\rreturn.png": "sub/c_good.png",
+    "crlf\r\n/in a folder.png": "sub/deeper/d_blob.png",
+    " leading space.png": "sub/e_good.png",
+    '"quoted" and \'single\'.png': "a_good.png",
+    "back\\slash.png": "b_blob.png",
+    "ünïcødé/日本語.png": "sub/c_good.png",
+    "\ufeffbom.png": "sub/e_good.png",
+    "nan.png": "a_good.png",
+    "caf\udce9 (not utf-8).png": "b_blob.png",
+    "$\\frac$ dollars.png": "sub/deeper/d_blob.png",  # matplotlib would read a title "$…$" as math
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_inputs(data):
+    folder = data["root"] / "hostile"
+    for name, source in HOSTILE_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data["inputs"] / source, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["default", "signate"])
+def test_any_file_name_reads_back_exactly_with_csv_and_pandas(fmt, hostile_inputs, fitted, scored_inputs,
+                                                             tmp_path, monkeypatch):
+    """Tabs, newlines, carriage returns, quotes, leading spaces, backslashes, non-ASCII and
+    non-UTF-8 names: one row per image with the exact name, also after an interrupted run."""
+    out = tmp_path / "scores.tsv"
+    args = ["score", fitted["path"], hostile_inputs, "-o", out, "--format", fmt, *RUNTIME, "--batch-size", "2"]
+    _interrupt_on_call(monkeypatch, 3)
+    assert cli(*args)[0] == 130
+    assert len(journal_names(str(out) + ".partial")) == 4
+    monkeypatch.undo()
+    rc, stdout, err = cli(*args, "--resume")
+    assert rc == 0, err
+    assert f"scored {len(HOSTILE_FILES) - 4} images, 4 already done" in stdout
+    expected = sorted(HOSTILE_FILES)
+    full = table(scored_inputs["out"])
+    records = csv_rows(out)
+    if fmt == "default":
+        assert "\t".join(records[0]) == HEADER
+        records = records[1:]
+    assert [r[0] for r in records] == expected
+    by_pandas = pandas_rows(out, fmt)
+    assert [r[0] for r in by_pandas] == expected
+    for read, record in zip(by_pandas, records):  # the same values as the csv module's
+        assert read[1:] == pytest.approx([float(record[1])] + ([float(record[2]), record[3]] if fmt == "default"
+                                                               else []))
+    for record in records:
+        score, probability, label = full[HOSTILE_FILES[record[0]]]
+        if fmt == "default":
+            assert float(record[1]) == pytest.approx(score, rel=1e-5) and record[3] == label
+            assert float(record[2]) == pytest.approx(probability, abs=2e-6)
+        else:
+            assert len(record) == 2 and float(record[1]) == pytest.approx(probability, abs=2e-6)
+
+
+def test_unreadable_images_with_odd_names_are_listed_exactly(data, fitted, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(data["inputs"] / "a_good.png", inputs / "ok.png")
+    bad = ["broken\twith tab.png", "broken\nwith newline.png", '"broken".png']
+    for name in bad:
+        (inputs / name).write_bytes(b"not an image")
+    out = tmp_path / "scores.tsv"
+    rc, stdout, err = cli("score", fitted["path"], inputs, "-o", out, *RUNTIME)
+    assert rc == 1
+    errors = csv_rows(tmp_path / "scores.tsv.errors.tsv")
+    assert [r[0] for r in errors] == sorted(bad)
+    assert all(len(r) == 2 and "cannot read image" in r[1] for r in errors)
+    assert [r[0] for r in csv_rows(out)[1:]] == ["ok.png"]
+
+
+@pytest.fixture(scope="module")
+def other_model(data):
+    """Model B: fitted on the same images with another random channel selection."""
+    path = data["root"] / "models" / "other.padim"
+    rc, out, err = cli("fit", data["train"], "-o", path, "--seed", "1", *FIT)
+    assert rc == 0, err
+    return path
+
+
+def test_resume_with_another_model_is_refused_and_changes_nothing(data, fitted, other_model, tmp_path,
+                                                                  monkeypatch):
+    """`padim score B IN -o OUT --resume` where OUT was written by model A: one line, exit 2,
+    OUT, its record and the journal untouched; without --resume, B's own rows replace A's."""
+    out = tmp_path / "scores.tsv"
+    a_args = ["score", fitted["path"], data["inputs"], "-o", out, *RUNTIME, "--batch-size", "2"]
+    b_args = ["score", other_model, data["inputs"], "-o", out, *RUNTIME, "--batch-size", "2"]
+    # A interrupted: only its journal exists
+    _interrupt_on_call(monkeypatch, 2)
+    assert cli(*a_args)[0] == 130
+    monkeypatch.undo()
+    before = folder_bytes(tmp_path)
+    assert sorted(before) == ["scores.tsv.partial"]
+    rc, stdout, err = cli(*b_args, "--resume")
+    assert rc == 2 and stdout == ""
+    assert err.splitlines() == [err.strip()]
+    assert err.startswith(f"padim score: error: '{out}.partial' was written with another model")
+    assert "without --resume" in err
+    assert folder_bytes(tmp_path) == before
+    # A finishes; B still may not resume A's finished TSV
+    rc, stdout, err = cli(*a_args, "--resume")
+    assert rc == 0 and "scored 3 images, 2 already done" in stdout
+    a_rows = table(out)
+    before = folder_bytes(tmp_path)
+    assert sorted(before) == ["scores.tsv", "scores.tsv.meta.json"]
+    rc, stdout, err = cli(*b_args, "--resume")
+    assert rc == 2
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"padim score: error: '{out}' was written with another model")
+    assert folder_bytes(tmp_path) == before
+    # without --resume, B rescores everything: its rows are those of a fresh B run, none of A's
+    rc, stdout, err = cli(*b_args)
+    assert rc == 0 and "scored 5 images" in stdout
+    fresh = tmp_path / "b_only" / "scores.tsv"
+    assert cli("score", other_model, data["inputs"], "-o", fresh, *RUNTIME)[0] == 0
+    assert out.read_bytes() == fresh.read_bytes()
+    b_rows = table(out)
+    assert all(b_rows[name][0] != a_rows[name][0] for name in INPUT_NAMES)
+    # and now A may not resume B's TSV
+    rc, _, err = cli(*a_args, "--resume")
+    assert rc == 2 and "another model" in err
+
+
+def test_resume_with_another_threshold_or_format_is_refused(data, fitted, tmp_path):
+    out = tmp_path / "scores.tsv"
+    args = ["score", fitted["path"], data["inputs"], "-o", out, *RUNTIME]
+    assert cli(*args, "--threshold", "12.5")[0] == 0
+    before = folder_bytes(tmp_path)
+    rc, _, err = cli(*args, "--resume")
+    assert rc == 2
+    assert "threshold 12.5 (this run: " in err and "resume with --threshold 12.5" in err
+    rc, _, err = cli(*args, "--resume", "--threshold", "12.5", "--format", "signate")
+    assert rc == 2
+    assert "format default (this run: signate)" in err and "--format default" in err
+    assert folder_bytes(tmp_path) == before
+    rc, stdout, err = cli(*args, "--resume", "--threshold", "12.5")
+    assert rc == 0 and "scored 0 images, 5 already done" in stdout
+    assert folder_bytes(tmp_path) == before
+    # the model's own threshold given explicitly is the same threshold: resumable
+    own = tmp_path / "own.tsv"
+    assert cli("score", fitted["path"], data["inputs"], "-o", own, *RUNTIME)[0] == 0
+    threshold = json.loads(Path(str(own) + ".meta.json").read_text())["threshold"]
+    rc, stdout, err = cli("score", fitted["path"], data["inputs"], "-o", own, *RUNTIME, "--resume",
+                          "--threshold", repr(threshold))
+    assert rc == 0 and "scored 0 images, 5 already done" in stdout
+
+
+def test_resume_drops_rows_of_images_no_longer_in_the_input(data, fitted, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(data["inputs"], inputs)
+    out = tmp_path / "scores.tsv"
+    args = ["score", fitted["path"], inputs, "-o", out, *RUNTIME]
+    assert cli(*args)[0] == 0
+    first = table(out)
+    (inputs / "b_blob.png").unlink()
+    shutil.copy(data["inputs"] / "b_blob.png", inputs / "sub" / "moved_blob.png")
+    rc, stdout, err = cli(*args, "--resume")
+    assert rc == 0, err
+    assert "scored 1 images, 4 already done" in stdout
+    rows = table(out)
+    assert sorted(rows) == sorted(set(INPUT_NAMES) - {"b_blob.png"} | {"sub/moved_blob.png"})
+    assert rows["sub/moved_blob.png"][0] == pytest.approx(first["b_blob.png"][0], rel=1e-5)
+    assert all(rows[name] == first[name] for name in rows if name in first)
+
+
+def test_heatmaps_and_maps_for_any_file_name(hostile_inputs, fitted, tmp_path):
+    rc, stdout, err = cli("score", fitted["path"], hostile_inputs, "-o", tmp_path / "scores.tsv",
+                          "--heatmaps", tmp_path / "heatmaps", "--save-maps", tmp_path / "maps", *RUNTIME)
+    assert rc == 0, err
+    for folder, suffix in (("heatmaps", ".png"), ("maps", ".npy")):
+        written = [p for p in (tmp_path / folder).rglob("*") if p.is_file()]
+        found = sorted(p.relative_to(tmp_path / folder).as_posix() for p in written)
+        assert found == sorted(Path(name).with_suffix(suffix).as_posix() for name in HOSTILE_FILES)
+    with Image.open(tmp_path / "heatmaps" / "$\\frac$ dollars.png") as image:
+        assert image.format == "PNG"
+
+
+def test_display_name_escapes_what_a_title_cannot_draw():
+    from padim.workflows import display_name
+
+    assert display_name("caf\udce9.png") == "caf\\xe9.png"
+    assert display_name("a\tb\nc\rd.png") == "a\\tb\\nc\\rd.png"
+    assert display_name("$x$.png") == "\\$x\\$.png"
+    assert display_name("ünïcødé/日本語 1.png") == "ünïcødé/日本語 1.png"
