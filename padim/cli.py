@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("default", "signate"), default="default")
     p.add_argument("--heatmaps", type=Path, default=None, help="folder for heatmap PNGs")
     p.add_argument("--save-maps", type=Path, default=None, help="folder for float32 .npy anomaly maps")
-    p.add_argument("--resume", action="store_true", help="skip images already in OUTPUT")
+    p.add_argument("--resume", action="store_true", help="skip images already in OUTPUT (only if the same model, threshold and format wrote it)")
     p.add_argument("--threshold", type=float, default=None, help="override the model's score threshold")
     _add_runtime(p)
 

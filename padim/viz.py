@@ -280,7 +280,7 @@ def heatmap_figure(image, anomaly_map, *, vmin: float, vmax: float,
     if threshold is not None and vmin <= threshold <= vmax:
         cax.axhline(threshold, color=PRED_COLOUR, linewidth=1.5)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, parse_math=False)  # file names may hold "$"
     return fig
 
 

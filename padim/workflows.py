@@ -36,10 +36,10 @@ def relative_name(path: Path, root: Path) -> str:
 
 def display_name(name: str) -> str:
     """A file name as a heatmap title can draw it: bytes that are not UTF-8 and unprintable
-    characters escaped (\\xe9, \\n), "$" escaped so that matplotlib does not parse math."""
+    characters escaped (\\xe9, \\n); ``save_heatmap`` draws titles without math parsing."""
     shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in shown)
-    return shown.replace("$", r"\$")
+    return shown
 
 
 def colour_scale(model: PaDiM, threshold: float, anomaly_map: np.ndarray | None = None) -> tuple[float, float]:
@@ -168,7 +168,7 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
             save_heatmap(report / "heatmaps" / rel.with_suffix(".png"), load_image(path), result.anomaly_map,
                          vmin=vmin, vmax=vmax, threshold=threshold,
                          mask=None if mask_path is None else load_mask(mask_path, result.anomaly_map.shape),
-                         title=f"{rel.as_posix()}  score {result.score:.3g}")
+                         title=f"{display_name(rel.as_posix())}  score {result.score:.3g}")
     seconds = time.time() - started
     labels = np.array(data.labels)
     pixel = data.has_masks

@@ -216,3 +216,11 @@ def test_curves_need_both_classes(tmp_path):
     with pytest.raises(ValueError, match="both"):
         viz.plot_roc([0, 0, 0], [0.1, 0.2, 0.3], tmp_path / "roc.png")
     assert not (tmp_path / "roc.png").exists()
+
+
+def test_heatmap_titles_are_drawn_as_text_not_math(tmp_path):
+    """A file name such as "$\\frac$ x.png" would be a mathtext error if parsed."""
+    image = np.zeros((32, 32, 3), np.float32)
+    out = viz.save_heatmap(tmp_path / "h.png", image, np.zeros((32, 32), np.float32), vmin=0, vmax=1,
+                       threshold=0.5, title="$\\frac$ x.png  score 1")
+    assert out.is_file()
