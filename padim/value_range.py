@@ -9,12 +9,12 @@ How ``"auto"`` decides (see :func:`decide_value_range`):
 - 8-bit data (uint8 arrays, and files whose Pillow mode is 8-bit: L, RGB, RGBA, P, CMYK, …) →
   ``(0, 255)``, from the pixel type alone; no pixels are looked at, so 8-bit files are decoded once.
 - Integer data deeper than 8 bits (16-bit files, uint16 / int arrays) → ``(0, 2^k − 1)``: the
-  smallest ``2^k − 1`` at or above the largest, over the training images, of each image's
-  99.99th percentile. The percentile ignores a few hot pixels; rounding up to ``2^k − 1`` recovers
+  smallest ``2^k − 1`` at or above the largest, over the training images (at most 64, evenly
+  spaced), of each image's 99.99th percentile. The percentile ignores a few hot pixels; rounding up to ``2^k − 1`` recovers
   the sensor's bit depth, so 12-bit data in 16-bit files gets 4095 and full 16-bit data 65535.
 - Float data (mode F TIFFs, float arrays) → ``(0, 1)`` when every training value lies in [0, 1]
   (the usual convention, unchanged); otherwise the 0.1th and 99.9th percentiles of the values
-  pooled over the training images.
+  pooled over the training images (at most 64, evenly spaced; about 10⁶ values of each).
 
 Deeper-than-8-bit and float training images are read once more at fit for this (8-bit ones never).
 
@@ -34,7 +34,7 @@ import numpy as np
 INT_PERCENTILE = 99.99
 FLOAT_PERCENTILES = (0.1, 99.9)
 SAMPLE_VALUES = 1 << 20  # pixel values per image that the percentiles look at (strided subsample)
-MAX_SAMPLED_IMAGES = 256  # evenly spaced training images read to decide a range
+MAX_SAMPLED_IMAGES = 64  # evenly spaced deeper-than-8-bit training images read to decide a range
 
 
 class ValueRange(NamedTuple):

@@ -96,6 +96,19 @@ def test_eight_bit_rule_reads_no_pixels():
     assert decide_value_range(["bool"] * 2, forbidden) == (0.0, 1.0)
 
 
+def test_images_of_another_pixel_kind_use_their_own_full_scale():
+    from padim.io import load_image
+
+    deep = np.full((8, 8), 30000, np.uint16)
+    with pytest.warns(UserWarning, match="full scale"):
+        out = load_image(deep, value_range=EIGHT_BIT, value_kind="uint8")  # not clipped to white
+    np.testing.assert_allclose(out, 30000 / 65535, rtol=1e-6)
+    np.testing.assert_allclose(load_image(deep, value_range=(0, 4095), value_kind="int"), 1.0)  # same kind: clipped
+    eight = np.full((8, 8, 3), 51, np.uint8)
+    with pytest.warns(UserWarning, match="full scale"):
+        np.testing.assert_allclose(load_image(eight, value_range=(0, 4095), value_kind="int"), 0.2, rtol=1e-6)
+
+
 # ------------------------------------------------------------------ decided at fit
 
 @pytest.fixture(scope="module")
