@@ -128,8 +128,9 @@ def range_for(colour: np.ndarray, value_range: ValueRange | None, kind: str | No
     if kind is None or found == kind:
         return value_range
     if "bool" not in (found, kind):
-        warnings.warn(f"{where}: {found} pixels, but the model's value range {value_range.describe()} is for "
-                      f"{kind} images; mapped by its own type's full scale instead", stacklevel=4)
+        warnings.warn(f"{where}: {KIND_NAMES[found]} pixels, but the model's value range {value_range.describe()} "
+                      f"is for {KIND_NAMES.get(kind, kind)} images; mapped by its own type's full scale instead",
+                      stacklevel=4)
     return natural_range(colour)
 
 
@@ -181,7 +182,7 @@ def decide_value_range(kinds: Sequence[str], read_values) -> ValueRange:
         chosen = [chosen[int(j)] for j in np.linspace(0, len(chosen) - 1, MAX_SAMPLED_IMAGES).round()]
     others = sum(1 for k in kinds if k != kind and k in ("uint8", "int", "float"))
     if others:
-        warnings.warn(f"training images mix {kind} pixels with {others} image(s) of another bit depth; "
+        warnings.warn(f"training images mix {KIND_NAMES[kind]} pixels with {others} image(s) of another bit depth; "
                       f"those are mapped by their own type's full scale", stacklevel=3)
     images = (read_values(i) for i in chosen)
     return _float_range(images) if kind == "float" else _int_range(images)

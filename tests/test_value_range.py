@@ -7,12 +7,10 @@ and one CLI fit of 5 images at 64 px.
 import io
 import json
 import pickle
-import warnings
 from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import padim.model
