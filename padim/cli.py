@@ -74,6 +74,17 @@ def _cell(text: str):
         raise argparse.ArgumentTypeError(f"expected auto, image or a cell side k, got {text!r}") from None
 
 
+def _value_range(text: str):
+    if text == "auto":
+        return text
+    from .value_range import as_value_range
+
+    try:
+        return tuple(as_value_range(text, ""))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16)
@@ -120,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-defects", type=Path, default=None, help="folder of labelled defect images for calibration")
     p.add_argument("--threshold-method", choices=("youden", "f1"), default="youden",
                    help="threshold rule when --val-defects is given")
+    p.add_argument("--value-range", type=_value_range, default="auto", metavar="LO,HI",
+                   help="stored pixel values mapped to 0..1 for every image, e.g. 0,4095 for 12-bit data "
+                        "(default auto: 0..255 for 8-bit files, else measured on the training images)")
     large = p.add_argument_group("large images (stored in the model; scoring needs no options repeated)")
     large.add_argument("--tile", type=_tile, default="auto",
                        help="tile side in px, 'none', or 'auto' (tile when one forward pass of the input would "
@@ -176,7 +190,8 @@ def cmd_fit(args) -> int:
     params = dict(backbone=args.backbone, image_size=args.image_size, keep_aspect=not args.squash, d=args.d,
                   seed=args.seed, weights=args.weights, calibration_folds=args.folds,
                   max_false_reject=args.max_false_reject, tile=args.tile, overlap=args.overlap,
-                  scale=args.scale, cell=args.cell, max_memory=args.max_memory, **_runtime(args))
+                  scale=args.scale, cell=args.cell, max_memory=args.max_memory, value_range=args.value_range,
+                  **_runtime(args))
     if args.layers:
         params["layers"] = [s.strip() for s in args.layers.split(",")]
     if args.eps is not None:

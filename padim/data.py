@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .io import ImageReadError, list_images, load_image
+from .value_range import ValueRange
 
 
 def as_sources(images: Any) -> list:
@@ -69,18 +70,24 @@ class Batch:
 
 
 class ImageDataset(Dataset):
-    """Loads ``sources[i]`` and applies ``transform``; read errors are returned, not raised."""
+    """Loads ``sources[i]`` mapped to [0, 1] by ``value_range`` (the model's, the same for every
+    image of pixel kind ``value_kind``; None: each pixel type's full scale) and applies
+    ``transform``; read errors are returned, not raised. Picklable for DataLoader workers."""
 
-    def __init__(self, sources: Sequence, transform: Callable[[np.ndarray], torch.Tensor]):
+    def __init__(self, sources: Sequence, transform: Callable[[np.ndarray], torch.Tensor],
+                 value_range: ValueRange | None = None, value_kind: str | None = None):
         self.sources = sources
         self.transform = transform
+        self.value_range = value_range
+        self.value_kind = value_kind
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, index: int):
         try:
-            image = load_image(self.sources[index], keep_uint8=True)
+            image = load_image(self.sources[index], keep_uint8=True, value_range=self.value_range,
+                               value_kind=self.value_kind)
         except ImageReadError as exc:
             return index, None, (0, 0), str(exc)
         return index, self.transform(image), image.shape[:2], ""
@@ -101,12 +108,14 @@ def collate(items) -> Batch:
     )
 
 
-def make_loader(sources: Sequence, transform, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
-    """Batches in input order; file sources use ``workers`` processes, in-memory ones load inline."""
+def make_loader(sources: Sequence, transform, batch_size: int, workers: int, pin_memory: bool,
+                value_range: ValueRange | None = None, value_kind: str | None = None) -> DataLoader:
+    """Batches in input order; file sources use ``workers`` processes, in-memory ones load inline.
+    Every image is mapped to [0, 1] by ``value_range`` (see :class:`ImageDataset`)."""
     in_memory = any(not isinstance(s, Path) for s in sources)
     workers = 0 if in_memory else max(0, min(int(workers), len(sources) // max(batch_size, 1) + 1))
     return DataLoader(
-        ImageDataset(sources, transform),
+        ImageDataset(sources, transform, value_range, value_kind),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

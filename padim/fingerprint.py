@@ -45,8 +45,9 @@ def model_fingerprint(model) -> str:
 
     Covers every tensor of ``model.gaussian_`` (by attribute name), ``channel_index_``, and the
     settings that shape the outputs: layers, geometry, cell, blur sigma, eps, backbone (name and
-    weights fingerprint), calibrator and, where the model has one, ``value_range_``. It costs one
-    pass over the Gaussian tensors, so callers compute it once per scoring run.
+    weights fingerprint), calibrator and, where the model has them, ``value_range_`` and
+    ``value_kind_``. It costs one pass over the Gaussian tensors, so callers compute it once per
+    scoring run.
     """
     digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
     gaussian = vars(model.gaussian_)
@@ -65,6 +66,7 @@ def model_fingerprint(model) -> str:
         "backbone_fingerprint": getattr(model, "backbone_fingerprint_", None),
         "calibrator": None if calibrator is None else calibrator.to_dict(),
         "value_range": getattr(model, "value_range_", None),
+        "value_kind": getattr(model, "value_kind_", None),
     }
     digest.update(json.dumps(settings, sort_keys=True, default=_plain).encode())
     return digest.hexdigest()

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .value_range import (EIGHT_BIT, ValueRange, as_value_range, natural_range, pixel_kind_of_dtype,
+                          pixel_kind_of_mode, range_for)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Image.MAX_IMAGE_PIXELS = 200_000_000  # 3872×3200 and larger industrial frames are legitimate
 
@@ -18,61 +21,64 @@ class ImageReadError(ValueError):
     """An input image could not be read or converted."""
 
 
-def _to_rgb_float(array: np.ndarray, where: str, keep_uint8: bool = False) -> np.ndarray:
-    """HxW, HxWx1, HxWx3 or HxWx4 array of any integer or float dtype → HxWx3 float32 in [0, 1]
-    (or, with ``keep_uint8``, plain 8-bit RGB stays uint8: four times less memory to resize)."""
-    if keep_uint8 and array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
-        if array.shape[0] < 8 or array.shape[1] < 8:
-            raise ImageReadError(f"{where}: image of {array.shape[1]}×{array.shape[0]} px is too small")
-        return np.ascontiguousarray(array)
+def _split_channels(array: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """HxW, HxWx1, HxWx3 or HxWx4 array → (HxWx3 colour values at their own dtype, alpha or None)."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise ImageReadError(f"{where}: expected an HxW, HxWx3 or HxWx4 image, got shape {array.shape}")
-    alpha = None
-    if array.shape[2] == 4:
-        array, alpha = array[:, :, :3], array[:, :, 3]
-    if array.dtype == np.uint8:
-        out = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
-        out = array.astype(np.float32) / 65535.0
-    elif np.issubdtype(array.dtype, np.integer):
-        if np.issubdtype(array.dtype, np.signedinteger) and array.size and array.min() < 0:
-            raise ImageReadError(f"{where}: negative pixel values in a {array.dtype} image")
-        out = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
-    elif np.issubdtype(array.dtype, np.floating):
-        out = array.astype(np.float32)
-        if not np.isfinite(out).all():
-            raise ImageReadError(f"{where}: float image contains NaN or infinite values")
-        if out.size and (out.min() < 0 or out.max() > 1):
-            raise ImageReadError(f"{where}: float images must lie in [0, 1]")
-    elif array.dtype == bool:
-        out = array.astype(np.float32)
-    else:
+    if array.shape[0] < 8 or array.shape[1] < 8:
+        raise ImageReadError(f"{where}: image of {array.shape[1]}×{array.shape[0]} px is too small")
+    if array.dtype != bool and not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise ImageReadError(f"{where}: unsupported pixel type {array.dtype}")
-    if alpha is not None:  # composite onto black so transparent areas look alike in every image
-        scale = np.float32(255.0 if alpha.dtype == np.uint8 else 65535.0 if alpha.dtype == np.uint16 else 1.0)
-        out = out * (alpha.astype(np.float32) / scale)[:, :, None]
-    if out.shape[0] < 8 or out.shape[1] < 8:
-        raise ImageReadError(f"{where}: image of {out.shape[1]}×{out.shape[0]} px is too small")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ImageReadError(f"{where}: float image contains NaN or infinite values")
+    if array.shape[2] == 4:
+        return array[:, :, :3], array[:, :, 3]
+    return array, None
+
+
+def _alpha_fraction(alpha: np.ndarray) -> np.ndarray:
+    scale = 255.0 if alpha.dtype == np.uint8 else 65535.0 if alpha.dtype == np.uint16 else 1.0
+    return np.clip(alpha.astype(np.float32) / np.float32(scale), 0.0, 1.0)
+
+
+def to_unit_rgb(array: np.ndarray, where: str, value_range: ValueRange | None = None,
+                keep_uint8: bool = False, value_kind: str | None = None) -> np.ndarray:
+    """Raw pixel values (any layout of :func:`read_pixels`) → HxWx3 float32 in [0, 1] by
+    ``value_range`` (default: the pixel type's full scale, :func:`natural_range`; with
+    ``value_kind`` only images of that pixel kind use it, see :func:`range_for`); alpha is
+    composited onto black so transparent areas look alike in every image.
+
+    With ``keep_uint8``, 8-bit gray or RGB mapped by (0, 255) stays uint8 (0–255): four times
+    less memory to resize, and dividing by 255 afterwards gives the same values."""
+    colour, alpha = _split_channels(array, where)
+    value_range = range_for(colour, value_range, value_kind, where)
+    if np.issubdtype(colour.dtype, np.signedinteger) and colour.size and colour.min() < 0 \
+            and value_range == natural_range(colour):  # a model's range clips instead
+        raise ImageReadError(f"{where}: negative pixel values in a {colour.dtype} image")
+    if keep_uint8 and alpha is None and colour.dtype == np.uint8 and value_range == EIGHT_BIT:
+        return np.ascontiguousarray(colour)
+    out = value_range.to_unit(colour)
+    if alpha is not None:
+        out *= _alpha_fraction(alpha)[:, :, None]
     return np.ascontiguousarray(out)
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
-    """PIL image → numpy array that keeps 16-bit precision."""
+    """PIL image → numpy array of its stored values (16-bit and float kept), EXIF-rotated."""
     image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(image, dtype=np.uint16)
     if mode == "I":  # 32-bit int containers usually hold 16-bit data
-        data = np.asarray(image, dtype=np.int64)
-        return data.clip(0, 65535).astype(np.uint16)
+        data = np.asarray(image, dtype=np.int32)
+        fits = data.size and data.min() >= 0 and data.max() <= 65535
+        return data.astype(np.uint16) if fits else data
     if mode == "F":
-        data = np.asarray(image, dtype=np.float32)
-        peak = float(data.max()) if data.size else 1.0
-        return data / peak if peak > 1 else data
+        return np.asarray(image, dtype=np.float32)
     if mode in ("L", "RGB", "RGBA"):
         return np.asarray(image)
     if mode == "LA":
@@ -113,18 +119,17 @@ def _read_16bit_colour(path: Path, orientation: int, fallback: np.ndarray) -> np
     return data if data.shape[:2] == fallback.shape[:2] else fallback
 
 
-def load_image(source, keep_uint8: bool = False) -> np.ndarray:
-    """Any supported image source → RGB float32 array ``[H, W, 3]`` in [0, 1].
+def read_pixels(source) -> np.ndarray:
+    """The stored values of an image, at their own dtype (uint8, uint16, int32, float32, …), with
+    EXIF rotation applied and other colour modes (palette, CMYK, LA, …) converted by Pillow to RGB(A).
 
-    Accepts a path, a PIL image or a numpy array. Grayscale is repeated to three channels,
-    alpha is composited onto black, 16-bit data keeps its precision and EXIF rotation is applied.
-    With ``keep_uint8`` an 8-bit RGB image is returned as uint8 (0–255) instead.
+    Shape HxW, HxWx1, HxWx3 or HxWx4 (alpha last). No scaling: see :func:`load_image`.
     Raises :class:`ImageReadError` with a one-line message naming the file.
     """
     if isinstance(source, np.ndarray):
-        return _to_rgb_float(source, "array input", keep_uint8)
+        return source
     if isinstance(source, Image.Image):
-        return _to_rgb_float(_pil_to_array(source), "PIL image input", keep_uint8)
+        return _pil_to_array(source)
     path = Path(source)
     where = f"'{path}'"
     if not path.is_file():
@@ -137,12 +142,54 @@ def load_image(source, keep_uint8: bool = False) -> np.ndarray:
             array = _pil_to_array(image)
         if deep_colour:
             array = _read_16bit_colour(path, orientation, fallback=array)
-    except ImageReadError:
-        raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageReadError(f"{where}: cannot read image ({reason})") from None
-    return _to_rgb_float(array, where, keep_uint8)
+    return array
+
+
+def _where(source) -> str:
+    if isinstance(source, np.ndarray):
+        return "array input"
+    return "PIL image input" if isinstance(source, Image.Image) else f"'{Path(source)}'"
+
+
+def load_image(source, keep_uint8: bool = False, value_range=None, value_kind: str | None = None) -> np.ndarray:
+    """Any supported image source → RGB float32 array ``[H, W, 3]`` in [0, 1].
+
+    Accepts a path, a PIL image or a numpy array. Grayscale is repeated to three channels,
+    alpha is composited onto black, 16-bit data keeps its precision and EXIF rotation is applied.
+    ``value_range`` ``(lo, hi)`` maps lo → 0 and hi → 1 (clipped), the same for every image; a
+    fitted model passes its ``value_range_`` and ``value_kind_`` (images of another pixel kind use
+    their own type's full scale). Without a range each image uses its pixel type's full scale
+    (:func:`padim.value_range.natural_range`).
+    With ``keep_uint8`` an 8-bit RGB image mapped by (0, 255) is returned as uint8 (0–255) instead.
+    Raises :class:`ImageReadError` with a one-line message naming the file.
+    """
+    if value_range is not None and not isinstance(value_range, ValueRange):
+        value_range = as_value_range(value_range)
+    return to_unit_rgb(read_pixels(source), _where(source), value_range, keep_uint8, value_kind)
+
+
+def colour_values(source) -> np.ndarray:
+    """The raw colour values of an image (alpha dropped), for deciding a model's value range."""
+    colour, _ = _split_channels(read_pixels(source), _where(source))
+    return colour
+
+
+def pixel_kind(source) -> str:
+    """``"uint8"``, ``"bool"``, ``"int"`` or ``"float"``: how deep the image's stored values are.
+    For files this reads the header only (Pillow's mode), never the pixels."""
+    if isinstance(source, np.ndarray):
+        return pixel_kind_of_dtype(source.dtype)
+    if isinstance(source, Image.Image):
+        return pixel_kind_of_mode(source.mode)
+    try:
+        with Image.open(source) as image:
+            return pixel_kind_of_mode(image.mode, _has_16bit_colour(image))
+    except Exception as exc:  # noqa: BLE001
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"'{source}': cannot read image ({reason})") from None
 
 
 def image_size(source) -> tuple[int, int]:

@@ -19,7 +19,9 @@ from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
 from .features import FeatureExtractor, embedding_concat, random_channel_index
 from .gaussian import GaussianModel, GaussianStats
+from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
+from .value_range import ValueRange, as_value_range, decide_value_range, training_kind, KIND_NAMES
 from .geometry import (Geometry, activation_floats_per_pixel, decide_geometry, default_margin, default_memory_budget,
                        typical_size)
 from .maps import distance_grid_to_maps, resize_map
@@ -90,6 +92,11 @@ class PaDiM:
     which makes stitched features equal whole-image ones), cell (Gaussian granularity: 1 per
     position, k for k×k cells, "image" for one shared Gaussian, "auto" for the finest that fits
     max_memory), max_memory (bytes or "6G"; default 4 GiB or half the RAM).
+
+    value_range: how stored pixel values map to [0, 1], fixed at fit and applied to every image
+    (``value_range_``): "auto" (8-bit → 0..255 from the pixel type; deeper data → a robust range
+    of the training images, see ``padim.value_range``), (lo, hi), or None (each image by its
+    pixel type's full scale, as models saved before value ranges).
     """
 
     def __init__(
@@ -115,6 +122,7 @@ class PaDiM:
         cell: int | str = "auto",
         max_memory: int | str | None = None,
         progress: bool = False,
+        value_range: str | tuple[float, float] | None = "auto",
     ):
         self.backbone = backbone
         self.layers = layers
@@ -137,6 +145,7 @@ class PaDiM:
         self.cell = cell
         self.max_memory = max_memory
         self.progress = progress
+        self.value_range = value_range
         self._extractor: FeatureExtractor | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -170,7 +179,9 @@ class PaDiM:
         # As many images as the activation share of the budget allows; tiled ones one at a time.
         images_per_batch = self.geometry_.images_per_batch(self.batch_size)
         return make_loader(sources, Resize(size), images_per_batch, self.workers,
-                           pin_memory=self._device().type == "cuda")
+                           pin_memory=self._device().type == "cuda",
+                           value_range=getattr(self, "value_range_", None),
+                           value_kind=getattr(self, "value_kind_", None))
 
     def _progress(self, iterable, total: int, desc: str):
         return tqdm(iterable, total=total, desc=desc, unit="batch", disable=not self.progress, leave=False)
@@ -213,6 +224,30 @@ class PaDiM:
             raise MemoryError(f"{plan.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
                               f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
         return cell, plan
+
+    def _decide_value_range(self, sources) -> tuple[ValueRange | None, str | None]:
+        """The model's mapping of stored values to [0, 1] and the pixel kind it is for (see
+        ``padim.value_range``). Files are judged by their header; only deeper-than-8-bit images
+        are read (once more) to measure a range."""
+        if self.value_range is None:
+            return None, None
+        explicit = not (isinstance(self.value_range, str) and self.value_range == "auto")
+        chosen = as_value_range(self.value_range) if explicit else None
+
+        def kind(source) -> str:
+            try:
+                return pixel_kind(source)
+            except ImageReadError:
+                return "unreadable"  # reported by the loader
+
+        def values(i: int) -> np.ndarray:
+            try:
+                return colour_values(sources[i])
+            except ImageReadError:
+                return np.zeros(0, np.float32)
+
+        kinds = [kind(s) for s in sources]
+        return chosen or decide_value_range(kinds, values), training_kind(kinds)
 
     def _prepare_fit(self, sources) -> None:
         """Decide geometry, hook points, channels and Gaussian granularity from the training images'
@@ -286,6 +321,7 @@ class PaDiM:
         self._apply_threads()
         sources = as_sources(images)
         self._prepare_fit(sources)
+        self.value_range_, self.value_kind_ = self._decide_value_range(sources)
         stats = GaussianStats(self.n_gaussians_, self.n_features_, self._device())
         self.skipped_: list[tuple[str, str]] = []
         used: list[int] = []
@@ -463,7 +499,8 @@ class PaDiM:
 
     # ------------------------------------------------------------- save/load
     _PARAMS = ("backbone", "layers", "d", "image_size", "keep_aspect", "eps", "blur_sigma",
-               "seed", "calibration_folds", "max_false_reject", "tile", "overlap", "scale", "cell", "max_memory")
+               "seed", "calibration_folds", "max_false_reject", "tile", "overlap", "scale", "cell", "max_memory",
+               "value_range")
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to one safetensors file (no pickled code)."""
@@ -488,6 +525,8 @@ class PaDiM:
             "backbone_fingerprint": getattr(self, "backbone_fingerprint_", None),
             "calibrator": None if self.calibrator_ is None else self.calibrator_.to_dict(),
             "map_floor": getattr(self, "map_floor_", None),
+            "value_range": None if self.value_range_ is None else list(self.value_range_),
+            "value_kind": self.value_kind_,
         }
         write_model_file(path, tensors, metadata)
         return path
@@ -518,6 +557,11 @@ class PaDiM:
             model.calibration_scores_ = None if scores is None else scores.numpy()
             model.calibrator_ = None
             model.map_floor_ = meta.get("map_floor")
+            # Files written before value ranges have none: None maps each image by its pixel type's
+            # full scale, which is exactly how they were fitted (0..255 for 8-bit data).
+            stored_range = meta.get("value_range")
+            model.value_range_ = None if stored_range is None else as_value_range(stored_range)
+            model.value_kind_ = meta.get("value_kind")
             if meta.get("calibrator"):
                 model.calibrator_ = Calibrator.from_dict(meta["calibrator"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -546,6 +590,10 @@ class PaDiM:
             "model tensors (MB)": round(
                 (self.gaussian_.mean.numel() + self.gaussian_.whitener.numel()) * 4 / 2**20, 1),
             "calibration": None if self.calibrator_ is None else self._describe_calibration(),
+            "value range": (f"{self.value_range_.describe()} → 0..1 for every "
+                            f"{KIND_NAMES.get(self.value_kind_, 'other')} image"
+                            if self.value_range_ is not None else
+                            "each image by its pixel type's full scale (8-bit 0..255, 16-bit 0..65535)"),
         }
 
     def _describe_calibration(self) -> str:

@@ -42,6 +42,12 @@ def display_name(name: str) -> str:
     return shown
 
 
+def model_image(model: PaDiM, path: Path) -> np.ndarray:
+    """The image as the model reads it (its pixel value range), for a heatmap's background."""
+    return load_image(path, value_range=getattr(model, "value_range_", None),
+                      value_kind=getattr(model, "value_kind_", None))
+
+
 def colour_scale(model: PaDiM, threshold: float, anomaly_map: np.ndarray | None = None) -> tuple[float, float]:
     """Fixed heatmap colour range: from the typical good-pixel value to as far above the threshold,
     so the threshold sits mid-scale in every image of a model."""
@@ -107,7 +113,7 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
                 _write_map(Path(save_maps) / Path(name).with_suffix(".npy"), result.anomaly_map)
             if heatmaps is not None:
                 vmin, vmax = colour_scale(model, calibrator.threshold_, result.anomaly_map)
-                save_heatmap(Path(heatmaps) / Path(name).with_suffix(".png"), load_image(path), result.anomaly_map,
+                save_heatmap(Path(heatmaps) / Path(name).with_suffix(".png"), model_image(model, path), result.anomaly_map,
                              vmin=vmin, vmax=vmax, threshold=calibrator.threshold_,
                              title=f"{display_name(name)}  score {result.score:.3g}  p(defect) {probability:.3f}  "
                                    f"{'NG' if ng else 'OK'}")
@@ -165,7 +171,7 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
         if heatmaps and report is not None and threshold is not None:
             vmin, vmax = colour_scale(model, threshold, amap)
             rel = path.relative_to(data.root / "test")
-            save_heatmap(report / "heatmaps" / rel.with_suffix(".png"), load_image(path), result.anomaly_map,
+            save_heatmap(report / "heatmaps" / rel.with_suffix(".png"), model_image(model, path), result.anomaly_map,
                          vmin=vmin, vmax=vmax, threshold=threshold,
                          mask=None if mask_path is None else load_mask(mask_path, result.anomaly_map.shape),
                          title=f"{display_name(rel.as_posix())}  score {result.score:.3g}")

@@ -97,6 +97,7 @@ def _changes():
         "no calibrator": set_attr("calibrator_", None),
         "value range": set_attr("value_range_", (0.0, 0.5)),
         "value range tensor": set_attr("value_range_", torch.tensor([0.0, 0.25])),
+        "value kind": set_attr("value_kind_", "int"),
     }
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from padim.io import (ImageReadError, atomic_output, atomic_write_bytes, atomic_write_text, image_size,
-                      list_images, load_image)
+                      list_images, load_image, pixel_kind, read_pixels)
 
 
 def check_rgb(array, shape):
@@ -176,6 +176,144 @@ def test_bmp_and_webp_lossless(tmp_path):
         np.testing.assert_array_equal(load_image(tmp_path / name), rgb / np.float32(255))
 
 
+# ------------------------------------------------------------------ value ranges and modes
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_12bit_data_in_16bit_file_with_a_range(tmp_path, ext):
+    data = (np.arange(20 * 16).reshape(20, 16) * 13 % 4096).astype(np.uint16)
+    data[0, 0] = 4095
+    path = tmp_path / f"twelve{ext}"
+    Image.fromarray(data).save(path)
+    assert pixel_kind(path) == "int"
+    out = load_image(path, value_range=(0, 4095))
+    check_rgb(out, data.shape)
+    for c in range(3):
+        np.testing.assert_allclose(out[..., c], data.astype(np.float64) / 4095, rtol=1e-6, atol=1e-7)
+    assert out.max() == 1.0
+    np.testing.assert_array_equal(read_pixels(path), data)  # raw values at their own dtype
+
+
+def test_mode_f_tiff(tmp_path):
+    data = np.linspace(0, 5000, 12 * 14, dtype=np.float32).reshape(12, 14)
+    data[3, 4] = 1e6  # a hot pixel
+    path = tmp_path / "f.tif"
+    Image.fromarray(data, "F").save(path)
+    assert Image.open(path).mode == "F" and pixel_kind(path) == "float"
+    np.testing.assert_array_equal(read_pixels(path), data)
+    out = load_image(path, value_range=(0, 5000))
+    expected = np.clip(data.astype(np.float64) / 5000, 0, 1)
+    for c in range(3):
+        np.testing.assert_allclose(out[..., c], expected, rtol=1e-6, atol=1e-7)
+    # without a range: the image's own extremes (the per-image behaviour a model no longer uses)
+    np.testing.assert_allclose(load_image(path)[..., 0], data / 1e6, rtol=1e-6)
+
+
+def test_16bit_rgb_png_exact(tmp_path):
+    rgb = np.random.default_rng(5).integers(0, 65536, (10, 13, 3)).astype(np.uint16)
+    path = tmp_path / "rgb48.png"
+    assert cv2.imwrite(str(path), rgb[..., ::-1].copy())
+    assert pixel_kind(path) == "int"
+    expected = rgb.astype(np.float32) / np.float32(65535)
+    np.testing.assert_array_equal(load_image(path), expected)
+    np.testing.assert_array_equal(load_image(path, value_range=(0, 65535)), expected)
+
+
+def test_cmyk_jpeg_follows_pillow(tmp_path):
+    cmyk = np.random.default_rng(6).integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(cmyk, "CMYK").save(path, quality=95)
+    assert Image.open(path).mode == "CMYK" and pixel_kind(path) == "uint8"
+    expected = np.asarray(Image.open(path).convert("RGB")).astype(np.float32) / 255
+    np.testing.assert_array_equal(load_image(path), expected)
+    np.testing.assert_array_equal(load_image(path, keep_uint8=True, value_range=(0, 255)),
+                                  np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_palette_with_transparency_under_a_model_range(tmp_path):
+    idx = np.zeros((10, 10), np.uint8)
+    idx[5:] = 1
+    img = Image.fromarray(idx, "P")
+    img.putpalette([10, 20, 30, 250, 128, 0] + [0] * 762)
+    path = tmp_path / "pt.png"
+    img.save(path, transparency=0)
+    out = load_image(path, keep_uint8=True, value_range=(0, 255))
+    assert out.dtype == np.float32  # alpha present: composited, not the uint8 fast path
+    np.testing.assert_array_equal(out[:5], 0)
+    np.testing.assert_allclose(out[9, 9], np.array([250, 128, 0]) / 255, rtol=1e-6)
+
+
+def _displayed(stored, orientation):
+    """How an image with EXIF ``orientation`` is displayed, from the EXIF definition, by index."""
+    h, w = stored.shape[:2]
+    if orientation <= 4:
+        i, j = np.mgrid[0:h, 0:w]
+        rows = {1: i, 2: i, 3: h - 1 - i, 4: h - 1 - i}[orientation]
+        cols = {1: j, 2: w - 1 - j, 3: w - 1 - j, 4: j}[orientation]
+    else:  # displayed image is w × h
+        i, j = np.mgrid[0:w, 0:h]
+        rows = {5: j, 6: h - 1 - j, 7: h - 1 - j, 8: j}[orientation]
+        cols = {5: i, 6: i, 7: w - 1 - i, 8: w - 1 - i}[orientation]
+    return stored[rows, cols]
+
+
+def _with_png_exif(path, orientation):
+    """Insert an eXIf chunk (orientation only) after the IHDR of a PNG written by another tool."""
+    import struct
+    import zlib
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()
+    payload = payload[6:] if payload.startswith(b"Exif\x00\x00") else payload
+    blob = path.read_bytes()
+    end_of_ihdr = 8 + 4 + 4 + 13 + 4
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + payload) & 0xFFFFFFFF)
+    path.write_bytes(blob[:end_of_ihdr] + chunk + blob[end_of_ihdr:])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_all_exif_orientations(tmp_path, orientation, ext):
+    stored = np.random.default_rng(orientation).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{ext}"
+    Image.fromarray(stored).save(path, exif=exif, **({"quality": 95} if ext == ".jpg" else {}))
+    decoded = np.asarray(Image.open(path))  # Pillow does not rotate by itself: the stored pixels
+    if ext == ".png":
+        np.testing.assert_array_equal(decoded, stored)
+    expected = _displayed(decoded, orientation)
+    out = load_image(path)
+    np.testing.assert_array_equal(out, expected.astype(np.float32) / 255)
+    assert image_size(path) == out.shape[:2] == expected.shape[:2]
+    np.testing.assert_array_equal(load_image(Image.open(path)), out)
+    assert image_size(Image.open(path)) == out.shape[:2]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_all_exif_orientations_of_16bit_colour(tmp_path, orientation):
+    stored = np.random.default_rng(orientation).integers(0, 65536, (10, 14, 3)).astype(np.uint16)
+    path = tmp_path / "o16.png"
+    assert cv2.imwrite(str(path), stored[..., ::-1].copy())
+    _with_png_exif(path, orientation)
+    assert Image.open(path).getexif().get(0x0112) == orientation
+    expected = _displayed(stored, orientation)
+    out = load_image(path, value_range=(0, 65535))
+    np.testing.assert_array_equal(out, expected.astype(np.float32) / np.float32(65535))
+    assert image_size(path) == out.shape[:2]
+
+
+def test_pixel_kind_reads_headers_and_dtypes(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "b.png")
+    Image.fromarray(np.zeros((8, 8), np.float32), "F").save(tmp_path / "c.tif")
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").convert("P").save(tmp_path / "d.png")
+    assert [pixel_kind(tmp_path / n) for n in ("a.png", "b.png", "c.tif", "d.png")] == ["uint8", "int", "float", "uint8"]
+    assert [pixel_kind(np.zeros(3, t)) for t in (np.uint8, bool, np.uint16, np.int32, np.float64)] == \
+        ["uint8", "bool", "int", "int", "float"]
+
+
 # ------------------------------------------------------------------ load_image: arrays
 
 @pytest.mark.parametrize("dtype, peak", [(np.uint8, 255), (np.uint16, 65535), (np.float32, 1.0),
@@ -205,11 +343,16 @@ def test_rgba_array_uint16():
     np.testing.assert_allclose(load_image(arr), 32768 / 65535, rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [np.full((8, 8, 3), 1.5, np.float32), np.full((8, 8), -0.1),
-                                 np.full((8, 8, 3), 255.0)])
-def test_float_out_of_range(bad):
-    with pytest.raises(ImageReadError, match=r"\[0, 1\]"):
-        load_image(bad)
+def test_float_outside_unit_range():
+    # Changed intentionally: without a range such arrays used to be refused; they now stretch to
+    # their own extremes (for display), and a given range maps and clips them.
+    data = np.linspace(0, 300, 10 * 12, dtype=np.float32).reshape(10, 12)
+    np.testing.assert_allclose(load_image(data)[..., 0], data / 300, rtol=1e-6)
+    signed = data - 100
+    np.testing.assert_allclose(load_image(signed)[..., 1], (signed + 100) / 300, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(load_image(data, value_range=(0, 100))[..., 2], np.minimum(data / 100, 1), rtol=1e-6)
+    np.testing.assert_allclose(load_image(data, value_range=(50, 250))[..., 0],
+                               np.clip((data - 50) / 200, 0, 1), rtol=1e-5, atol=1e-6)
 
 
 def test_float_nan_is_refused():
