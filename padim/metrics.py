@@ -246,7 +246,7 @@ def _pixel_metrics(masks, maps, idx):
     return {"pixel_auroc": pixel_auroc(ms, ps), "pro": pro_score(ms, ps)}
 
 
-def evaluate(labels, scores, masks=None, maps=None, defect_types=None) -> dict:
+def evaluate(labels, scores, masks=None, maps=None, defect_types=None, progress=None) -> dict:
     """All metrics as a JSON-serialisable dict.
 
     Keys: image_auroc, best_f1, best_f1_threshold, youden_threshold, n_good, n_defect,
@@ -255,9 +255,11 @@ def evaluate(labels, scores, masks=None, maps=None, defect_types=None) -> dict:
     without a mask counts as all-normal. Pixel metrics are None when no usable defect mask
     exists. `defect_types` (one string per image, "good" for normal images) gives
     per_defect_type = {type: {image_auroc (type vs all goods), n, pixel_auroc, pro}}, the
-    pixel metrics computed over that type's images only.
+    pixel metrics computed over that type's images only. `progress`, if given, is called with
+    no argument after each pixel-metric pass (the whole set, then each type): one step each.
     """
     y, s = _labels_scores(labels, scores)
+    step = progress or (lambda: None)
     f1, f1_t = best_f1_threshold(y, s)
     out = {
         "image_auroc": image_auroc(y, s),
@@ -278,6 +280,7 @@ def evaluate(labels, scores, masks=None, maps=None, defect_types=None) -> dict:
         masks = [np.zeros(np.shape(a), bool) if m is None and not yi else m
                  for m, a, yi in zip(masks, maps, y)]
         out.update(_pixel_metrics(masks, maps, range(y.size)))
+        step()
 
     per_type = {}
     if defect_types is not None:
@@ -291,6 +294,7 @@ def evaluate(labels, scores, masks=None, maps=None, defect_types=None) -> dict:
             entry = {"n": int(this.sum()), "image_auroc": image_auroc(y[this | ~y], s[this | ~y])}
             if with_pixels:
                 entry.update(_pixel_metrics(masks, maps, np.flatnonzero(this)))
+                step()
             per_type[t] = entry
     out["per_defect_type"] = per_type
     return out

@@ -178,8 +178,13 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
     seconds = time.time() - started
     labels = np.array(data.labels)
     pixel = data.has_masks
-    metrics = evaluate(labels, np.array(scores), masks=masks if pixel else None, maps=maps if pixel else None,
-                       defect_types=data.defect_types)
+    from tqdm.auto import tqdm
+
+    n_types = len({t for t in data.defect_types if t != "good"}) if data.defect_types is not None else 0
+    with tqdm(total=1 + n_types if pixel else 0, desc="metrics", unit="pass", leave=False,
+              disable=not (pixel and model.progress)) as bar:
+        metrics = evaluate(labels, np.array(scores), masks=masks if pixel else None, maps=maps if pixel else None,
+                           defect_types=data.defect_types, progress=lambda: bar.update(1))
     metrics["n_images"] = len(scores)
     metrics["seconds"] = round(seconds, 2)
     metrics["images_per_second"] = round(len(scores) / seconds, 2) if seconds else None

@@ -241,3 +241,14 @@ def test_modules_depend_only_on_numpy_scipy_sklearn():
             for mod in mods:
                 assert mod in allowed or mod.split(".")[0] in allowed - {"padim.metrics"}, \
                     (name, mod)
+
+
+def test_evaluate_reports_one_progress_step_per_pixel_pass():
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 1, 1, 1])
+    maps = [rng.random((8, 8)) for _ in labels]
+    masks = [None, None] + [rng.random((8, 8)) > 0.7 for _ in range(3)]
+    steps = []
+    evaluate(labels, rng.random(5), masks=masks, maps=maps, defect_types=["good", "good", "a", "b", "a"],
+             progress=lambda: steps.append(1))
+    assert len(steps) == 1 + 2  # the whole set, then types a and b
