@@ -192,9 +192,9 @@ def test_saved_file_is_safetensors_with_json_metadata(saved):
     with safe_open(str(saved), framework="pt") as handle:
         meta = json.loads(handle.metadata()["padim"])
         keys = set(handle.keys())
-    assert meta["format"] == "padim-model" and meta["format_version"] == 1
+    assert meta["format"] == "padim-model" and meta["format_version"] == 2
     assert meta["n_train"] == 12 and meta["params"]["d"] == 100
-    assert {"mean", "whitener", "channel_index"} <= keys
+    assert {"mean", "whitener_packed", "whitener_scale", "channel_index"} <= keys
 
 
 def _rewrite_metadata(src, dst, change):
@@ -341,16 +341,23 @@ def test_calibration_gives_probabilities(calibrated, data, tmp_path):
 
 
 def test_held_out_scores_equal_refitting_without_the_fold(calibrated):
-    # The k-fold scores come from subtracting a fold's statistics; an independent refit on the
-    # other images must give the same scores. Fold membership: seeded permutation, every k-th.
+    # The k-fold scores come from downdating the full model (padim.folds); an independent refit on
+    # the other images must give the same scores. Fold membership: seeded permutation, every k-th.
+    # The fold model's regulariser is λ_F = λ(n − 1)/(n_F − 1) (the full model's ridge on the
+    # fold's scatter), so the refit is given that λ: eps=1 reads the rest's mean variance v, then
+    # eps = λ_F / v makes the relative regulariser exactly λ_F.
     model, files = calibrated
     order = np.random.default_rng(model.seed).permutation(len(files))
     members = np.sort(order[0::3])
     rest = [f for i, f in enumerate(files) if i not in set(members.tolist())]
-    refit = PaDiM(**PARAMS).fit(rest)
+    n, n_fold = len(files), len(rest)
+    lam_fold = model.gaussian_.reg * (n - 1) / (n_fold - 1)
+    variance = PaDiM(**dict(PARAMS, eps=1.0)).fit(rest).gaussian_.reg
+    refit = PaDiM(**dict(PARAMS, eps=lam_fold / variance)).fit(rest)
+    assert refit.gaussian_.reg == pytest.approx(lam_fold, rel=1e-9)
     expected = refit.score_samples([files[i] for i in members])
-    # (the fold's embeddings are cached in float16 for this scoring, hence the tolerance)
-    np.testing.assert_allclose(np.asarray(model.calibration_scores_)[members], expected, rtol=2e-3)
+    # (fold embeddings are cached in float16 and the refit's whitener is stored in float16)
+    np.testing.assert_allclose(np.asarray(model.calibration_scores_)[members], expected, rtol=3e-3)
 
 
 def test_calibration_needs_enough_images(data):

@@ -1,0 +1,100 @@
+"""padim.folds: held-out distances by downdate against a naive NumPy refit without each fold."""
+
+import numpy as np
+import pytest
+import torch
+
+from padim.folds import fold_members, fold_regulariser, held_out_distances, held_out_scores, refit_distances
+from padim.gaussian import GaussianStats
+
+
+def features(n, d, p, seed=0, offset=5.0):
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(p, d, d))
+    x = np.einsum("npd,pkd->nkp", rng.normal(size=(n, p, d)), mixing) + offset
+    return torch.from_numpy(x)
+
+
+def naive_fold_distances(x, fold, lam_fold):
+    """Per position: np.cov of the other samples + λ_F I, inverted by np.linalg.inv, applied to the fold."""
+    x = x.numpy()
+    rest = np.setdiff1d(np.arange(x.shape[0]), fold)
+    out = np.empty((len(fold), x.shape[2]))
+    for p in range(x.shape[2]):
+        others = x[rest, :, p]
+        mean = others.mean(axis=0)
+        precision = np.linalg.inv(np.cov(others, rowvar=False) + lam_fold * np.eye(x.shape[1]))
+        for k, j in enumerate(fold):
+            diff = x[j, :, p] - mean
+            out[k, p] = np.sqrt(diff @ precision @ diff)
+    return out
+
+
+def full_model(x, eps=0.1, storage=None):
+    stats = GaussianStats(x.shape[2], x.shape[1])
+    stats.update(x)
+    return stats, stats.finalize(eps, storage=storage)
+
+
+@pytest.mark.parametrize("n, d, fold", [(20, 6, [1, 4, 9, 13]), (9, 12, [0, 5]), (40, 8, list(range(0, 40, 5)))])
+def test_downdate_equals_naive_refit_without_the_fold(n, d, fold):
+    # d > n covers the PaDiM regime (more channels than images) where only λ keeps Σ invertible.
+    x = features(n, d, p=5)
+    stats, model = full_model(x)
+    lam_fold = fold_regulariser(model.reg, n, len(fold))
+    assert lam_fold == pytest.approx(model.reg * (n - 1) / (n - len(fold) - 1))
+    expected = naive_fold_distances(x, fold, lam_fold)
+    got = held_out_distances(model, x[fold])
+    assert got.shape == (len(fold), 5)
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-4)
+    # the refit reference path agrees too, and leaves the statistics as they were
+    before = stats.sum_outer.clone()
+    fold_stats = stats.empty_like().update(x[fold])
+    np.testing.assert_allclose(refit_distances(stats, fold_stats, x[fold], model.reg).double().numpy(),
+                               expected, rtol=1e-4)
+    np.testing.assert_allclose(stats.sum_outer.numpy(), before.numpy(), rtol=1e-12, atol=1e-9)
+
+
+def test_position_chunks_do_not_change_the_downdate():
+    x = features(15, 6, p=7, seed=3)
+    _, model = full_model(x)
+    fold = [2, 3, 11]
+    np.testing.assert_allclose(held_out_distances(model, x[fold], position_chunk=2).numpy(),
+                               held_out_distances(model, x[fold]).numpy(), rtol=1e-6)
+
+
+def test_fold_too_large_is_refused():
+    x = features(5, 3, p=2)
+    _, model = full_model(x)
+    with pytest.raises(ValueError, match="at least 2"):
+        held_out_distances(model, x[:4])
+    with pytest.raises(ValueError, match="shape"):
+        held_out_distances(model, x[:2, :2])
+
+
+def test_fold_members_partition_the_images():
+    folds = fold_members(23, 5, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(23))
+    assert [len(f) for f in folds] == [5, 5, 5, 4, 4]
+    assert all((np.diff(f) > 0).all() for f in folds)
+
+
+def test_held_out_scores_downdate_and_refit_agree():
+    # Whole pipeline on "images" of 1×1 position: the map is the distance itself (identity maps).
+    x = features(12, 5, p=3, seed=5)
+    stats, model = full_model(x)
+
+    def embeddings(members):
+        yield list(range(len(members))), x[members].float()[:, :, :, None]  # [m, d, p, 1]
+
+    to_samples = lambda emb: emb.flatten(2)
+    to_maps = lambda distances, emb: distances
+    by_downdate, median = held_out_scores(12, 3, 0, embeddings, to_samples, to_maps, model)
+    by_refit, median_refit = held_out_scores(12, 3, 0, embeddings, to_samples, to_maps, model, stats=stats)
+    np.testing.assert_allclose(by_downdate, by_refit, rtol=1e-4)
+    assert median == pytest.approx(median_refit, rel=1e-4)
+    expected = np.empty(12)
+    for members in fold_members(12, 3, 0):
+        lam = fold_regulariser(model.reg, 12, len(members))
+        expected[members] = naive_fold_distances(x, members, lam).max(axis=1)
+    np.testing.assert_allclose(by_downdate, expected, rtol=1e-4)
