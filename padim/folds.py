@@ -55,40 +55,57 @@ def uses_downdate(fold_count: int, dim: int) -> bool:
 
 def held_out_distances(model: GaussianModel, samples: torch.Tensor, count: int | None = None,
                        position_chunk: int | None = None) -> torch.Tensor:
-    """Distances ``[m, G]`` of a fold's samples ``[m, d, G]`` under the Gaussians without them.
+    """Distances ``[m, G]`` of one fold's samples ``[m, d, G]`` under the Gaussians without them.
 
     ``model`` is the full fit (of ``count`` samples per Gaussian, by default ``model.count``)
     and its regulariser; the fold model's is :func:`fold_regulariser`'s. Exact up to rounding.
     """
+    everything = [np.arange(samples.shape[0])]
+    return fold_distances(model, samples, everything, count, position_chunk)
+
+
+def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.ndarray],
+                   count: int | None = None, position_chunk: int | None = None) -> torch.Tensor:
+    """Distances ``[S, G]`` of samples ``[S, d, G]``, each under the Gaussians without its fold.
+
+    ``folds`` are disjoint index arrays into the samples. Positions are the outer loop, so each
+    chunk of the whitener is read once for all folds, and all samples are whitened in one product.
+    """
     count = int(count or model.count)
-    m, d, positions = samples.shape
+    n, d, positions = samples.shape
     if (d, positions) != (model.dim, model.num_positions):
-        raise ValueError(f"samples must have shape [m, {model.dim}, {model.num_positions}], got {tuple(samples.shape)}")
-    kept = count - m
-    if kept < 2:
-        raise ValueError(f"a fold of {m} samples leaves {kept} of {count}; need at least 2")
+        raise ValueError(f"samples must have shape [S, {model.dim}, {model.num_positions}], got {tuple(samples.shape)}")
     device = model.mean.device
-    x = samples.to(device, torch.float32)
-    ones = torch.ones(m, m, dtype=torch.float64, device=device)
-    eye = torch.eye(m, dtype=torch.float64, device=device)
-    combos = eye + ones / kept  # columns c_j
-    base = (count - 1) * (eye - ones / count)  # (n − 1) W⁻¹
-    out = torch.empty(m, positions, dtype=torch.float32, device=device)
-    chunk = position_chunk or max(1, DOWNDATE_CHUNK_BYTES // (4 * m * d))
+    algebra = []
+    for members in folds:
+        m = len(members)
+        kept = count - m
+        if kept < 2:
+            raise ValueError(f"a fold of {m} samples leaves {kept} of {count}; need at least 2")
+        ones = torch.ones(m, m, dtype=torch.float64, device=device)
+        eye = torch.eye(m, dtype=torch.float64, device=device)
+        index = torch.as_tensor(np.asarray(members), dtype=torch.long, device=device)
+        # columns c_j = e_j + 1/n_F; (n − 1)W⁻¹ = (n − 1)(I − 11ᵀ/n); the factor back to Σ_F's scale
+        algebra.append((index, eye + ones / kept, (count - 1) * (eye - ones / count), (kept - 1) / (count - 1)))
+    x = samples.to(device)  # any float dtype (e.g. the float16 cache); upcast chunk by chunk
+    out = torch.empty(n, positions, dtype=torch.float32, device=device)
+    chunk = position_chunk or max(1, DOWNDATE_CHUNK_BYTES // (4 * n * d))
     for start in range(0, positions, chunk):
         stop = min(start + chunk, positions)
-        centred = x[:, :, start:stop].permute(2, 0, 1) - model.mean[start:stop, None, :]  # [p, m, d]
+        centred = x[:, :, start:stop].permute(2, 0, 1).float() - model.mean[start:stop, None, :]  # [p, S, d]
         whitened = centred @ model.whitener[start:stop].transpose(1, 2)  # Z rows, as in scoring
-        gram = torch.bmm(whitened, whitened.transpose(1, 2)).to(torch.float64)  # [p, m, m]
-        gc = gram @ combos  # G c_j in column j
-        direct = (combos * gc).sum(dim=1)  # c_jᵀ G c_j
-        factor, info = torch.linalg.cholesky_ex(base - gram)
-        if bool((info > 0).any()):
-            raise ValueError(f"held-out downdate is not positive definite at {int((info > 0).sum())} positions")
-        solved = torch.cholesky_solve(gc, factor)
-        correction = (gc * solved).sum(dim=1)  # c_jᵀ G K⁻¹ G c_j
-        squared = (direct + correction) * ((kept - 1) / (count - 1))
-        out[:, start:stop] = squared.clamp_min(0).sqrt().T.to(torch.float32)
+        del centred
+        for index, combos, base, factor_scale in algebra:
+            z = whitened[:, index]
+            gram = torch.bmm(z, z.transpose(1, 2)).to(torch.float64)  # [p, m, m]
+            gc = gram @ combos  # G c_j in column j
+            direct = (combos * gc).sum(dim=1)  # c_jᵀ G c_j
+            factor, info = torch.linalg.cholesky_ex(base - gram)
+            if bool((info > 0).any()):
+                raise ValueError(f"held-out downdate is not positive definite at {int((info > 0).sum())} positions")
+            correction = (gc * torch.cholesky_solve(gc, factor)).sum(dim=1)  # c_jᵀ G K⁻¹ G c_j
+            squared = (direct + correction) * factor_scale
+            out[index, start:stop] = squared.clamp_min(0).sqrt().T.to(torch.float32)
     return out
 
 
@@ -115,6 +132,7 @@ def held_out_scores(
     model: GaussianModel,
     stats: GaussianStats | None = None,
     progress: Callable = lambda it, total, desc: it,
+    all_at_once: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Max of each image's held-out anomaly map, and the median map value over all of them.
 
@@ -123,6 +141,8 @@ def held_out_scores(
     embedding)`` gives the maps ``[b, H, W]``. ``model`` is the full fit. With ``stats`` (the
     fit's sums, restored afterwards) every fold is refactorised instead: the choice when a fold
     has more samples per Gaussian than dimensions (:func:`uses_downdate`), and the reference.
+    ``all_at_once``: ``embeddings`` can give every image at once (cached), in order; then all
+    samples are whitened in one pass over the whitener instead of one pass per fold.
     """
     scores = np.full(n_images, np.nan)
     medians = []
@@ -132,7 +152,23 @@ def held_out_scores(
         scores[members[np.asarray(local, dtype=int)]] = maps.amax(dim=1).cpu().numpy()
         medians.append(maps.median(dim=1).values.cpu().numpy())
 
-    for members in progress(fold_members(n_images, folds, seed), folds, "held-out folds"):
+    members_of = fold_members(n_images, folds, seed)
+    if stats is None and all_at_once:  # every image at hand: whiten all once, downdate each fold
+        parts = list(embeddings(np.arange(n_images)))
+        embedding = parts[0][1] if len(parts) == 1 else torch.cat([emb for _, emb in parts])  # kept as given
+        if [i for indices, _ in parts for i in indices] != list(range(n_images)):
+            raise ValueError("embeddings(all images) must yield them in order")
+        del parts
+        samples = to_samples(embedding)
+        per_image = samples.shape[0] // n_images  # samples are image-major (see padim.tiling.to_cells)
+        rows = [(members[:, None] * per_image + np.arange(per_image)).ravel() for members in members_of]
+        distances = fold_distances(model, samples, rows)
+        del samples
+        for members, fold_rows in progress(zip(members_of, rows), folds, "held-out folds"):
+            record(members, np.arange(len(members)), distances[torch.as_tensor(fold_rows)],
+                   embedding[torch.as_tensor(members)])
+        return scores, float(np.median(np.concatenate(medians)))
+    for members in progress(members_of, folds, "held-out folds"):
         parts = list(embeddings(members)) if stats is None else None
         if parts is not None:  # the downdate needs the whole fold at once (≤ d samples per Gaussian)
             embedding = torch.cat([emb.float() for _, emb in parts])

@@ -316,7 +316,8 @@ class PaDiM:
         """``embeddings(members)`` for :func:`padim.folds.held_out_scores`: cached, else extracted again."""
         def embeddings(members):
             if cache.has_all(members):
-                yield list(range(len(members))), cache.take(members)
+                everyone = len(members) == len(sources)  # the last use: hand the cache over
+                yield list(range(len(members))), cache.take(members, release=everyone)
                 return
             for batch in self._loader([sources[i] for i in members], self.input_size_):
                 if batch.indices:
@@ -331,7 +332,7 @@ class PaDiM:
 
         self.calibration_scores_, self.map_floor_ = held_out_scores(
             len(sources), folds, self.seed, self._fold_embeddings(sources, cache), self._to_samples,
-            self._maps_from_distances, model, stats, progress)
+            self._maps_from_distances, model, stats, progress, all_at_once=cache.has_all(range(len(sources))))
         self.calibrator_ = Calibrator().fit(self.calibration_scores_, max_false_reject=self.max_false_reject)
 
     def recalibrate(self, defect_images: Any = None, *, threshold: float | None = None,
@@ -579,9 +580,13 @@ class _EmbeddingCache:
     def has_all(self, members) -> bool:
         return not self.full and all(int(i) in self.rows for i in members)
 
-    def take(self, members) -> torch.Tensor:
-        """Float16 embeddings ``[m, d, h, w]`` of ``members`` (training-image positions)."""
-        return torch.stack([self.rows[int(i)][0][self.rows[int(i)][1]] for i in members])
+    def take(self, members, release: bool = False) -> torch.Tensor:
+        """Float16 embeddings ``[m, d, h, w]`` of ``members`` (training-image positions);
+        ``release`` empties the cache, so its blocks are freed once the copy is made."""
+        rows, self.rows = self.rows, ({} if release else self.rows)
+        if release:
+            self.full = True
+        return torch.stack([rows[int(i)][0][rows[int(i)][1]] for i in members])
 
 
 def format_description(info: dict) -> str:

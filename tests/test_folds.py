@@ -98,3 +98,38 @@ def test_held_out_scores_downdate_and_refit_agree():
         lam = fold_regulariser(model.reg, 12, len(members))
         expected[members] = naive_fold_distances(x, members, lam).max(axis=1)
     np.testing.assert_allclose(by_downdate, expected, rtol=1e-4)
+
+
+def test_all_folds_at_once_equal_one_fold_at_a_time():
+    x = features(14, 5, p=4, seed=8)
+    stats, model = full_model(x)
+
+    def embeddings(members):
+        yield list(range(len(members))), x[members].float()[:, :, :, None]
+
+    args = (14, 4, 1, embeddings, lambda emb: emb.flatten(2), lambda distances, emb: distances, model)
+    one_by_one, median = held_out_scores(*args)
+    together, median_together = held_out_scores(*args, all_at_once=True)
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-5)
+    assert median_together == pytest.approx(median, rel=1e-5)
+
+
+def test_folds_of_cells_use_every_sample_of_an_image():
+    # Two samples per image and Gaussian (as k×k cells give): image i owns rows 2i, 2i + 1.
+    x = features(16, 4, p=3, seed=9)  # 8 images × 2 samples
+    _, model = full_model(x)
+    by_image = x.reshape(8, 2, 4, 3).permute(0, 2, 1, 3)  # [image, d, sample, p] as a fake grid
+
+    def embeddings(members):
+        yield list(range(len(members))), by_image[members].float()
+
+    to_samples = lambda emb: emb.permute(0, 2, 1, 3).reshape(-1, 4, 3)
+    to_maps = lambda distances, emb: distances.reshape(emb.shape[0], -1)
+    got, _ = held_out_scores(8, 4, 0, embeddings, to_samples, to_maps, model, all_at_once=True)
+    expected = np.empty(8)
+    for members in fold_members(8, 4, 0):
+        rows = np.concatenate([[2 * i, 2 * i + 1] for i in members])
+        lam = fold_regulariser(model.reg, 16, len(rows))
+        per_row = naive_fold_distances(x, rows, lam).max(axis=1)
+        expected[members] = per_row.reshape(len(members), 2).max(axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
