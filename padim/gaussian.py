@@ -19,6 +19,7 @@ import torch
 
 
 FINALIZE_CHUNK_BYTES = 2**25  # float64 covariance of one chunk of positions
+UPDATE_CHUNK_BYTES = 2**27  # float64 temporaries of one chunk of positions while accumulating
 STORAGE_DTYPE = torch.float16  # whitener entries as stored (and scored, after a float32 upcast)
 
 
@@ -29,7 +30,7 @@ def finalize_chunk(dim: int) -> int:
 
 def update_chunk(dim: int, batch: int) -> int:
     """Positions per chunk when accumulating: temporaries of about 128 MiB."""
-    return max(1, FINALIZE_CHUNK_BYTES // (8 * dim * (dim + batch)))
+    return max(1, UPDATE_CHUNK_BYTES // (8 * dim * (dim + batch)))
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from .io import image_size as read_image_size
 from .geometry import Geometry, decide_geometry, default_memory_budget, large_image_mode
 from .maps import distance_grid_to_maps, resize_map
 from .folds import held_out_scores, uses_downdate
-from .memory import CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
+from .memory import CACHE_RESERVE_BYTES, FIT_CACHE_MAX_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
 from .tiling import cell_grid, extract_tiled, from_cells, samples_per_image, to_cells
 from .modelfile import ModelFileError, read_model_file, write_model_file
 
@@ -216,18 +216,19 @@ class PaDiM:
         budget = default_memory_budget() if self.max_memory is None else parse_memory(self.max_memory)
         if self.cell == "auto":
             self.cell_, _, self.plan_ = choose_granularity(gh, gw, self.n_features_, batch, budget,
-                                                           self.calibration_folds)
+                                                           self.calibration_folds, n_images=len(sources))
         else:
             self.cell_ = self.cell if self.cell == "image" else int(self.cell)
             self.plan_ = plan_memory(cell_count(gh, gw, self.cell_), self.n_features_, gh * gw, batch,
-                                     self.calibration_folds)
+                                     self.calibration_folds, n_images=len(sources))
             if self.max_memory is not None and self.plan_.peak > budget:
                 raise MemoryError(f"{self.plan_.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
                                   f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
         self.n_gaussians_ = cell_count(gh, gw, self.cell_)
         # Held-out folds keep their embeddings (saving a backbone pass) in what the budget leaves
         # after the plan and a reserve for the backbone's activations and image decoding.
-        self._fold_cache_bytes = max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES)
+        self._fold_cache_bytes = min(FIT_CACHE_MAX_BYTES,
+                                     max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES))
 
     _SETUP = ("layers_", "geometry_", "input_size_", "feature_size_", "channel_index_", "n_features_",
               "cell_", "plan_", "n_gaussians_")
