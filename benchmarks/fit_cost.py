@@ -6,8 +6,9 @@ interleaved (A B A B …), so load from other processes on a shared machine hits
 
 Configurations (``--configs``):
   current    this checkout (the padim package next to benchmarks/)
-  refit      this checkout, held-out folds by refactorising each fold (same fold regulariser
-             as the downdate: the exact reference it must match)
+  refit      this checkout, held-out folds by refactorising each fold (the same fold model as
+             the downdate: the exact reference it must match)
+  unbiased   this checkout, fold scatter normalised by n_F − 1 (padim.folds.NORMALISE_BY_FOLD)
   SRC        any other directory holding a padim package, e.g. ``/work/main`` (the code before)
 
 Output: one JSON object per run on stdout (and appended to ``--out`` if given), keys:
@@ -56,6 +57,10 @@ def child(data: str, n: int, threads: int, workers: int, config: str) -> dict:
 
     if config == "refit":
         model_module.uses_downdate = lambda fold_count, dim: False
+    if config == "unbiased":
+        import padim.folds
+
+        padim.folds.NORMALISE_BY_FOLD = True
     spent = {"features_s": 0.0, "sums_s": 0.0, "finalize_s": 0.0, "calibration_s": 0.0}
     depth = [0]
 
@@ -102,7 +107,7 @@ def child(data: str, n: int, threads: int, workers: int, config: str) -> dict:
 
 
 def run_child(args, config: str, n: int, repeat: int) -> dict:
-    src = HERE if config in ("current", "refit") else Path(config).resolve()
+    src = HERE if config in ("current", "refit", "unbiased") else Path(config).resolve()
     env = dict(os.environ, PYTHONPATH=str(src))
     cmd = [sys.executable, __file__, "--data", args.data, "--threads", str(args.threads),
            "--workers", str(args.workers), "--child", str(n), "--child-config", config]
@@ -136,7 +141,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(HERE / "datasets" / "cookies_small" / "train" / "good"),
                         help="folder of good training images (repeated when --sizes asks for more)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[31], help="numbers of training images")
-    parser.add_argument("--configs", nargs="+", default=["current"], help="current, refit, or a source directory")
+    parser.add_argument("--configs", nargs="+", default=["current"],
+                        help="current, refit, unbiased, or a source directory")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="image-decoding processes")

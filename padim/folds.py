@@ -1,22 +1,30 @@
 """Held-out (k-fold) scores of the good training images, which calibrate probabilities and the threshold.
 
-Every training image is scored by the Gaussians fitted without its fold. Refactorising each
+Every training image is scored by Gaussians fitted without its fold. Refactorising each
 position's covariance per fold costs k more fits; instead, a fold's distances follow from the full
 model by an exact rank-m downdate (m: the fold's samples per Gaussian), in a fraction of the time.
 
-Per position, with n samples, scatter S about the mean μ, and regulariser λ, the full model is
-``Σ = (S + νI)/(n − 1)`` with ``ν = (n − 1)λ``. The fold model keeps the same ``ν``:
-``Σ_F = (S_F + νI)/(n_F − 1)``, i.e. ``λ_F = λ(n − 1)/(n_F − 1)`` (:func:`fold_regulariser`),
-so that removing the fold is a low-rank change of ``S + νI`` and nothing needs refactorising.
+Per position, with n samples, scatter S about the mean μ and regulariser λ, the full model is
+``Σ = (S + (n − 1)λI)/(n − 1)``. Removing the fold changes S by a rank-m term but not the ridge
+``(n − 1)λI``, so the fold model is taken as
+
+    Σ_F = (S_F + (n − 1)λI)/(n − 1)   — the final model's λ; the fold's scatter over n − 1,
+
+(``NORMALISE_BY_FOLD = False``, the default) or, with ``NORMALISE_BY_FOLD = True``, as the
+unbiased ``(S_F + (n − 1)λI)/(n_F − 1)``, whose regulariser is ``λ(n − 1)/(n_F − 1)``. Both
+are exact downdates of the full factor; a refit with ``λ_F = eps·mean variance of the rest``
+(padim before format 2) is not, as its ridge does not scale with the scatter. The default keeps the
+final model's λ, which the distances of held-out images mostly depend on (they lie in directions
+of little training variance, d > n); benchmarks/RESULTS.md compares the three.
+
 With ``R`` the fold's residuals about μ and ``Z = L⁻¹R`` (whitened by the full model),
-``G = ZᵀZ``, ``S_F = S − R(I + 11ᵀ/n_F)Rᵀ`` and for fold sample j, ``x_j − μ_F = R c_j`` with
-``c_j = e_j + 1/n_F``; Woodbury gives
+``G = ZᵀZ``, ``S_F = S − R(I + 11ᵀ/n_F)Rᵀ`` and ``x_j − μ_F = R c_j`` with ``c_j = e_j + 1/n_F``,
+Woodbury gives
 
-    d²_F(x_j) = (n_F − 1)/(n − 1) · [c_jᵀ G c_j + c_jᵀ G K⁻¹ G c_j],  K = (n − 1)(I − 11ᵀ/n) − G,
+    d²_F(x_j) = c_jᵀ G c_j + c_jᵀ G K⁻¹ G c_j,  K = (n − 1)(I − 11ᵀ/n) − G   (× (n_F − 1)/(n − 1) unbiased),
 
-an m×m solve per position. Today's alternative (and the fallback when a fold has more samples per
-Gaussian than the feature dimension, e.g. for coarse cells) is :func:`refit_distances`, which
-subtracts the fold's statistics and refactorises with the same ``λ_F``.
+an m×m solve per position. The fallback when a fold has more samples per Gaussian than the
+feature dimension (e.g. coarse cells) is a refit of the same fold model from subtracted sums.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import torch
 from .gaussian import GaussianModel, GaussianStats
 
 DOWNDATE_CHUNK_BYTES = 2**25  # float32 whitened fold residuals of one chunk of positions
+NORMALISE_BY_FOLD = False  # fold scatter over n_F − 1 (λ grows) instead of n − 1 (λ kept); see above
 
 
 def fold_members(n_images: int, folds: int, seed: int) -> list[np.ndarray]:
@@ -48,6 +57,12 @@ def fold_regulariser(reg: float, count: int, fold_count: int) -> float:
     return reg * (count - 1) / (kept - 1)
 
 
+def fold_distance_scale(count: int, fold_count: int) -> float:
+    """Factor from the unbiased fold model's ``d²`` (regulariser :func:`fold_regulariser`) to the
+    chosen one's: ``(n − 1)/(n_F − 1)`` when the fold's scatter is normalised by ``n − 1``, else 1."""
+    return 1.0 if NORMALISE_BY_FOLD else (count - 1) / (count - fold_count - 1)
+
+
 def uses_downdate(fold_count: int, dim: int) -> bool:
     """The downdate's m×m solves beat a d×d refactorisation while m ≤ d."""
     return fold_count <= dim
@@ -58,7 +73,7 @@ def held_out_distances(model: GaussianModel, samples: torch.Tensor, count: int |
     """Distances ``[m, G]`` of one fold's samples ``[m, d, G]`` under the Gaussians without them.
 
     ``model`` is the full fit (of ``count`` samples per Gaussian, by default ``model.count``)
-    and its regulariser; the fold model's is :func:`fold_regulariser`'s. Exact up to rounding.
+    and its regulariser; the fold model is the module docstring's ``Σ_F``. Exact up to rounding.
     """
     everything = [np.arange(samples.shape[0])]
     return fold_distances(model, samples, everything, count, position_chunk)
@@ -86,7 +101,9 @@ def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.n
         eye = torch.eye(m, dtype=torch.float64, device=device)
         index = torch.as_tensor(np.asarray(members), dtype=torch.long, device=device)
         # columns c_j = e_j + 1/n_F; (n − 1)W⁻¹ = (n − 1)(I − 11ᵀ/n); the factor back to Σ_F's scale
-        algebra.append((index, eye + ones / kept, (count - 1) * (eye - ones / count), (kept - 1) / (count - 1)))
+        unbiased = (kept - 1) / (count - 1)
+        algebra.append((index, eye + ones / kept, (count - 1) * (eye - ones / count),
+                        unbiased * fold_distance_scale(count, m)))
     x = samples.to(device)  # any float dtype (e.g. the float16 cache); upcast chunk by chunk
     out = torch.empty(n, positions, dtype=torch.float32, device=device)
     chunk = position_chunk or max(1, DOWNDATE_CHUNK_BYTES // (4 * n * d))
@@ -112,14 +129,15 @@ def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.n
 def refit_distances(stats: GaussianStats, fold_stats: GaussianStats, samples: torch.Tensor,
                     reg: float) -> torch.Tensor:
     """Distances ``[m, G]`` of a fold's samples under Gaussians refactorised without the fold,
-    with the same ``λ_F`` as :func:`held_out_distances`. ``stats`` is restored afterwards."""
+    the same fold model as :func:`held_out_distances`. ``stats`` is restored afterwards."""
     lam = fold_regulariser(reg, stats.count, fold_stats.count)
+    scale = fold_distance_scale(stats.count, fold_stats.count) ** 0.5
     stats.subtract_(fold_stats)
     try:
         model = stats.finalize(reg=lam, storage=None)
     finally:
         stats.merge_(fold_stats)
-    return model.mahalanobis(samples)
+    return model.mahalanobis(samples) * scale
 
 
 def held_out_scores(
@@ -180,6 +198,7 @@ def held_out_scores(
         for _, emb in embeddings(members):
             fold_stats.update(to_samples(emb.float()))
         lam = fold_regulariser(model.reg, stats.count, fold_stats.count)
+        scale = fold_distance_scale(stats.count, fold_stats.count) ** 0.5
         stats.subtract_(fold_stats)  # in place, so the fold costs no second copy of the sums
         try:
             fold_model = stats.finalize(reg=lam, storage=None)
@@ -188,6 +207,6 @@ def held_out_scores(
         del fold_stats
         for local, emb in embeddings(members):
             emb = emb.float()
-            record(members, local, fold_model.mahalanobis(to_samples(emb)), emb)
+            record(members, local, fold_model.mahalanobis(to_samples(emb)) * scale, emb)
         del fold_model
     return scores, float(np.median(np.concatenate(medians)))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import padim.folds as folds_module
 from padim.folds import fold_members, fold_regulariser, held_out_distances, held_out_scores, refit_distances
 from padim.gaussian import GaussianStats
 
@@ -15,15 +16,19 @@ def features(n, d, p, seed=0, offset=5.0):
     return torch.from_numpy(x)
 
 
-def naive_fold_distances(x, fold, lam_fold):
-    """Per position: np.cov of the other samples + λ_F I, inverted by np.linalg.inv, applied to the fold."""
+def naive_fold_distances(x, fold, reg, by_fold=False):
+    """Per position, the fold model of padim.folds from the other samples, by np.cov and np.linalg.inv:
+    scatter/(n − 1) + λI (default), or with ``by_fold`` np.cov + λ(n − 1)/(n_F − 1)·I."""
     x = x.numpy()
-    rest = np.setdiff1d(np.arange(x.shape[0]), fold)
+    n = x.shape[0]
+    rest = np.setdiff1d(np.arange(n), fold)
+    kept = len(rest)
+    cov_scale, lam_fold = ((1.0, reg * (n - 1) / (kept - 1)) if by_fold else ((kept - 1) / (n - 1), reg))
     out = np.empty((len(fold), x.shape[2]))
     for p in range(x.shape[2]):
         others = x[rest, :, p]
         mean = others.mean(axis=0)
-        precision = np.linalg.inv(np.cov(others, rowvar=False) + lam_fold * np.eye(x.shape[1]))
+        precision = np.linalg.inv(cov_scale * np.cov(others, rowvar=False) + lam_fold * np.eye(x.shape[1]))
         for k, j in enumerate(fold):
             diff = x[j, :, p] - mean
             out[k, p] = np.sqrt(diff @ precision @ diff)
@@ -36,18 +41,19 @@ def full_model(x, eps=0.1, storage=None):
     return stats, stats.finalize(eps, storage=storage)
 
 
+@pytest.mark.parametrize("by_fold", [False, True])
 @pytest.mark.parametrize("n, d, fold", [(20, 6, [1, 4, 9, 13]), (9, 12, [0, 5]), (40, 8, list(range(0, 40, 5)))])
-def test_downdate_equals_naive_refit_without_the_fold(n, d, fold):
+def test_downdate_equals_naive_refit_without_the_fold(n, d, fold, by_fold, monkeypatch):
     # d > n covers the PaDiM regime (more channels than images) where only λ keeps Σ invertible.
+    monkeypatch.setattr(folds_module, "NORMALISE_BY_FOLD", by_fold)
     x = features(n, d, p=5)
     stats, model = full_model(x)
-    lam_fold = fold_regulariser(model.reg, n, len(fold))
-    assert lam_fold == pytest.approx(model.reg * (n - 1) / (n - len(fold) - 1))
-    expected = naive_fold_distances(x, fold, lam_fold)
+    assert fold_regulariser(model.reg, n, len(fold)) == pytest.approx(model.reg * (n - 1) / (n - len(fold) - 1))
+    expected = naive_fold_distances(x, fold, model.reg, by_fold)
     got = held_out_distances(model, x[fold])
     assert got.shape == (len(fold), 5)
     np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-4)
-    # the refit reference path agrees too, and leaves the statistics as they were
+    # the refit path agrees too, and leaves the statistics as they were
     before = stats.sum_outer.clone()
     fold_stats = stats.empty_like().update(x[fold])
     np.testing.assert_allclose(refit_distances(stats, fold_stats, x[fold], model.reg).double().numpy(),
@@ -95,8 +101,7 @@ def test_held_out_scores_downdate_and_refit_agree():
     assert median == pytest.approx(median_refit, rel=1e-4)
     expected = np.empty(12)
     for members in fold_members(12, 3, 0):
-        lam = fold_regulariser(model.reg, 12, len(members))
-        expected[members] = naive_fold_distances(x, members, lam).max(axis=1)
+        expected[members] = naive_fold_distances(x, members, model.reg).max(axis=1)
     np.testing.assert_allclose(by_downdate, expected, rtol=1e-4)
 
 
@@ -129,7 +134,6 @@ def test_folds_of_cells_use_every_sample_of_an_image():
     expected = np.empty(8)
     for members in fold_members(8, 4, 0):
         rows = np.concatenate([[2 * i, 2 * i + 1] for i in members])
-        lam = fold_regulariser(model.reg, 16, len(rows))
-        per_row = naive_fold_distances(x, rows, lam).max(axis=1)
+        per_row = naive_fold_distances(x, rows, model.reg).max(axis=1)
         expected[members] = per_row.reshape(len(members), 2).max(axis=1)
     np.testing.assert_allclose(got, expected, rtol=1e-4)

@@ -343,19 +343,20 @@ def test_calibration_gives_probabilities(calibrated, data, tmp_path):
 def test_held_out_scores_equal_refitting_without_the_fold(calibrated):
     # The k-fold scores come from downdating the full model (padim.folds); an independent refit on
     # the other images must give the same scores. Fold membership: seeded permutation, every k-th.
-    # The fold model's regulariser is λ_F = λ(n − 1)/(n_F − 1) (the full model's ridge on the
-    # fold's scatter), so the refit is given that λ: eps=1 reads the rest's mean variance v, then
-    # eps = λ_F / v makes the relative regulariser exactly λ_F.
+    # The fold model is (S_F + (n − 1)λI)/(n − 1) = α⁻¹ (np.cov of the rest + λ_F I) with
+    # α = (n − 1)/(n_F − 1), λ_F = αλ: a refit given λ_F (eps=1 reads the rest's mean variance v,
+    # then eps = λ_F / v makes the relative regulariser exactly λ_F), distances scaled by √α.
     model, files = calibrated
     order = np.random.default_rng(model.seed).permutation(len(files))
     members = np.sort(order[0::3])
     rest = [f for i, f in enumerate(files) if i not in set(members.tolist())]
     n, n_fold = len(files), len(rest)
-    lam_fold = model.gaussian_.reg * (n - 1) / (n_fold - 1)
+    alpha = (n - 1) / (n_fold - 1)
+    lam_fold = model.gaussian_.reg * alpha
     variance = PaDiM(**dict(PARAMS, eps=1.0)).fit(rest).gaussian_.reg
     refit = PaDiM(**dict(PARAMS, eps=lam_fold / variance)).fit(rest)
     assert refit.gaussian_.reg == pytest.approx(lam_fold, rel=1e-9)
-    expected = refit.score_samples([files[i] for i in members])
+    expected = refit.score_samples([files[i] for i in members]) * np.sqrt(alpha)
     # (fold embeddings are cached in float16 and the refit's whitener is stored in float16)
     np.testing.assert_allclose(np.asarray(model.calibration_scores_)[members], expected, rtol=3e-3)
 
