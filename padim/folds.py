@@ -80,7 +80,8 @@ def held_out_distances(model: GaussianModel, samples: torch.Tensor, count: int |
 
 
 def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.ndarray],
-                   count: int | None = None, position_chunk: int | None = None) -> torch.Tensor:
+                   count: int | None = None, position_chunk: int | None = None,
+                   progress: Callable | None = None) -> torch.Tensor:
     """Distances ``[S, G]`` of samples ``[S, d, G]``, each under the Gaussians without its fold.
 
     ``folds`` are disjoint index arrays into the samples. Positions are the outer loop, so each
@@ -107,7 +108,8 @@ def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.n
     x = samples.to(device)  # any float dtype (e.g. the float16 cache); upcast chunk by chunk
     out = torch.empty(n, positions, dtype=torch.float32, device=device)
     chunk = position_chunk or max(1, DOWNDATE_CHUNK_BYTES // (4 * n * d))
-    for start in range(0, positions, chunk):
+    starts = range(0, positions, chunk)
+    for start in (progress(starts, len(starts), "held-out folds") if progress else starts):
         stop = min(start + chunk, positions)
         centred = x[:, :, start:stop].permute(2, 0, 1).float() - model.mean[start:stop, None, :]  # [p, S, d]
         whitened = centred @ model.whitener[start:stop].transpose(1, 2)  # Z rows, as in scoring
@@ -180,9 +182,9 @@ def held_out_scores(
         samples = to_samples(embedding)
         per_image = samples.shape[0] // n_images  # samples are image-major (see padim.tiling.to_cells)
         rows = [(members[:, None] * per_image + np.arange(per_image)).ravel() for members in members_of]
-        distances = fold_distances(model, samples, rows)
+        distances = fold_distances(model, samples, rows, progress=progress)
         del samples
-        for members, fold_rows in progress(zip(members_of, rows), folds, "held-out folds"):
+        for members, fold_rows in zip(members_of, rows):
             record(members, np.arange(len(members)), distances[torch.as_tensor(fold_rows)],
                    embedding[torch.as_tensor(members)])
         return scores, float(np.median(np.concatenate(medians)))

@@ -7,7 +7,7 @@ taken in float32 (twice the speed of float64) on data shifted by the first batch
 accumulated into the float64 sums.
 
 The fitted whitener ``L⁻¹`` is stored as its packed lower triangle in float16, scaled per
-position by a power of two (:func:`round_whitener`); the fitted object scores with exactly those
+position by a power of two (:func:`round_packed`); the fitted object scores with exactly those
 rounded values, so a saved and reloaded model scores bit-identically.
 """
 
@@ -180,13 +180,14 @@ class GaussianStats:
         return lam
 
     def finalize(self, eps: float = 0.01, relative_eps: bool = True, reg: float | None = None,
-                 storage: torch.dtype | None = STORAGE_DTYPE) -> "GaussianModel":
+                 storage: torch.dtype | None = STORAGE_DTYPE, progress=None) -> "GaussianModel":
         """Mean and Cholesky-whitening matrix of ``Σ + λI`` for every position.
 
         With ``relative_eps`` the regulariser is ``λ = eps · mean(diag Σ)`` (averaged over all
         positions), so one ``eps`` suits backbones whose features have very different scales;
         otherwise ``λ = eps`` as in the paper; ``reg`` gives ``λ`` directly. ``storage`` is the
-        precision the whitener is rounded to (see :func:`round_whitener`; ``None`` keeps float32).
+        precision the whitener is rounded to (see :func:`round_packed`; ``None`` keeps float32).
+        ``progress(iterable, total)`` may wrap the loop over chunks (a progress bar).
         Works through positions in chunks so that its float64 temporaries stay small next to the
         statistics themselves; the rounded whitener is kept packed until it is first used, so the
         full float32 matrix need not exist next to the statistics.
@@ -199,8 +200,9 @@ class GaussianStats:
         packed = torch.empty(self.num_positions, rows.numel(), dtype=storage or torch.float32, device=self.device)
         scale = torch.ones(self.num_positions, dtype=torch.float32, device=self.device)
         eye = torch.eye(d, dtype=torch.float64, device=self.device)
+        starts = range(0, self.num_positions, finalize_chunk(d))
         with _one_cpu_thread(self.device):
-            for start in range(0, self.num_positions, finalize_chunk(d)):
+            for start in (progress(starts, len(starts)) if progress else starts):
                 stop = min(start + finalize_chunk(d), self.num_positions)
                 inverse = self._inverse_factor(centred_mean, start, stop, lam, eps, eye)
                 if storage is None:

@@ -166,8 +166,8 @@ class PaDiM:
         return make_loader(sources, Resize(size), images_per_batch, self.workers,
                            pin_memory=self._device().type == "cuda")
 
-    def _progress(self, iterable, total: int, desc: str):
-        return tqdm(iterable, total=total, desc=desc, unit="batch", disable=not self.progress, leave=False)
+    def _progress(self, iterable, total: int, desc: str, unit: str = "batch"):
+        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` in [0, 1] → embedding ``[B, d, h, w]`` on the model's device."""
@@ -288,19 +288,20 @@ class PaDiM:
         calibrating = bool(folds and folds >= 2 and len(used) >= max(folds, 5))
         if folds and folds >= 2 and not calibrating and calibrate:
             raise ValueError(f"calibration needs at least {max(folds, 5)} good images, got {len(used)}")
+        finalize_bar = lambda chunks, total: self._progress(chunks, total, "finalize", unit="chunk")  # noqa: E731
         if not calibrating:
-            self.gaussian_ = stats.finalize(self.eps)
+            self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)
             return self
         fold_samples = -(-len(used) // folds) * samples_per_image(*self.feature_size_, self.cell_)
         if uses_downdate(fold_samples, self.n_features_):
             # Held-out scores by downdating the full model: the sums are no longer needed, and the
             # downdate uses the unrounded whitener (it amplifies rounding); the fit keeps the rounded one.
-            exact = stats.finalize(self.eps, storage=None)
+            exact = stats.finalize(self.eps, storage=None, progress=finalize_bar)
             del stats
             self._calibrate([sources[i] for i in used], cache, folds, exact, None)
             self.gaussian_ = exact.rounded()
         else:
-            self.gaussian_ = stats.finalize(self.eps)
+            self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)
             self._calibrate([sources[i] for i in used], cache, folds, self.gaussian_, stats)
         return self
 
@@ -329,7 +330,7 @@ class PaDiM:
                    stats: GaussianStats | None) -> None:
         """Held-out scores of the good images (padim.folds), then the calibrator fitted on them."""
         def progress(iterable, total, desc):
-            return tqdm(iterable, total=total, desc=desc, unit="fold", disable=not self.progress, leave=False)
+            return self._progress(iterable, total, desc, unit="step")
 
         self.calibration_scores_, self.map_floor_ = held_out_scores(
             len(sources), folds, self.seed, self._fold_embeddings(sources, cache), self._to_samples,
