@@ -64,7 +64,9 @@ class GaussianStats:
         self.count = 0
         self.shift: torch.Tensor | None = None  # [P, d] float64
         self.sum = torch.zeros(num_positions, dim, dtype=torch.float64, device=self.device)
-        self.sum_outer = torch.zeros(num_positions, dim, dim, dtype=torch.float64, device=self.device)
+        # Σxxᵀ is symmetric: only its lower triangle is kept, packed row by row (half the memory).
+        self.sum_outer = torch.zeros(num_positions, dim * (dim + 1) // 2, dtype=torch.float64, device=self.device)
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, features: torch.Tensor, position_chunk: int | None = None) -> "GaussianStats":
         """Add a batch of features ``[B, d, P]`` (any float dtype, any device)."""
@@ -82,9 +84,28 @@ class GaussianStats:
             centred = x[start:stop].to(torch.float64) - self.shift[start:stop, None, :]
             self.sum[start:stop] += centred.sum(dim=1)
             centred = centred.to(torch.float32)
-            self.sum_outer[start:stop] += torch.bmm(centred.transpose(1, 2), centred)
+            square, packed = self._product_buffers(position_chunk, centred.shape[0])
+            torch.bmm(centred.transpose(1, 2), centred, out=square)
+            torch.index_select(square.view(square.shape[0], -1), 1, self._flat_lower(), out=packed)
+            self.sum_outer[start:stop] += packed
         self.count += features.shape[0]
         return self
+
+    def _flat_lower(self) -> torch.Tensor:
+        """Indices of the packed lower triangle in a flattened d×d matrix."""
+        rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
+        return rows * self.dim + cols
+
+    def _product_buffers(self, chunk: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reused float32 outputs of a chunk's products (fresh large tensors cost page faults each time)."""
+        if self._buffers is None or self._buffers[0].shape[0] < chunk:
+            d = self.dim
+            self._buffers = (torch.empty(chunk, d, d, dtype=torch.float32, device=self.device),
+                             torch.empty(chunk, d * (d + 1) // 2, dtype=torch.float32, device=self.device))
+        return self._buffers[0][:size], self._buffers[1][:size]
+
+    def release_buffers(self) -> None:
+        self._buffers = None
 
     def empty_like(self) -> "GaussianStats":
         """Empty statistics with the same shape and shift, so combining them needs no re-centring."""
@@ -138,10 +159,11 @@ class GaussianStats:
         if other.shift is not self.shift and not torch.equal(other.shift.to(self.device), self.shift):
             # Re-express the other's sums about our shift: x − a = (x − b) + (b − a).
             delta = other.shift.to(self.device) - self.shift  # [P, d]
+            rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
             o_outer = (o_outer
-                       + o_sum[:, :, None] * delta[:, None, :]
-                       + delta[:, :, None] * o_sum[:, None, :]
-                       + other.count * delta[:, :, None] * delta[:, None, :])
+                       + o_sum[:, rows] * delta[:, cols]
+                       + delta[:, rows] * o_sum[:, cols]
+                       + other.count * delta[:, rows] * delta[:, cols])
             o_sum = o_sum + other.count * delta
         shifted_sum, shifted_outer = o_sum, o_outer
         if inplace:
@@ -166,14 +188,29 @@ class GaussianStats:
         """Per-position unbiased covariance ``[P, d, d]`` in float64 (as ``np.cov``)."""
         self._require_samples(2)
         centred_mean = self.sum / self.count
-        cov = torch.baddbmm(self.sum_outer, centred_mean[:, :, None], centred_mean[:, None, :], alpha=-self.count)
+        cov = torch.baddbmm(self._unpacked(0, self.num_positions), centred_mean[:, :, None], centred_mean[:, None, :],
+                            alpha=-self.count)
         return cov.div_(self.count - 1)
+
+    def _unpacked(self, start: int, stop: int) -> torch.Tensor:
+        """Full symmetric Σxxᵀ ``[stop − start, d, d]`` (float64) of positions ``start:stop``."""
+        rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
+        packed = self.sum_outer[start:stop]
+        full = torch.empty(packed.shape[0], self.dim, self.dim, dtype=torch.float64, device=self.device)
+        full[:, rows, cols] = packed
+        full[:, cols, rows] = packed
+        return full
+
+    def _diagonal(self) -> torch.Tensor:
+        """Diagonal of Σxxᵀ ``[P, d]``: packed entry i(i+1)/2 + i of each row."""
+        i = torch.arange(self.dim, device=self.device)
+        return self.sum_outer[:, i * (i + 1) // 2 + i]
 
     def regulariser(self, eps: float = 0.01, relative_eps: bool = True) -> float:
         """``λ = eps · mean(diag Σ)`` over all positions (``relative_eps``), else ``λ = eps``."""
         self._require_samples(2)
         centred_mean = self.sum / self.count
-        variances = (torch.diagonal(self.sum_outer, dim1=1, dim2=2) - self.count * centred_mean**2) / (self.count - 1)
+        variances = (self._diagonal() - self.count * centred_mean**2) / (self.count - 1)
         lam = float(eps) * (float(variances.mean()) if relative_eps else 1.0)
         if lam <= 0 and eps > 0:
             lam = float(eps)  # all-constant features: fall back to the absolute value
@@ -193,6 +230,7 @@ class GaussianStats:
         full float32 matrix need not exist next to the statistics.
         """
         self._require_samples(2)
+        self.release_buffers()
         lam = self.regulariser(eps, relative_eps) if reg is None else float(reg)
         centred_mean = self.sum / self.count
         d = self.dim
@@ -215,7 +253,7 @@ class GaussianStats:
     def _inverse_factor(self, centred_mean, start, stop, lam, eps, eye) -> torch.Tensor:
         """``L⁻¹`` (float64) with ``LLᵀ = Σ + λI`` for positions ``start:stop``."""
         m = centred_mean[start:stop]
-        cov = torch.baddbmm(self.sum_outer[start:stop], m[:, :, None], m[:, None, :], alpha=-self.count)
+        cov = self._unpacked(start, stop).baddbmm_(m[:, :, None], m[:, None, :], alpha=-self.count)
         cov.div_(self.count - 1).diagonal(dim1=1, dim2=2).add_(lam)
         chol, info = torch.linalg.cholesky_ex(cov)
         del cov

@@ -29,7 +29,7 @@ class MemoryPlan:
     d: int  # feature dimension
     batch_size: int
     feature_positions: int  # positions per image on the feature grid
-    statistics: int  # float64 Σx, Σxxᵀ of the running fit
+    statistics: int  # float64 Σx, packed Σxxᵀ and shift of the running fit
     finalize: int  # covariance, Cholesky and inverse of one chunk, plus the packed float32 result
     model: int  # float32 mean + dense whitener kept for scoring, and its packed float16 (the file)
     batch_features: int  # float32 embedding of one batch (plus its float64 copy for the sums)
@@ -86,7 +86,7 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
     """
     square = gaussians * d * d
     triangle = gaussians * d * (d + 1) // 2
-    statistics = 8 * (square + 2 * gaussians * d)
+    statistics = 8 * (triangle + 2 * gaussians * d)  # Σxxᵀ packed (symmetric), Σx, shift
     # GaussianStats.finalize works through chunks of positions: a float64 covariance, its
     # Cholesky factor and the solved inverse of one chunk at a time, into a packed result.
     finalize = 8 * 3 * min(gaussians, finalize_chunk(d)) * d * d + 4 * triangle
