@@ -247,8 +247,8 @@ class GaussianStats:
                     packed[start:stop] = inverse[:, rows, cols]
                 else:
                     packed[start:stop], scale[start:stop] = round_packed(inverse[:, rows, cols], storage)
-        return GaussianModel(mean=self.mean().to(torch.float32).contiguous(), reg=lam, packed=packed, scale=scale,
-                             count=self.count)
+        return GaussianModel(mean=self.mean().to(torch.float32).contiguous(), reg=lam, packed=packed,
+                             scale=None if storage is None else scale, count=self.count)
 
     def _inverse_factor(self, centred_mean, start, stop, lam, eps, eye) -> torch.Tensor:
         """``L⁻¹`` (float64) with ``LLᵀ = Σ + λI`` for positions ``start:stop``."""
@@ -343,15 +343,25 @@ class GaussianModel:
     def dim(self) -> int:
         return self.mean.shape[1]
 
-    def rounded(self, storage: torch.dtype = STORAGE_DTYPE) -> "GaussianModel":
-        """This model with its whitener rounded to ``storage`` (what a fit keeps and saves)."""
+    def rounded(self, storage: torch.dtype = STORAGE_DTYPE, chunk: int = 256) -> "GaussianModel":
+        """This model with its whitener rounded to ``storage`` (what a fit keeps and saves);
+        chunk by chunk of positions, so the temporaries stay small."""
         packed = self.packed if self.packed is not None else pack_whitener(self._whitener)
         if self.scale is not None and packed.dtype == storage:
             return self
-        if self.scale is not None:
-            packed = packed.to(torch.float32) * self.scale[:, None]
-        values, scale = round_packed(packed, storage)
+        values = torch.empty(packed.shape, dtype=storage, device=packed.device)
+        scale = torch.empty(packed.shape[0], dtype=torch.float32, device=packed.device)
+        for start in range(0, packed.shape[0], chunk):
+            part = packed[start:start + chunk].to(torch.float32)
+            if self.scale is not None:
+                part = part * self.scale[start:start + chunk, None]
+            values[start:start + chunk], scale[start:start + chunk] = round_packed(part, storage)
         return GaussianModel(self.mean, None, self.reg, packed=values, scale=scale, count=self.count)
+
+    def drop_dense(self) -> None:
+        """Forget the dense whitener unpacked for scoring (rebuilt on next use), to free memory."""
+        if self.packed is not None:
+            self._whitener = None
 
     def to(self, device) -> "GaussianModel":
         move = (lambda t: None if t is None else t.to(device))

@@ -269,7 +269,7 @@ class PaDiM:
         self.skipped_: list[tuple[str, str]] = []
         used: list[int] = []
         folds = self.calibration_folds if calibrate in (None, True) else 0
-        cache = _EmbeddingCache(self._fold_cache_bytes if folds and folds >= 2 else 0)
+        cache = _EmbeddingCache(self._fold_cache_bytes if folds and folds >= 2 else 0, len(sources))
         loader = self._loader(sources, self.input_size_)
         for batch in self._progress(loader, len(loader), "fit"):
             self._record_errors(batch, sources)
@@ -299,6 +299,8 @@ class PaDiM:
             exact = stats.finalize(self.eps, storage=None, progress=finalize_bar)
             del stats
             self._calibrate([sources[i] for i in used], cache, folds, exact, None)
+            del cache
+            exact.drop_dense()  # before the rounded copy is made
             self.gaussian_ = exact.rounded()
         else:
             self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)
@@ -556,39 +558,48 @@ def _float16_values(embedding: torch.Tensor) -> torch.Tensor:
 
 
 class _EmbeddingCache:
-    """Float16 embeddings of the training images, kept while they fit ``capacity`` bytes, so that
-    the held-out folds need no second backbone pass; beyond it nothing is kept (memory stays flat)."""
+    """Float16 embeddings of the training images, kept when all of them fit ``capacity`` bytes, so
+    that the held-out folds need no second backbone pass; otherwise nothing is kept (memory stays
+    flat and the folds extract their images again). One preallocated block: handing every image
+    over at once needs no copy."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, n_images: int):
         self.capacity = int(capacity)
-        self.size = 0
-        self.rows: dict[int, tuple[torch.Tensor, int]] = {}
+        self.n_images = int(n_images)
+        self.store: torch.Tensor | None = None
+        self.filled = 0
         self.full = capacity <= 0
 
     def add(self, positions, embedding: torch.Tensor) -> None:
         if self.full:
             return
-        if self.size + embedding.numel() * 2 > self.capacity:
-            self.full, self.rows = True, {}
-            return
+        if self.store is None:
+            if self.n_images * embedding[0].numel() * 2 > self.capacity:
+                self.full = True
+                return
+            self.store = torch.empty((self.n_images, *embedding.shape[1:]), dtype=torch.float16,
+                                     device=embedding.device)
         block = embedding.half()
         if not bool(torch.isfinite(block).all()):
-            self.full, self.rows = True, {}
+            self.full, self.store = True, None
             return
-        self.size += block.numel() * 2
-        for row, position in enumerate(positions):
-            self.rows[position] = (block, row)
+        positions = list(positions)
+        self.store[positions[0]:positions[-1] + 1] = block
+        self.filled = positions[-1] + 1
 
     def has_all(self, members) -> bool:
-        return not self.full and all(int(i) in self.rows for i in members)
+        return not self.full and self.store is not None and all(int(i) < self.filled for i in members)
 
     def take(self, members, release: bool = False) -> torch.Tensor:
-        """Float16 embeddings ``[m, d, h, w]`` of ``members`` (training-image positions);
-        ``release`` empties the cache, so its blocks are freed once the copy is made."""
-        rows, self.rows = self.rows, ({} if release else self.rows)
+        """Float16 embeddings ``[m, d, h, w]`` of ``members`` (training-image positions): a view
+        when they are all images in order; ``release`` lets the cache forget them."""
+        store = self.store
         if release:
-            self.full = True
-        return torch.stack([rows[int(i)][0][rows[int(i)][1]] for i in members])
+            self.full, self.store = True, None
+        members = [int(i) for i in members]
+        if members == list(range(self.filled)):
+            return store[:self.filled]
+        return store[torch.as_tensor(members)]
 
 
 def format_description(info: dict) -> str:
