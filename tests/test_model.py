@@ -197,6 +197,27 @@ def test_saved_file_is_safetensors_with_json_metadata(saved):
     assert {"mean", "whitener_packed", "whitener_scale", "channel_index"} <= keys
 
 
+def test_format_1_files_with_a_dense_whitener_still_load(fitted, saved, data, tmp_path):
+    # Format 1 stored the float32 whitener as a dense [P, d, d] tensor under "whitener".
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(saved), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["padim"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    d = meta["n_features"]
+    rows, cols = np.tril_indices(d)
+    packed = tensors.pop("whitener_packed").double().numpy() * tensors.pop("whitener_scale").double().numpy()[:, None]
+    dense = np.zeros((packed.shape[0], d, d), dtype=np.float32)
+    dense[:, rows, cols] = packed
+    tensors["whitener"] = torch.from_numpy(dense)
+    meta["format_version"] = 1
+    path = tmp_path / "v1.safetensors"
+    save_file(tensors, str(path), metadata={"padim": json.dumps(meta)})
+    loaded = PaDiM.load(path, device="cpu", workers=0, batch_size=8)
+    np.testing.assert_array_equal(loaded.score_samples(data["test"]), fitted.score_samples(data["test"]))
+
+
 def _rewrite_metadata(src, dst, change):
     from safetensors import safe_open
     from safetensors.torch import save_file
