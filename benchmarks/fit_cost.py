@@ -122,10 +122,13 @@ def run_child(args, config: str, n: int, repeat: int) -> dict:
 def compare(results: list[dict]) -> None:
     import numpy as np
 
-    reference = {r["images"]: r for r in results if r["config"] == results[0]["config"] and r["held_out"]}
+    reference = {}
+    for r in results:  # the first run of the first configuration, per image count
+        if r["config"] == results[0]["config"] and r["held_out"]:
+            reference.setdefault(r["images"], r)
     for r in results:
         ref = reference.get(r["images"])
-        if ref is None or not r["held_out"] or r is ref:
+        if ref is None or not r["held_out"] or r["config"] == ref["config"]:
             continue
         a, b = np.asarray(r["held_out"]), np.asarray(ref["held_out"])
         print(json.dumps({"compare": r["config"], "against": ref["config"], "images": r["images"],
