@@ -153,6 +153,7 @@ def held_out_scores(
     stats: GaussianStats | None = None,
     progress: Callable = lambda it, total, desc: it,
     all_at_once: bool = False,
+    fold_cache_bytes: int = 0,
 ) -> tuple[np.ndarray, float]:
     """Max of each image's held-out anomaly map, and the median map value over all of them.
 
@@ -163,6 +164,7 @@ def held_out_scores(
     has more samples per Gaussian than dimensions (:func:`uses_downdate`), and the reference.
     ``all_at_once``: ``embeddings`` can give every image at once (cached), in order; then all
     samples are whitened in one pass over the whitener instead of one pass per fold.
+    ``fold_cache_bytes``: how much of a refitted fold's embeddings may be kept between its two uses.
     """
     scores = np.full(n_images, np.nan)
     medians = []
@@ -196,9 +198,14 @@ def held_out_scores(
             del parts
             record(members, local, held_out_distances(model, to_samples(embedding)), embedding)
             continue
-        fold_stats = stats.empty_like()  # refit: stream the fold twice, its sums then its distances
-        for _, emb in embeddings(members):
+        # Refit: the fold's sums, its model, then its distances; the fold's embeddings are kept
+        # (float16) while they fit ``fold_cache_bytes``, else extracted a second time.
+        fold_stats = stats.empty_like()
+        kept, kept_bytes = [], 0
+        for local, emb in embeddings(members):
             fold_stats.update(to_samples(emb.float()))
+            kept_bytes += emb.numel() * 2
+            kept = kept + [(local, emb.half())] if kept is not None and kept_bytes <= fold_cache_bytes else None
         lam = fold_regulariser(model.reg, stats.count, fold_stats.count)
         scale = fold_distance_scale(stats.count, fold_stats.count) ** 0.5
         stats.subtract_(fold_stats)  # in place, so the fold costs no second copy of the sums
@@ -207,8 +214,8 @@ def held_out_scores(
         finally:
             stats.merge_(fold_stats)
         del fold_stats
-        for local, emb in embeddings(members):
+        for local, emb in (kept if kept is not None else embeddings(members)):
             emb = emb.float()
             record(members, local, fold_model.mahalanobis(to_samples(emb)) * scale, emb)
-        del fold_model
+        del fold_model, kept
     return scores, float(np.median(np.concatenate(medians)))

@@ -225,10 +225,12 @@ class PaDiM:
                 raise MemoryError(f"{self.plan_.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
                                   f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
         self.n_gaussians_ = cell_count(gh, gw, self.cell_)
-        # Held-out folds keep their embeddings (saving a backbone pass) in what the budget leaves
-        # after the plan and a reserve for the backbone's activations and image decoding.
-        self._fold_cache_bytes = min(FIT_CACHE_MAX_BYTES,
-                                     max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES))
+        # Held-out folds keep embeddings (saving a backbone pass) in what the budget leaves after
+        # the plan and a reserve for the backbone's activations and image decoding.
+        # A refitted fold keeps its own embeddings in what the budget leaves; the downdate keeps
+        # every training image's, but at most FIT_CACHE_MAX_BYTES (beyond, extracted again).
+        self._refit_cache_bytes = max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES)
+        self._fold_cache_bytes = min(FIT_CACHE_MAX_BYTES, self._refit_cache_bytes)
 
     _SETUP = ("layers_", "geometry_", "input_size_", "feature_size_", "channel_index_", "n_features_",
               "cell_", "plan_", "n_gaussians_")
@@ -336,7 +338,8 @@ class PaDiM:
 
         self.calibration_scores_, self.map_floor_ = held_out_scores(
             len(sources), folds, self.seed, self._fold_embeddings(sources, cache), self._to_samples,
-            self._maps_from_distances, model, stats, progress, all_at_once=cache.has_all(range(len(sources))))
+            self._maps_from_distances, model, stats, progress, all_at_once=cache.has_all(range(len(sources))),
+            fold_cache_bytes=getattr(self, "_refit_cache_bytes", FOLD_CACHE_BYTES))
         self.calibrator_ = Calibrator().fit(self.calibration_scores_, max_false_reject=self.max_false_reject)
 
     def recalibrate(self, defect_images: Any = None, *, threshold: float | None = None,

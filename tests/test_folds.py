@@ -137,3 +137,21 @@ def test_folds_of_cells_use_every_sample_of_an_image():
         per_row = naive_fold_distances(x, rows, model.reg).max(axis=1)
         expected[members] = per_row.reshape(len(members), 2).max(axis=1)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_refit_keeps_a_fold_within_its_cache_budget_else_extracts_it_again():
+    x = features(12, 5, p=3, seed=11).half().double()  # float16 values, as padim's training embeddings are
+    stats, model = full_model(x)
+    calls = []
+
+    def embeddings(members):
+        calls.append(len(members))
+        yield list(range(len(members))), x[members].float()[:, :, :, None]
+
+    args = (12, 3, 0, embeddings, lambda emb: emb.flatten(2), lambda distances, emb: distances, model, stats)
+    kept, _ = held_out_scores(*args, fold_cache_bytes=10**6)
+    assert calls == [4, 4, 4]  # one extraction per fold
+    calls.clear()
+    again, _ = held_out_scores(*args, fold_cache_bytes=0)
+    assert calls == [4, 4, 4, 4, 4, 4]  # sums, then distances
+    np.testing.assert_allclose(kept, again, rtol=1e-6)
