@@ -193,19 +193,19 @@ def held_out_scores(
     for members in progress(members_of, folds, "held-out folds"):
         parts = list(embeddings(members)) if stats is None else None
         if parts is not None:  # the downdate needs the whole fold at once (≤ d samples per Gaussian)
-            embedding = torch.cat([emb.float() for _, emb in parts])
+            embedding = torch.cat([emb for _, emb in parts])  # as given (padim: float16), upcast per chunk
             local = [i for indices, _ in parts for i in indices]
             del parts
             record(members, local, held_out_distances(model, to_samples(embedding)), embedding)
             continue
         # Refit: the fold's sums, its model, then its distances; the fold's embeddings are kept
-        # (float16) while they fit ``fold_cache_bytes``, else extracted a second time.
+        # (as given: float16 from padim) while they fit ``fold_cache_bytes``, else extracted again.
         fold_stats = stats.empty_like()
         kept, kept_bytes = [], 0
         for local, emb in embeddings(members):
             fold_stats.update(to_samples(emb.float()))
-            kept_bytes += emb.numel() * 2
-            kept = kept + [(local, emb.half())] if kept is not None and kept_bytes <= fold_cache_bytes else None
+            kept_bytes += emb.numel() * emb.element_size()
+            kept = kept + [(local, emb)] if kept is not None and kept_bytes <= fold_cache_bytes else None
         lam = fold_regulariser(model.reg, stats.count, fold_stats.count)
         scale = fold_distance_scale(stats.count, fold_stats.count) ** 0.5
         stats.subtract_(fold_stats)  # in place, so the fold costs no second copy of the sums

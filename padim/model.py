@@ -326,8 +326,10 @@ class PaDiM:
                 yield list(range(len(members))), cache.take(members, release=everyone)
                 return
             for batch in self._loader([sources[i] for i in members], self.input_size_):
-                if batch.indices:
-                    yield batch.indices, _float16_values(self._embed(batch.images))
+                if batch.indices:  # float16 values (as the sums saw them), so held as float16
+                    embedding = _float16_values(self._embed(batch.images))
+                    compact = embedding.half()
+                    yield batch.indices, compact if bool(torch.isfinite(compact).all()) else embedding
         return embeddings
 
     def _calibrate(self, sources, cache: "_EmbeddingCache", folds: int, model: GaussianModel,
