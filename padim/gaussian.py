@@ -196,10 +196,10 @@ class GaussianStats:
         """Full symmetric Σxxᵀ ``[stop − start, d, d]`` (float64) of positions ``start:stop``."""
         rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
         packed = self.sum_outer[start:stop]
-        full = torch.empty(packed.shape[0], self.dim, self.dim, dtype=torch.float64, device=self.device)
-        full[:, rows, cols] = packed
-        full[:, cols, rows] = packed
-        return full
+        full = torch.empty(packed.shape[0], self.dim * self.dim, dtype=torch.float64, device=self.device)
+        full.index_copy_(1, rows * self.dim + cols, packed)
+        full.index_copy_(1, cols * self.dim + rows, packed)
+        return full.view(-1, self.dim, self.dim)
 
     def _diagonal(self) -> torch.Tensor:
         """Diagonal of Σxxᵀ ``[P, d]``: packed entry i(i+1)/2 + i of each row."""
@@ -234,8 +234,8 @@ class GaussianStats:
         lam = self.regulariser(eps, relative_eps) if reg is None else float(reg)
         centred_mean = self.sum / self.count
         d = self.dim
-        rows, cols = torch.tril_indices(d, d, device=self.device)
-        packed = torch.empty(self.num_positions, rows.numel(), dtype=storage or torch.float32, device=self.device)
+        lower = self._flat_lower()
+        packed = torch.empty(self.num_positions, lower.numel(), dtype=storage or torch.float32, device=self.device)
         scale = torch.ones(self.num_positions, dtype=torch.float32, device=self.device)
         eye = torch.eye(d, dtype=torch.float64, device=self.device)
         starts = range(0, self.num_positions, finalize_chunk(d))
@@ -244,9 +244,10 @@ class GaussianStats:
                 stop = min(start + finalize_chunk(d), self.num_positions)
                 inverse = self._inverse_factor(centred_mean, start, stop, lam, eps, eye)
                 if storage is None:
-                    packed[start:stop] = inverse[:, rows, cols]
+                    packed[start:stop] = inverse.flatten(1).index_select(1, lower)
                 else:
-                    packed[start:stop], scale[start:stop] = round_packed(inverse[:, rows, cols], storage)
+                    packed[start:stop], scale[start:stop] = round_packed(inverse.flatten(1).index_select(1, lower),
+                                                                         storage)
         return GaussianModel(mean=self.mean().to(torch.float32).contiguous(), reg=lam, packed=packed,
                              scale=None if storage is None else scale, count=self.count)
 
@@ -285,19 +286,21 @@ def round_packed(packed: torch.Tensor, storage: torch.dtype = STORAGE_DTYPE) -> 
 def unpack_whitener(packed: torch.Tensor, scale: torch.Tensor | None, dim: int) -> torch.Tensor:
     """Dense float32 lower-triangular ``[p, d, d]`` from packed rows ``[p, d(d+1)/2]`` (and scale)."""
     rows, cols = torch.tril_indices(dim, dim, device=packed.device)
-    dense = torch.zeros(packed.shape[0], dim, dim, dtype=torch.float32, device=packed.device)
-    values = packed.to(torch.float32)
-    if scale is not None:
-        values.mul_(scale.to(torch.float32)[:, None])
-    dense[:, rows, cols] = values
-    return dense
+    dense = torch.zeros(packed.shape[0], dim * dim, dtype=torch.float32, device=packed.device)
+    lower = rows * dim + cols
+    for start in range(0, packed.shape[0], 256):  # chunks: no full-size float32 copy of the packed rows
+        values = packed[start:start + 256].to(torch.float32)
+        if scale is not None:
+            values = values * scale[start:start + 256].to(torch.float32)[:, None]
+        dense[start:start + 256].index_copy_(1, lower, values)
+    return dense.view(-1, dim, dim)
 
 
 def pack_whitener(whitener: torch.Tensor) -> torch.Tensor:
     """Packed lower triangle ``[p, d(d+1)/2]`` of ``[p, d, d]`` (row-major, as ``torch.tril_indices``)."""
     d = whitener.shape[-1]
     rows, cols = torch.tril_indices(d, d, device=whitener.device)
-    return whitener[:, rows, cols]
+    return whitener.reshape(whitener.shape[0], d * d).index_select(1, rows * d + cols)
 
 
 class GaussianModel:
