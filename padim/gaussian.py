@@ -2,28 +2,35 @@
 
 Features arrive as ``[B, d, P]`` tensors (batch, channels, positions). The fit keeps only the
 sums ``n``, ``Σx`` and ``Σxxᵀ`` per position in float64, so its memory does not depend on the
-number of training images and shards fitted apart can simply be added.
+number of training images and shards fitted apart can simply be added. Each batch's products are
+taken in float32 (twice the speed of float64) on data shifted by the first batch's mean, and
+accumulated into the float64 sums.
+
+The fitted whitener ``L⁻¹`` is stored as its packed lower triangle in float16, scaled per
+position by a power of two (:func:`round_packed`); the fitted object scores with exactly those
+rounded values, so a saved and reloaded model scores bit-identically.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
 
-FINALIZE_CHUNK_BYTES = 2**27  # float64 covariance of one chunk of positions
+FINALIZE_CHUNK_BYTES = 2**25  # float64 covariance of one chunk of positions
+UPDATE_CHUNK_BYTES = 2**27  # float64 temporaries of one chunk of positions while accumulating
+STORAGE_DTYPE = torch.float16  # whitener entries as stored (and scored, after a float32 upcast)
 
 
 def finalize_chunk(dim: int) -> int:
-    """Positions per chunk when finalising: a covariance chunk of about 128 MiB."""
+    """Positions per chunk when finalising: a covariance chunk of about 32 MiB."""
     return max(1, FINALIZE_CHUNK_BYTES // (8 * dim * dim))
 
 
 def update_chunk(dim: int, batch: int) -> int:
     """Positions per chunk when accumulating: temporaries of about 128 MiB."""
-    return max(1, FINALIZE_CHUNK_BYTES // (8 * dim * (dim + batch)))
+    return max(1, UPDATE_CHUNK_BYTES // (8 * dim * (dim + batch)))
 
 
 @contextmanager
@@ -57,7 +64,9 @@ class GaussianStats:
         self.count = 0
         self.shift: torch.Tensor | None = None  # [P, d] float64
         self.sum = torch.zeros(num_positions, dim, dtype=torch.float64, device=self.device)
-        self.sum_outer = torch.zeros(num_positions, dim, dim, dtype=torch.float64, device=self.device)
+        # Σxxᵀ is symmetric: only its lower triangle is kept, packed row by row (half the memory).
+        self.sum_outer = torch.zeros(num_positions, dim * (dim + 1) // 2, dtype=torch.float64, device=self.device)
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, features: torch.Tensor, position_chunk: int | None = None) -> "GaussianStats":
         """Add a batch of features ``[B, d, P]`` (any float dtype, any device)."""
@@ -65,17 +74,38 @@ class GaussianStats:
             raise ValueError(
                 f"features must have shape [B, {self.dim}, {self.num_positions}], got {tuple(features.shape)}"
             )
-        x = features.to(self.device, torch.float64).permute(2, 0, 1)  # [P, B, d]
+        x = features.to(self.device).permute(2, 0, 1)  # [P, B, d], still in the caller's dtype
         if self.shift is None:
-            self.shift = x.mean(dim=1)
+            self.shift = x.mean(dim=1, dtype=torch.float64)
         position_chunk = position_chunk or update_chunk(self.dim, features.shape[0])
         for start in range(0, self.num_positions, position_chunk):
             stop = start + position_chunk
-            centred = x[start:stop] - self.shift[start:stop, None, :]
+            # Shift in float64 (a huge mean cancels exactly), then float32 products into float64 sums.
+            centred = x[start:stop].to(torch.float64) - self.shift[start:stop, None, :]
             self.sum[start:stop] += centred.sum(dim=1)
-            self.sum_outer[start:stop].baddbmm_(centred.transpose(1, 2), centred)
+            centred = centred.to(torch.float32)
+            square, packed = self._product_buffers(position_chunk, centred.shape[0])
+            torch.bmm(centred.transpose(1, 2), centred, out=square)
+            torch.index_select(square.view(square.shape[0], -1), 1, self._flat_lower(), out=packed)
+            self.sum_outer[start:stop] += packed
         self.count += features.shape[0]
         return self
+
+    def _flat_lower(self) -> torch.Tensor:
+        """Indices of the packed lower triangle in a flattened d×d matrix."""
+        rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
+        return rows * self.dim + cols
+
+    def _product_buffers(self, chunk: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reused float32 outputs of a chunk's products (fresh large tensors cost page faults each time)."""
+        if self._buffers is None or self._buffers[0].shape[0] < chunk:
+            d = self.dim
+            self._buffers = (torch.empty(chunk, d, d, dtype=torch.float32, device=self.device),
+                             torch.empty(chunk, d * (d + 1) // 2, dtype=torch.float32, device=self.device))
+        return self._buffers[0][:size], self._buffers[1][:size]
+
+    def release_buffers(self) -> None:
+        self._buffers = None
 
     def empty_like(self) -> "GaussianStats":
         """Empty statistics with the same shape and shift, so combining them needs no re-centring."""
@@ -129,10 +159,11 @@ class GaussianStats:
         if other.shift is not self.shift and not torch.equal(other.shift.to(self.device), self.shift):
             # Re-express the other's sums about our shift: x − a = (x − b) + (b − a).
             delta = other.shift.to(self.device) - self.shift  # [P, d]
+            rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
             o_outer = (o_outer
-                       + o_sum[:, :, None] * delta[:, None, :]
-                       + delta[:, :, None] * o_sum[:, None, :]
-                       + other.count * delta[:, :, None] * delta[:, None, :])
+                       + o_sum[:, rows] * delta[:, cols]
+                       + delta[:, rows] * o_sum[:, cols]
+                       + other.count * delta[:, rows] * delta[:, cols])
             o_sum = o_sum + other.count * delta
         shifted_sum, shifted_outer = o_sum, o_outer
         if inplace:
@@ -157,62 +188,155 @@ class GaussianStats:
         """Per-position unbiased covariance ``[P, d, d]`` in float64 (as ``np.cov``)."""
         self._require_samples(2)
         centred_mean = self.sum / self.count
-        cov = torch.baddbmm(self.sum_outer, centred_mean[:, :, None], centred_mean[:, None, :], alpha=-self.count)
+        cov = torch.baddbmm(self._unpacked(0, self.num_positions), centred_mean[:, :, None], centred_mean[:, None, :],
+                            alpha=-self.count)
         return cov.div_(self.count - 1)
 
-    def finalize(self, eps: float = 0.01, relative_eps: bool = True) -> "GaussianModel":
+    def _unpacked(self, start: int, stop: int) -> torch.Tensor:
+        """Full symmetric Σxxᵀ ``[stop − start, d, d]`` (float64) of positions ``start:stop``."""
+        rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
+        packed = self.sum_outer[start:stop]
+        full = torch.empty(packed.shape[0], self.dim * self.dim, dtype=torch.float64, device=self.device)
+        full.index_copy_(1, rows * self.dim + cols, packed)
+        full.index_copy_(1, cols * self.dim + rows, packed)
+        return full.view(-1, self.dim, self.dim)
+
+    def _diagonal(self) -> torch.Tensor:
+        """Diagonal of Σxxᵀ ``[P, d]``: packed entry i(i+1)/2 + i of each row."""
+        i = torch.arange(self.dim, device=self.device)
+        return self.sum_outer[:, i * (i + 1) // 2 + i]
+
+    def regulariser(self, eps: float = 0.01, relative_eps: bool = True) -> float:
+        """``λ = eps · mean(diag Σ)`` over all positions (``relative_eps``), else ``λ = eps``."""
+        self._require_samples(2)
+        centred_mean = self.sum / self.count
+        variances = (self._diagonal() - self.count * centred_mean**2) / (self.count - 1)
+        lam = float(eps) * (float(variances.mean()) if relative_eps else 1.0)
+        if lam <= 0 and eps > 0:
+            lam = float(eps)  # all-constant features: fall back to the absolute value
+        return lam
+
+    def finalize(self, eps: float = 0.01, relative_eps: bool = True, reg: float | None = None,
+                 storage: torch.dtype | None = STORAGE_DTYPE, progress=None) -> "GaussianModel":
         """Mean and Cholesky-whitening matrix of ``Σ + λI`` for every position.
 
         With ``relative_eps`` the regulariser is ``λ = eps · mean(diag Σ)`` (averaged over all
         positions), so one ``eps`` suits backbones whose features have very different scales;
-        otherwise ``λ = eps`` as in the paper. Works through positions in chunks so that its
-        float64 temporaries stay small next to the statistics themselves.
+        otherwise ``λ = eps`` as in the paper; ``reg`` gives ``λ`` directly. ``storage`` is the
+        precision the whitener is rounded to (see :func:`round_packed`; ``None`` keeps float32).
+        ``progress(iterable, total)`` may wrap the loop over chunks (a progress bar).
+        Works through positions in chunks so that its float64 temporaries stay small next to the
+        statistics themselves; the rounded whitener is kept packed until it is first used, so the
+        full float32 matrix need not exist next to the statistics.
         """
         self._require_samples(2)
+        self.release_buffers()
+        lam = self.regulariser(eps, relative_eps) if reg is None else float(reg)
         centred_mean = self.sum / self.count
-        variances = (torch.diagonal(self.sum_outer, dim1=1, dim2=2) - self.count * centred_mean**2) / (self.count - 1)
-        lam = float(eps) * (float(variances.mean()) if relative_eps else 1.0)
-        if lam <= 0 and eps > 0:
-            lam = float(eps)  # all-constant features: fall back to the absolute value
-        whitener = torch.empty(self.num_positions, self.dim, self.dim, dtype=torch.float32, device=self.device)
-        eye = torch.eye(self.dim, dtype=torch.float64, device=self.device)
-        chunk = finalize_chunk(self.dim)
+        d = self.dim
+        lower = self._flat_lower()
+        packed = torch.empty(self.num_positions, lower.numel(), dtype=storage or torch.float32, device=self.device)
+        scale = torch.ones(self.num_positions, dtype=torch.float32, device=self.device)
+        eye = torch.eye(d, dtype=torch.float64, device=self.device)
+        starts = range(0, self.num_positions, finalize_chunk(d))
         with _one_cpu_thread(self.device):
-            self._whiten_chunks(centred_mean, lam, eps, whitener, eye, chunk)
-        return GaussianModel(mean=self.mean().to(torch.float32).contiguous(), whitener=whitener, reg=lam)
+            for start in (progress(starts, len(starts)) if progress else starts):
+                stop = min(start + finalize_chunk(d), self.num_positions)
+                inverse = self._inverse_factor(centred_mean, start, stop, lam, eps, eye)
+                if storage is None:
+                    packed[start:stop] = inverse.flatten(1).index_select(1, lower)
+                else:
+                    packed[start:stop], scale[start:stop] = round_packed(inverse.flatten(1).index_select(1, lower),
+                                                                         storage)
+        return GaussianModel(mean=self.mean().to(torch.float32).contiguous(), reg=lam, packed=packed,
+                             scale=None if storage is None else scale, count=self.count)
 
-    def _whiten_chunks(self, centred_mean, lam, eps, whitener, eye, chunk) -> None:
-        for start in range(0, self.num_positions, chunk):
-            stop = min(start + chunk, self.num_positions)
-            m = centred_mean[start:stop]
-            cov = torch.baddbmm(self.sum_outer[start:stop], m[:, :, None], m[:, None, :], alpha=-self.count)
-            cov.div_(self.count - 1).diagonal(dim1=1, dim2=2).add_(lam)
-            chol, info = torch.linalg.cholesky_ex(cov)
-            del cov
-            if bool((info > 0).any()):
-                raise ValueError(
-                    f"covariance is not positive definite at {int((info > 0).sum())} positions; "
-                    f"increase eps (now {eps})"
-                )
-            # L⁻¹, copied row-major into the float32 whitener (as a reloaded model has it, so both
-            # take the same matmul path and score bit-identically).
-            whitener[start:stop] = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+    def _inverse_factor(self, centred_mean, start, stop, lam, eps, eye) -> torch.Tensor:
+        """``L⁻¹`` (float64) with ``LLᵀ = Σ + λI`` for positions ``start:stop``."""
+        m = centred_mean[start:stop]
+        cov = self._unpacked(start, stop).baddbmm_(m[:, :, None], m[:, None, :], alpha=-self.count)
+        cov.div_(self.count - 1).diagonal(dim1=1, dim2=2).add_(lam)
+        chol, info = torch.linalg.cholesky_ex(cov)
+        del cov
+        if bool((info > 0).any()):
+            raise ValueError(
+                f"covariance is not positive definite at {int((info > 0).sum())} positions; "
+                f"increase eps (now {eps})"
+            )
+        return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
 
     def _require_samples(self, k: int) -> None:
         if self.count < k:
             raise ValueError(f"need at least {k} training samples per position, have {self.count}")
 
 
-@dataclass
+def round_packed(packed: torch.Tensor, storage: torch.dtype = STORAGE_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed rows ``[p, n]`` → (``storage`` values, float32 scale ``[p]``), value ≈ stored · scale.
+
+    The scale is a power of two at or above each row's largest magnitude, so float16 never
+    overflows whatever the feature scale, and ``stored.float() * scale`` is exact: the float32
+    values a fitted model scores with are the same bits a reloaded one rebuilds.
+    """
+    amax = packed.abs().amax(dim=1).to(torch.float32)
+    _, exponent = torch.frexp(torch.where(amax > 0, amax, torch.ones_like(amax)))
+    scale = torch.ldexp(torch.ones_like(amax), exponent)
+    return (packed / scale.to(packed.dtype)[:, None]).to(storage), scale
+
+
+def unpack_whitener(packed: torch.Tensor, scale: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Dense float32 lower-triangular ``[p, d, d]`` from packed rows ``[p, d(d+1)/2]`` (and scale)."""
+    rows, cols = torch.tril_indices(dim, dim, device=packed.device)
+    dense = torch.zeros(packed.shape[0], dim * dim, dtype=torch.float32, device=packed.device)
+    lower = rows * dim + cols
+    for start in range(0, packed.shape[0], 256):  # chunks: no full-size float32 copy of the packed rows
+        values = packed[start:start + 256].to(torch.float32)
+        if scale is not None:
+            values = values * scale[start:start + 256].to(torch.float32)[:, None]
+        dense[start:start + 256].index_copy_(1, lower, values)
+    return dense.view(-1, dim, dim)
+
+
+def pack_whitener(whitener: torch.Tensor) -> torch.Tensor:
+    """Packed lower triangle ``[p, d(d+1)/2]`` of ``[p, d, d]`` (row-major, as ``torch.tril_indices``)."""
+    d = whitener.shape[-1]
+    rows, cols = torch.tril_indices(d, d, device=whitener.device)
+    return whitener.reshape(whitener.shape[0], d * d).index_select(1, rows * d + cols)
+
+
 class GaussianModel:
     """Fitted Gaussians: ``mean [P, d]`` and ``whitener [P, d, d] = L⁻¹`` with ``LLᵀ = Σ + λI``.
 
     The squared Mahalanobis distance is ``‖L⁻¹(x − μ)‖²``: one batched triangular product.
+    The whitener is held as ``packed`` lower-triangle rows (float16 times a per-position power of
+    two ``scale``, as in the model file) and unpacked to dense float32 on first use. A model built
+    from a dense ``whitener`` keeps it as given. ``count``: training samples per Gaussian.
     """
 
-    mean: torch.Tensor
-    whitener: torch.Tensor
-    reg: float = 0.0
+    def __init__(self, mean: torch.Tensor, whitener: torch.Tensor | None = None, reg: float = 0.0, *,
+                 packed: torch.Tensor | None = None, scale: torch.Tensor | None = None, count: int = 0):
+        if whitener is None and packed is None:
+            raise ValueError("GaussianModel needs a whitener or its packed form")
+        self.mean = mean
+        self.reg = reg
+        self.count = int(count)
+        self.packed = packed
+        self.scale = scale
+        self._whitener = whitener
+
+    @property
+    def whitener(self) -> torch.Tensor:
+        if self._whitener is None:
+            self._whitener = unpack_whitener(self.packed, self.scale, self.dim)
+        return self._whitener
+
+    def storage_tensors(self) -> dict[str, torch.Tensor]:
+        """What a model file holds: mean, packed whitener rows and (for rounded models) their scale."""
+        if self.packed is not None:
+            out = {"mean": self.mean, "whitener_packed": self.packed}
+            if self.scale is not None:
+                out["whitener_scale"] = self.scale
+            return out
+        return {"mean": self.mean, "whitener_packed": pack_whitener(self._whitener)}
 
     @property
     def num_positions(self) -> int:
@@ -222,8 +346,30 @@ class GaussianModel:
     def dim(self) -> int:
         return self.mean.shape[1]
 
+    def rounded(self, storage: torch.dtype = STORAGE_DTYPE, chunk: int = 256) -> "GaussianModel":
+        """This model with its whitener rounded to ``storage`` (what a fit keeps and saves);
+        chunk by chunk of positions, so the temporaries stay small."""
+        packed = self.packed if self.packed is not None else pack_whitener(self._whitener)
+        if self.scale is not None and packed.dtype == storage:
+            return self
+        values = torch.empty(packed.shape, dtype=storage, device=packed.device)
+        scale = torch.empty(packed.shape[0], dtype=torch.float32, device=packed.device)
+        for start in range(0, packed.shape[0], chunk):
+            part = packed[start:start + chunk].to(torch.float32)
+            if self.scale is not None:
+                part = part * self.scale[start:start + chunk, None]
+            values[start:start + chunk], scale[start:start + chunk] = round_packed(part, storage)
+        return GaussianModel(self.mean, None, self.reg, packed=values, scale=scale, count=self.count)
+
+    def drop_dense(self) -> None:
+        """Forget the dense whitener unpacked for scoring (rebuilt on next use), to free memory."""
+        if self.packed is not None:
+            self._whitener = None
+
     def to(self, device) -> "GaussianModel":
-        return GaussianModel(self.mean.to(device), self.whitener.to(device), self.reg)
+        move = (lambda t: None if t is None else t.to(device))
+        return GaussianModel(self.mean.to(device), move(self._whitener), self.reg, packed=move(self.packed),
+                             scale=move(self.scale), count=self.count)
 
     def mahalanobis(self, features: torch.Tensor, position_chunk: int = 1024) -> torch.Tensor:
         """Mahalanobis distance ``[B, P]`` of features ``[B, d, P]`` to each position's Gaussian.

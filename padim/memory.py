@@ -15,7 +15,8 @@ from typing import Sequence, Union
 from .gaussian import finalize_chunk, update_chunk
 
 GIB = 2**30
-FOLD_CACHE_BYTES = 256 * 2**20  # held-out embeddings kept per calibration fold before re-extracting
+FOLD_CACHE_BYTES = 256 * 2**20  # held-out embeddings kept (at least) before re-extracting them
+FIT_CACHE_MAX_BYTES = 512 * 2**20  # float16 training embeddings kept at most for the held-out folds
 CACHE_RESERVE_BYTES = 768 * 2**20  # left for backbone activations and decoding when sizing that cache
 MIB = 2**20
 
@@ -28,12 +29,14 @@ class MemoryPlan:
     d: int  # feature dimension
     batch_size: int
     feature_positions: int  # positions per image on the feature grid
-    statistics: int  # float64 Σx, Σxxᵀ of the running fit
-    finalize: int  # covariance, Cholesky, identity and whitener temporaries at the end of the fit
-    model: int  # float32 mean + whitener kept for scoring and written to disk
+    statistics: int  # float64 Σx, packed Σxxᵀ and shift of the running fit
+    finalize: int  # covariance, Cholesky and inverse of one chunk, plus the packed float32 result
+    model: int  # float32 mean + dense whitener kept for scoring, and its packed float16 (the file)
     batch_features: int  # float32 embedding of one batch (plus its float64 copy for the sums)
-    calibration: int  # extra statistics (and held fold embeddings) while scoring held-out folds
+    calibration: int  # held-out phase: downdate: unrounded model + embeddings; refit: fold sums + model
     update_temporaries: int = 0  # GaussianStats.update's per-chunk centred copy and outer products
+    embedding_cache: int = 0  # float16 training embeddings kept through the fit for the held-out folds
+    downdate: bool = True  # held-out folds by downdate (statistics freed first) rather than refit
 
     @property
     def samples_per_gaussian(self) -> int:
@@ -42,10 +45,14 @@ class MemoryPlan:
 
     @property
     def peak(self) -> int:
-        """Largest simultaneous need: statistics + finalize temporaries + model, or the fit loop."""
-        fit_loop = self.statistics + self.batch_features + self.update_temporaries
-        end = self.statistics + self.finalize + self.model + self.calibration
-        return max(fit_loop, end)
+        """Largest simultaneous need: the fit loop, the finalisation, or the held-out phase.
+
+        With the downdate the statistics are freed before the held-out phase; a refit keeps them,
+        the final model and a fold's sums and model at once."""
+        fit_loop = self.statistics + self.batch_features + self.update_temporaries + self.embedding_cache
+        if not self.calibration or self.downdate:
+            return max(fit_loop, self.statistics + self.finalize + self.embedding_cache, self.calibration)
+        return max(fit_loop, self.statistics + self.finalize + self.model + self.calibration + self.embedding_cache)
 
     def as_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items()}
@@ -56,7 +63,8 @@ class MemoryPlan:
         return (f"memory plan: {self.gaussians} Gaussians × d={self.d}: statistics {fmt_bytes(self.statistics)}, "
                 f"model {fmt_bytes(self.model)}, batch features {fmt_bytes(self.batch_features)} "
                 f"(+ {fmt_bytes(self.update_temporaries)} update temporaries), "
-                f"calibration {fmt_bytes(self.calibration)}; estimated peak {fmt_bytes(self.peak)} "
+                f"calibration {fmt_bytes(self.calibration)} ({'downdate' if self.downdate else 'refit'}, "
+                f"{fmt_bytes(self.embedding_cache)} cached embeddings); estimated peak {fmt_bytes(self.peak)} "
                 f"(plus the backbone and image decoding)")
 
 
@@ -77,25 +85,31 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
     float64 copy and ``d×d`` outer products are temporaries of the fit loop.
     """
     square = gaussians * d * d
-    statistics = 8 * (square + 2 * gaussians * d)
+    triangle = gaussians * d * (d + 1) // 2
+    statistics = 8 * (triangle + 2 * gaussians * d)  # Σxxᵀ packed (symmetric), Σx, shift
     # GaussianStats.finalize works through chunks of positions: a float64 covariance, its
-    # Cholesky factor and the solved inverse of one chunk at a time.
-    finalize = 8 * 3 * min(gaussians, finalize_chunk(d)) * d * d
-    model = 4 * (square + gaussians * d)
+    # Cholesky factor and the solved inverse of one chunk at a time, into a packed result.
+    finalize = 8 * 3 * min(gaussians, finalize_chunk(d)) * d * d + 4 * triangle
+    model = 4 * (square + gaussians * d) + 2 * triangle + 4 * gaussians
     batch_features = batch_size * feature_positions * d * (4 + 8)
-    samples = batch_size * max(1, math.ceil(feature_positions / max(1, gaussians)))
+    per_image = max(1, math.ceil(feature_positions / max(1, gaussians)))
+    samples = batch_size * per_image
     chunk = min(gaussians, position_chunk or update_chunk(d, samples))
     update_temporaries = 8 * chunk * (samples * d + d * d)
-    # Held-out folds: one fold's statistics (subtracted from the total in place) and its model,
-    # plus that fold's embeddings, kept only up to FOLD_CACHE_BYTES (re-extracted beyond).
-    calibration = 0
+    calibration, cache, downdate = 0, 0, True
     if calibration_folds >= 2:
-        fold_embeddings = FOLD_CACHE_BYTES
-        if n_images:
-            fold_embeddings = min(fold_embeddings, math.ceil(n_images / calibration_folds) * feature_positions * d * 2)
-        calibration = statistics + model + fold_embeddings
+        # Training embeddings (float16) are kept through the fit up to FIT_CACHE_MAX_BYTES, so the
+        # folds need no second backbone pass; beyond that they are extracted again (flat memory).
+        embeddings = feature_positions * d * 2 * (n_images or 0)
+        cache = min(embeddings, FIT_CACHE_MAX_BYTES) if n_images else FOLD_CACHE_BYTES
+        fold_samples = math.ceil((n_images or calibration_folds) / calibration_folds) * per_image
+        downdate = fold_samples <= d
+        if downdate:  # unrounded float32 model (dense + packed) + embeddings + a whitened chunk
+            calibration = 4 * (square + triangle) + max(cache, FOLD_CACHE_BYTES) + 2**25
+        else:  # one fold's sums and model next to the fit's, plus that fold's embeddings
+            calibration = statistics + 4 * (square + gaussians * d) + FOLD_CACHE_BYTES
     return MemoryPlan(gaussians, d, batch_size, feature_positions, statistics, finalize, model,
-                      batch_features, calibration, update_temporaries)
+                      batch_features, calibration, update_temporaries, cache, downdate)
 
 
 Cell = Union[int, str]

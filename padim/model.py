@@ -25,8 +25,9 @@ from .value_range import ValueRange, as_value_range, decide_value_range, trainin
 from .geometry import (Geometry, activation_floats_per_pixel, decide_geometry, default_margin, default_memory_budget,
                        typical_size)
 from .maps import distance_grid_to_maps, resize_map
-from .memory import CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
-from .tiling import cell_grid, extract_tiled, from_cells, to_cells
+from .folds import held_out_scores, uses_downdate
+from .memory import CACHE_RESERVE_BYTES, FIT_CACHE_MAX_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
+from .tiling import cell_grid, extract_tiled, from_cells, samples_per_image, to_cells
 from .modelfile import ModelFileError, read_model_file, write_model_file
 
 DEFAULT_EPS = 0.1  # relative to the mean feature variance; measured in benchmarks/RESULTS.md
@@ -183,8 +184,8 @@ class PaDiM:
                            value_range=getattr(self, "value_range_", None),
                            value_kind=getattr(self, "value_kind_", None))
 
-    def _progress(self, iterable, total: int, desc: str):
-        return tqdm(iterable, total=total, desc=desc, unit="batch", disable=not self.progress, leave=False)
+    def _progress(self, iterable, total: int, desc: str, unit: str = "batch"):
+        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` in [0, 1] → embedding ``[B, d, h, w]`` on the model's device."""
@@ -211,15 +212,17 @@ class PaDiM:
                 continue
         return sizes
 
-    def _plan_for(self, geometry: Geometry, budget: int):
+    def _plan_for(self, geometry: Geometry, budget: int, n_images: int):
         """Gaussian granularity and memory plan for ``geometry``; MemoryError when none fits."""
         gh, gw = geometry.feature_size
         batch = geometry.images_per_batch(self.batch_size)
         if self.cell == "auto":
-            cell, _, plan = choose_granularity(gh, gw, self.n_features_, batch, budget, self.calibration_folds)
+            cell, _, plan = choose_granularity(gh, gw, self.n_features_, batch, budget, self.calibration_folds,
+                                               n_images=n_images)
             return cell, plan
         cell = self.cell if self.cell == "image" else int(self.cell)
-        plan = plan_memory(cell_count(gh, gw, cell), self.n_features_, gh * gw, batch, self.calibration_folds)
+        plan = plan_memory(cell_count(gh, gw, cell), self.n_features_, gh * gw, batch, self.calibration_folds,
+                           n_images=n_images)
         if self.max_memory is not None and plan.peak > budget:
             raise MemoryError(f"{plan.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
                               f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
@@ -268,7 +271,7 @@ class PaDiM:
 
         def fits(geometry: Geometry) -> bool:
             try:
-                return self._plan_for(geometry, budget)[1].peak <= budget
+                return self._plan_for(geometry, budget, len(sources))[1].peak <= budget
             except MemoryError:
                 return False
 
@@ -280,11 +283,13 @@ class PaDiM:
             memory_budget=budget, batch_size=self.batch_size, fits=fits)
         self.input_size_ = self.geometry_.input_size
         self.feature_size_ = self.geometry_.feature_size
-        self.cell_, self.plan_ = self._plan_for(self.geometry_, budget)
+        self.cell_, self.plan_ = self._plan_for(self.geometry_, budget, len(sources))
         self.n_gaussians_ = cell_count(*self.feature_size_, self.cell_)
-        # Held-out folds keep their embeddings (saving a backbone pass) in what the budget leaves
-        # after the plan and a reserve for the backbone's activations and image decoding.
-        self._fold_cache_bytes = max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES)
+        # A refitted fold keeps its own embeddings in what the budget leaves after the plan and a
+        # reserve for the backbone's activations and image decoding; the downdate keeps every
+        # training image's, but at most FIT_CACHE_MAX_BYTES (beyond, extracted again).
+        self._refit_cache_bytes = max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES)
+        self._fold_cache_bytes = min(FIT_CACHE_MAX_BYTES, self._refit_cache_bytes)
 
     _SETUP = ("layers_", "geometry_", "input_size_", "feature_size_", "channel_index_", "n_features_",
               "cell_", "plan_", "n_gaussians_")
@@ -325,12 +330,16 @@ class PaDiM:
         stats = GaussianStats(self.n_gaussians_, self.n_features_, self._device())
         self.skipped_: list[tuple[str, str]] = []
         used: list[int] = []
+        folds = self.calibration_folds if calibrate in (None, True) else 0
+        cache = _EmbeddingCache(self._fold_cache_bytes if folds and folds >= 2 else 0, len(sources))
         loader = self._loader(sources, self.input_size_)
         for batch in self._progress(loader, len(loader), "fit"):
             self._record_errors(batch, sources)
             if batch.indices:
                 self._check_sizes(batch)
-                stats.update(self._to_samples(self._embed(batch.images)))
+                embedding = _float16_values(self._embed(batch.images))
+                stats.update(self._to_samples(embedding))
+                cache.add(range(len(used), len(used) + len(batch.indices)), embedding)
                 used.extend(batch.indices)
         if len(used) < 2:
             raise ValueError(f"need at least 2 readable training images, got {len(used)}")
@@ -338,16 +347,28 @@ class PaDiM:
         self.calibrator_ = None
         self.calibration_scores_ = None
         self.map_floor_ = None
-        folds = self.calibration_folds if calibrate in (None, True) else 0
-        if folds and folds >= 2:
-            if len(used) >= max(folds, 5):
-                self._calibrate([sources[i] for i in used], stats, folds)
-            elif calibrate:
-                raise ValueError(f"calibration needs at least {max(folds, 5)} good images, got {len(used)}: "
-                                 f"add good images, or fit without calibration (calibration_folds=0, "
-                                 f"CLI --folds 0: scores and maps, no probabilities)")
-        # After the folds, so their models are gone before the final one is allocated.
-        self.gaussian_ = stats.finalize(self.eps)
+        calibrating = bool(folds and folds >= 2 and len(used) >= max(folds, 5))
+        if folds and folds >= 2 and not calibrating and calibrate:
+            raise ValueError(f"calibration needs at least {max(folds, 5)} good images, got {len(used)}: "
+                             f"add good images, or fit without calibration (calibration_folds=0, "
+                             f"CLI --folds 0: scores and maps, no probabilities)")
+        finalize_bar = lambda chunks, total: self._progress(chunks, total, "finalize", unit="chunk")  # noqa: E731
+        if not calibrating:
+            self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)
+            return self
+        fold_samples = -(-len(used) // folds) * samples_per_image(*self.feature_size_, self.cell_)
+        if uses_downdate(fold_samples, self.n_features_):
+            # Held-out scores by downdating the full model: the sums are no longer needed, and the
+            # downdate uses the unrounded whitener (it amplifies rounding); the fit keeps the rounded one.
+            exact = stats.finalize(self.eps, storage=None, progress=finalize_bar)
+            del stats
+            self._calibrate([sources[i] for i in used], cache, folds, exact, None)
+            del cache
+            exact.drop_dense()  # before the rounded copy is made
+            self.gaussian_ = exact.rounded()
+        else:
+            self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)
+            self._calibrate([sources[i] for i in used], cache, folds, self.gaussian_, stats)
         return self
 
     def _record_errors(self, batch: Batch, sources) -> None:
@@ -359,46 +380,30 @@ class PaDiM:
         if not isinstance(batch.images, torch.Tensor):
             raise ValueError("images of one batch were resized to different sizes")
 
-    def held_out_scores(self, sources, stats: GaussianStats, folds: int) -> tuple[np.ndarray, float]:
-        """Each image scored by a model fitted without its fold (statistics subtracted, no refit).
+    def _fold_embeddings(self, sources, cache: "_EmbeddingCache"):
+        """``embeddings(members)`` for :func:`padim.folds.held_out_scores`: cached, else extracted again."""
+        def embeddings(members):
+            if cache.has_all(members):
+                everyone = len(members) == len(sources)  # the last use: hand the cache over
+                yield list(range(len(members))), cache.take(members, release=everyone)
+                return
+            for batch in self._loader([sources[i] for i in members], self.input_size_):
+                if batch.indices:  # float16 values (as the sums saw them), so held as float16
+                    embedding = _float16_values(self._embed(batch.images))
+                    compact = embedding.half()
+                    yield batch.indices, compact if bool(torch.isfinite(compact).all()) else embedding
+        return embeddings
 
-        Returns the scores and the median anomaly-map value of these good images, which anchors
-        the heatmaps' colour scale.
-        """
-        order = np.random.default_rng(self.seed).permutation(len(sources))
-        scores, medians = {}, []
-        for fold in range(folds):
-            members = np.sort(order[fold::folds])
-            fold_sources = [sources[i] for i in members]
-            fold_stats = stats.empty_like()
-            cache, cached_bytes = [], 0
-            for batch in self._loader(fold_sources, self.input_size_):
-                if batch.indices:
-                    emb = self._embed(batch.images)
-                    fold_stats.update(self._to_samples(emb))
-                    cached_bytes += emb.numel() * 2  # kept in float16: these scores only calibrate
-                    # Keep the fold's embeddings while they fit the budget, else extract them again,
-                    # so that memory does not grow with the number of training images.
-                    keep = cache is not None and cached_bytes <= self._fold_cache_bytes
-                    cache = cache + [(batch.indices, emb.half())] if keep else None
-            stats.subtract_(fold_stats)  # in place, so the fold costs no second copy of the sums
-            try:
-                model = stats.finalize(self.eps)
-            finally:
-                stats.merge_(fold_stats)
-            batches = cache if cache is not None else (
-                (b.indices, self._embed(b.images)) for b in self._loader(fold_sources, self.input_size_) if b.indices)
-            for local, emb in batches:
-                maps = self._maps_from_embedding(emb.float(), model).flatten(1)
-                for i, score in zip(local, maps.amax(dim=1).cpu().numpy()):
-                    scores[int(members[i])] = float(score)
-                medians.append(maps.median(dim=1).values.cpu().numpy())
-            del model, cache, batches  # free this fold's model before the next is built
-        ordered = np.array([scores[i] for i in sorted(scores)])
-        return ordered, float(np.median(np.concatenate(medians)))
+    def _calibrate(self, sources, cache: "_EmbeddingCache", folds: int, model: GaussianModel,
+                   stats: GaussianStats | None) -> None:
+        """Held-out scores of the good images (padim.folds), then the calibrator fitted on them."""
+        def progress(iterable, total, desc):
+            return self._progress(iterable, total, desc, unit="step")
 
-    def _calibrate(self, sources, stats: GaussianStats, folds: int) -> None:
-        self.calibration_scores_, self.map_floor_ = self.held_out_scores(sources, stats, folds)
+        self.calibration_scores_, self.map_floor_ = held_out_scores(
+            len(sources), folds, self.seed, self._fold_embeddings(sources, cache), self._to_samples,
+            self._maps_from_distances, model, stats, progress, all_at_once=cache.has_all(range(len(sources))),
+            fold_cache_bytes=getattr(self, "_refit_cache_bytes", FOLD_CACHE_BYTES))
         self.calibrator_ = Calibrator().fit(self.calibration_scores_, max_false_reject=self.max_false_reject)
 
     def recalibrate(self, defect_images: Any = None, *, threshold: float | None = None,
@@ -421,9 +426,13 @@ class PaDiM:
 
     def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
         model = model or self._gaussian_on_device()
+        return self._maps_from_distances(model.mahalanobis(self._to_samples(embedding)), embedding)
+
+    def _maps_from_distances(self, distances: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """Per-sample distances ``[S, G]`` of ``embedding [b, d, h, w]`` → anomaly maps ``[b, H, W]``."""
         batch, _, h, w = embedding.shape
-        distances = from_cells(model.mahalanobis(self._to_samples(embedding)), self.cell_, batch, h, w)
-        return distance_grid_to_maps(distances, self.input_size_, self.blur_sigma, self.geometry_.stride)
+        grid = from_cells(distances, self.cell_, batch, h, w)
+        return distance_grid_to_maps(grid, self.input_size_, self.blur_sigma, self.geometry_.stride)
 
     def _gaussian_on_device(self) -> GaussianModel:
         device = self._device()
@@ -506,7 +515,7 @@ class PaDiM:
         """Write the fitted model to one safetensors file (no pickled code)."""
         self._check_fitted()
         path = Path(path)
-        tensors = {"mean": self.gaussian_.mean, "whitener": self.gaussian_.whitener}
+        tensors = dict(self.gaussian_.storage_tensors())  # packed float16 lower triangle + scale
         if self.channel_index_ is not None:
             tensors["channel_index"] = self.channel_index_
         if getattr(self, "calibration_scores_", None) is not None:
@@ -540,7 +549,12 @@ class PaDiM:
             if isinstance(params.get("image_size"), list):
                 params["image_size"] = tuple(params["image_size"])
             model = cls(**params, device=device, weights=weights, **overrides)
-            model.gaussian_ = GaussianModel(tensors["mean"], tensors["whitener"], float(meta["regularisation"]))
+            reg = float(meta["regularisation"])
+            if "whitener_packed" in tensors:
+                model.gaussian_ = GaussianModel(tensors["mean"], None, reg, packed=tensors["whitener_packed"],
+                                                scale=tensors.get("whitener_scale"), count=int(meta["n_train"]))
+            else:  # format version 1: dense float32 whitener
+                model.gaussian_ = GaussianModel(tensors["mean"], tensors["whitener"], reg)
             model.channel_index_ = tensors.get("channel_index")
             model.layers_ = list(meta["layers"])
             model.geometry_ = Geometry.from_dict(meta["geometry"])
@@ -567,7 +581,10 @@ class PaDiM:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"'{path}': model metadata is incomplete or invalid ({exc})") from None
         p, d = model.n_gaussians_, model.n_features_
-        if tuple(model.gaussian_.mean.shape) != (p, d) or tuple(model.gaussian_.whitener.shape) != (p, d, d):
+        g = model.gaussian_
+        stored = (p, d * (d + 1) // 2) if g.packed is not None else (p, d, d)
+        found = tuple((g.packed if g.packed is not None else g.whitener).shape)
+        if tuple(g.mean.shape) != (p, d) or found != stored or (g.scale is not None and tuple(g.scale.shape) != (p,)):
             raise ModelFileError(f"'{path}': tensor shapes do not match the metadata")
         return model
 
@@ -588,7 +605,7 @@ class PaDiM:
             "eps (relative)": self.eps,
             "regularisation λ": self.gaussian_.reg,
             "model tensors (MB)": round(
-                (self.gaussian_.mean.numel() + self.gaussian_.whitener.numel()) * 4 / 2**20, 1),
+                sum(t.numel() * t.element_size() for t in self.gaussian_.storage_tensors().values()) / 2**20, 1),
             "calibration": None if self.calibrator_ is None else self._describe_calibration(),
             "value range": (f"{self.value_range_.describe()} → 0..1 for every "
                             f"{KIND_NAMES.get(self.value_kind_, 'other')} image"
@@ -606,6 +623,62 @@ class PaDiM:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._PARAMS)
         return f"PaDiM({params})"
+
+
+def _float16_values(embedding: torch.Tensor) -> torch.Tensor:
+    """Training embeddings rounded to float16 values (kept in float32) before they enter the sums.
+
+    The held-out downdate removes each fold's samples from the full model's sums exactly, so the
+    samples it removes must be those that went in: rounding them first lets the float16 cache hold
+    exactly those values (a relative 2⁻¹¹ change of a feature, below the backbone's own noise).
+    Features beyond float16's range are left as they are (and not cached)."""
+    rounded = embedding.to(torch.float16)
+    return rounded.to(embedding.dtype) if bool(torch.isfinite(rounded).all()) else embedding
+
+
+class _EmbeddingCache:
+    """Float16 embeddings of the training images, kept when all of them fit ``capacity`` bytes, so
+    that the held-out folds need no second backbone pass; otherwise nothing is kept (memory stays
+    flat and the folds extract their images again). One preallocated block: handing every image
+    over at once needs no copy."""
+
+    def __init__(self, capacity: int, n_images: int):
+        self.capacity = int(capacity)
+        self.n_images = int(n_images)
+        self.store: torch.Tensor | None = None
+        self.filled = 0
+        self.full = capacity <= 0
+
+    def add(self, positions, embedding: torch.Tensor) -> None:
+        if self.full:
+            return
+        if self.store is None:
+            if self.n_images * embedding[0].numel() * 2 > self.capacity:
+                self.full = True
+                return
+            self.store = torch.empty((self.n_images, *embedding.shape[1:]), dtype=torch.float16,
+                                     device=embedding.device)
+        block = embedding.half()
+        if not bool(torch.isfinite(block).all()):
+            self.full, self.store = True, None
+            return
+        positions = list(positions)
+        self.store[positions[0]:positions[-1] + 1] = block
+        self.filled = positions[-1] + 1
+
+    def has_all(self, members) -> bool:
+        return not self.full and self.store is not None and all(int(i) < self.filled for i in members)
+
+    def take(self, members, release: bool = False) -> torch.Tensor:
+        """Float16 embeddings ``[m, d, h, w]`` of ``members`` (training-image positions): a view
+        when they are all images in order; ``release`` lets the cache forget them."""
+        store = self.store
+        if release:
+            self.full, self.store = True, None
+        members = [int(i) for i in members]
+        if members == list(range(self.filled)):
+            return store[:self.filled]
+        return store[torch.as_tensor(members)]
 
 
 def format_description(info: dict) -> str:

@@ -10,7 +10,8 @@ import torch
 from .io import atomic_write_bytes
 
 FORMAT_NAME = "padim-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: whitener as packed float16 lower triangle + per-position scale
+READABLE_VERSIONS = (1, 2)
 _META_KEY = "padim"
 
 
@@ -51,9 +52,9 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(f"'{path}': not a padim model file")
     version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ModelFileError(
             f"'{path}': model format version {version} is not supported by this padim "
-            f"(reads version {FORMAT_VERSION}); refit or upgrade padim"
+            f"(reads versions {', '.join(map(str, READABLE_VERSIONS))}); refit or upgrade padim"
         )
     return tensors, metadata

@@ -9,24 +9,28 @@ from padim.memory import GIB, MIB, MemoryPlan, choose_granularity, fmt_bytes, pa
 
 def test_plan_per_position_hand_computed():
     plan = plan_memory(gaussians=100, d=10, feature_positions=100, batch_size=1)
-    assert plan.statistics == 8 * (100 * 100 + 2 * 100 * 10) == 96_000
-    # finalize: covariance, Cholesky factor and inverse of one chunk (here all 100 positions)
-    assert plan.finalize == 8 * 3 * 100 * 100 == 240_000
-    assert plan.model == 4 * (100 * 100 + 100 * 10) == 44_000
+    # float64 Σxxᵀ as a packed lower triangle (55 of 100 entries), Σx and the shift
+    assert plan.statistics == 8 * (100 * 55 + 2 * 100 * 10) == 60_000
+    # finalize: covariance, Cholesky factor and inverse of one chunk (here all 100 positions),
+    # plus the packed float32 lower triangles (55 values per 10×10 whitener)
+    assert plan.finalize == 8 * 3 * 100 * 100 + 4 * 100 * 55 == 262_000
+    # model: float32 mean + dense whitener, float16 packed triangles, float32 scale per position
+    assert plan.model == 4 * (100 * 100 + 100 * 10) + 2 * 100 * 55 + 4 * 100 == 55_400
     assert plan.batch_features == 1 * 100 * 10 * 12 == 12_000
     assert plan.update_temporaries == 8 * 100 * (1 * 10 + 10 * 10) == 88_000
     assert plan.calibration == 0
     assert plan.samples_per_gaussian == 1
-    assert plan.peak == max(96_000 + 12_000 + 88_000, 96_000 + 240_000 + 44_000) == 380_000
-    assert plan.as_dict()["peak"] == 380_000
+    # no calibration: the fit loop, or statistics + finalize (the model is built after the sums go)
+    assert plan.peak == max(60_000 + 12_000 + 88_000, 60_000 + 262_000) == 322_000
+    assert plan.as_dict()["peak"] == 322_000
     assert "100 Gaussians × d=10" in plan.describe()
 
 
 def test_plan_cells_scale_statistics_with_cells_and_features_with_positions():
     # a 10×10 grid in 2×2 cells: 25 Gaussians, 100 positions per image, 4 samples per image each
     plan = plan_memory(gaussians=25, d=10, feature_positions=100, batch_size=2)
-    assert plan.statistics == 8 * (25 * 100 + 2 * 25 * 10) == 24_000
-    assert plan.model == 4 * (25 * 100 + 25 * 10)
+    assert plan.statistics == 8 * (25 * 55 + 2 * 25 * 10) == 15_000
+    assert plan.model == 4 * (25 * 100 + 25 * 10) + 2 * 25 * 55 + 4 * 25
     assert plan.batch_features == 2 * 100 * 10 * 12 == 24_000
     assert plan.samples_per_gaussian == 4
     assert plan.update_temporaries == 8 * 25 * (2 * 4 * 10 + 100)
@@ -34,7 +38,7 @@ def test_plan_cells_scale_statistics_with_cells_and_features_with_positions():
 
 def test_plan_shared_gaussian_holds_the_whole_batch_centred():
     plan = plan_memory(gaussians=1, d=10, feature_positions=10_000, batch_size=4)
-    assert plan.statistics == 8 * (100 + 20)
+    assert plan.statistics == 8 * (55 + 20)
     assert plan.update_temporaries == 8 * (4 * 10_000 * 10 + 100)
 
 
@@ -45,17 +49,24 @@ def test_plan_update_chunk_caps_temporaries():
     assert chunk < 1_000_000
     assert plan.update_temporaries == 8 * chunk * (10 + 100)
     big = plan_memory(gaussians=1_000_000, d=300, feature_positions=1_000_000, batch_size=1)
-    assert big.finalize == 8 * 3 * (2**27 // (8 * 300 * 300)) * 300 * 300 <= 3 * 2**27
+    assert big.finalize - 4 * 1_000_000 * 300 * 301 // 2 == 8 * 3 * (2**25 // (8 * 300 * 300)) * 300 * 300 <= 3 * 2**25
 
 
 def test_plan_calibration():
-    # fold statistics + fold model + the fold's embeddings (capped at 256 MiB; exact when n_images is known)
+    # downdate (a fold of ≤ d samples per Gaussian): the unrounded float32 model (dense + packed),
+    # the cached float16 embeddings (at least 256 MiB assumed) and one whitened 32 MiB chunk
     plan = plan_memory(100, 10, 100, 1, calibration_folds=5)
-    assert plan.calibration == 96_000 + 44_000 + 256 * 2**20
+    unrounded = 4 * (100 * 100 + 100 * 55)
+    assert plan.downdate and plan.calibration == unrounded + 256 * 2**20 + 2**25
     with_images = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=12)
-    assert with_images.calibration == 96_000 + 44_000 + math.ceil(12 / 5) * 100 * 10 * 2  # float16
+    assert with_images.embedding_cache == 12 * 100 * 10 * 2  # float16, all images
+    assert with_images.calibration == unrounded + 256 * 2**20 + 2**25
+    # many images: the cache stops at 512 MiB (beyond, folds are extracted again), and folds of more
+    # samples than d = 10 are refitted: a fold's sums and model next to the fit's
     huge = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=10**7)
-    assert huge.calibration == 96_000 + 44_000 + 256 * 2**20
+    assert huge.embedding_cache == 512 * 2**20 and not huge.downdate
+    assert huge.calibration == 60_000 + 44_000 + 256 * 2**20
+    assert huge.peak == 60_000 + huge.finalize + huge.model + huge.calibration + huge.embedding_cache
     assert plan_memory(100, 10, 100, 1, calibration_folds=1, n_images=12).calibration == 0
 
 

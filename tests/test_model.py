@@ -192,9 +192,30 @@ def test_saved_file_is_safetensors_with_json_metadata(saved):
     with safe_open(str(saved), framework="pt") as handle:
         meta = json.loads(handle.metadata()["padim"])
         keys = set(handle.keys())
-    assert meta["format"] == "padim-model" and meta["format_version"] == 1
+    assert meta["format"] == "padim-model" and meta["format_version"] == 2
     assert meta["n_train"] == 12 and meta["params"]["d"] == 100
-    assert {"mean", "whitener", "channel_index"} <= keys
+    assert {"mean", "whitener_packed", "whitener_scale", "channel_index"} <= keys
+
+
+def test_format_1_files_with_a_dense_whitener_still_load(fitted, saved, data, tmp_path):
+    # Format 1 stored the float32 whitener as a dense [P, d, d] tensor under "whitener".
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(saved), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["padim"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    d = meta["n_features"]
+    rows, cols = np.tril_indices(d)
+    packed = tensors.pop("whitener_packed").double().numpy() * tensors.pop("whitener_scale").double().numpy()[:, None]
+    dense = np.zeros((packed.shape[0], d, d), dtype=np.float32)
+    dense[:, rows, cols] = packed
+    tensors["whitener"] = torch.from_numpy(dense)
+    meta["format_version"] = 1
+    path = tmp_path / "v1.safetensors"
+    save_file(tensors, str(path), metadata={"padim": json.dumps(meta)})
+    loaded = PaDiM.load(path, device="cpu", workers=0, batch_size=8)
+    np.testing.assert_array_equal(loaded.score_samples(data["test"]), fitted.score_samples(data["test"]))
 
 
 def _rewrite_metadata(src, dst, change):
@@ -341,16 +362,24 @@ def test_calibration_gives_probabilities(calibrated, data, tmp_path):
 
 
 def test_held_out_scores_equal_refitting_without_the_fold(calibrated):
-    # The k-fold scores come from subtracting a fold's statistics; an independent refit on the
-    # other images must give the same scores. Fold membership: seeded permutation, every k-th.
+    # The k-fold scores come from downdating the full model (padim.folds); an independent refit on
+    # the other images must give the same scores. Fold membership: seeded permutation, every k-th.
+    # The fold model is (S_F + (n − 1)λI)/(n − 1) = α⁻¹ (np.cov of the rest + λ_F I) with
+    # α = (n − 1)/(n_F − 1), λ_F = αλ: a refit given λ_F (eps=1 reads the rest's mean variance v,
+    # then eps = λ_F / v makes the relative regulariser exactly λ_F), distances scaled by √α.
     model, files = calibrated
     order = np.random.default_rng(model.seed).permutation(len(files))
     members = np.sort(order[0::3])
     rest = [f for i, f in enumerate(files) if i not in set(members.tolist())]
-    refit = PaDiM(**PARAMS).fit(rest)
-    expected = refit.score_samples([files[i] for i in members])
-    # (the fold's embeddings are cached in float16 for this scoring, hence the tolerance)
-    np.testing.assert_allclose(np.asarray(model.calibration_scores_)[members], expected, rtol=2e-3)
+    n, n_fold = len(files), len(rest)
+    alpha = (n - 1) / (n_fold - 1)
+    lam_fold = model.gaussian_.reg * alpha
+    variance = PaDiM(**dict(PARAMS, eps=1.0)).fit(rest).gaussian_.reg
+    refit = PaDiM(**dict(PARAMS, eps=lam_fold / variance)).fit(rest)
+    assert refit.gaussian_.reg == pytest.approx(lam_fold, rel=1e-9)
+    expected = refit.score_samples([files[i] for i in members]) * np.sqrt(alpha)
+    # (fold embeddings are cached in float16 and the refit's whitener is stored in float16)
+    np.testing.assert_allclose(np.asarray(model.calibration_scores_)[members], expected, rtol=3e-3)
 
 
 def test_calibration_needs_enough_images(data):

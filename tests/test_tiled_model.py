@@ -281,8 +281,10 @@ def test_cell_model_means_pool_each_2x2_block(cli_model, small_embeddings):
     gh, gw = 80 // 2, 72 // 2
     assert model.n_gaussians_ == gh * gw and tuple(model.gaussian_.mean.shape) == (gh * gw, 30)
     # Reference: mean over images and over the 2×2 positions of each cell; cells row by row.
+    # (training embeddings enter the sums rounded to float16 values: padim.model._float16_values)
     n, d = small_embeddings.shape[:2]
-    blocks = small_embeddings.reshape(n, d, gh, 2, gw, 2).mean(axis=(0, 3, 5))  # [d, gh, gw]
+    rounded = np.asarray(small_embeddings).astype(np.float16).astype(np.float64)
+    blocks = rounded.reshape(n, d, gh, 2, gw, 2).mean(axis=(0, 3, 5))  # [d, gh, gw]
     np.testing.assert_allclose(model.gaussian_.mean.numpy(), blocks.reshape(d, -1).T, rtol=1e-4, atol=1e-4)
     assert model.calibrator_ is not None
 

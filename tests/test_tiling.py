@@ -263,7 +263,8 @@ def test_pooled_cell_statistics_match_numpy(k):
         for j in range(gw):
             members = _cell_members(x, k, i, j)
             np.testing.assert_allclose(mean[i * gw + j], members.mean(axis=0), rtol=1e-10)
-            np.testing.assert_allclose(cov[i * gw + j], np.cov(members, rowvar=False), rtol=1e-9, atol=1e-12)
+            # (outer products are taken in float32 and summed in float64: float32-level agreement)
+            np.testing.assert_allclose(cov[i * gw + j], np.cov(members, rowvar=False), rtol=1e-5, atol=1e-6)
 
 
 def test_shared_image_gaussian_matches_numpy():
@@ -271,7 +272,8 @@ def test_shared_image_gaussian_matches_numpy():
     x = rng.normal(size=(3, 4, 6, 5))
     stats = GaussianStats(1, 4).update(to_cells(torch.from_numpy(x), "image"))
     everything = x.transpose(0, 2, 3, 1).reshape(-1, 4)
-    np.testing.assert_allclose(stats.covariance()[0].numpy(), np.cov(everything, rowvar=False), rtol=1e-10)
+    # (float32 outer products, float64 sums)
+    np.testing.assert_allclose(stats.covariance()[0].numpy(), np.cov(everything, rowvar=False), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats.mean()[0].numpy(), everything.mean(axis=0), rtol=1e-10)
 
 
