@@ -362,10 +362,11 @@ def spec_from_padim(python: str, backbone: str, layers: str | None, d: int | Non
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_child(python: str, side: str, job_path: Path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([python, str(Path(__file__).resolve()), "--child", side, "--job", str(job_path)],
+def run_child(python: str, side: str, job_path: Path, threads: int = 1, script: str = __file__) -> dict:
+    """Run ``script --child SIDE --job JOB`` in ``python`` with ``threads`` threads; its last JSON line."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([python, str(Path(script).resolve()), "--child", side, "--job", str(job_path)],
                           capture_output=True, text=True, env=env, cwd=str(REPO))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anomalib_compare import (  # noqa: E402 - a sibling script, no package
     _batches, _current_rss_mb, _hwm_mb, _lite_backbone, _load_like_padim, evaluate, read_dataset,
 )
+from anomalib_compare import run_child as shared_run_child  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "bsdata"
@@ -222,15 +221,7 @@ CHILDREN = {"padim": lambda job: padim_child(job, "padim"), "padim-r18": lambda 
 
 # ------------------------------------------------------------------------------------- parent
 def run_child(python: str, side: str, job_path: Path, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([python, str(Path(__file__).resolve()), "--child", side, "--job", str(job_path)],
-                          capture_output=True, text=True, env=env, cwd=str(REPO))
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"the {side} child failed (exit {proc.returncode})")
-    return json.loads(lines[-1])
+    return shared_run_child(python, side, job_path, threads, script=__file__)
 
 
 def markdown_table(rows: dict[str, dict]) -> str:
