@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark behind benchmarks/RESULTS.md, one after another (run on an otherwise idle machine).
 #   bash benchmarks/run_all.sh /tmp/bench        # logs and reports go to /tmp/bench
-# Needs ../shared/data (cookies, bsdata); anomalib's comparison needs /work/venv_anomalib.
+# Needs ../shared/data (cookies, bsdata); the peer comparisons need /work/venv_anomalib and
+# /work/venv_anomavision (see benchmarks/RESULTS.md for how they were made).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/bench}"
@@ -53,4 +54,14 @@ if [ -x /work/venv_anomalib/bin/python ]; then
     run anomalib_cookies $py benchmarks/anomalib_compare.py --data "$data/cookies" --d 100 \
         --out "$out/anomalib.jsonl" --workdir "$out/anomalib_cookies"
 fi
+# 7. At the defaults, side by side with anomalib and AnomaVision (each in its own venv), same threads.
+if [ -x /work/venv_anomalib/bin/python ] && [ -x /work/venv_anomavision/bin/python ]; then
+    run peers_bsdata $py benchmarks/peers_compare.py --data "$data/bsdata" --n-train 209 --threads "$threads" \
+        --out "$out/peers.jsonl"
+    run peers_cookies $py benchmarks/peers_compare.py --data "$data/cookies" --threads "$threads" \
+        --out "$out/peers.jsonl"
+fi
+
+# 8. Fit cost by phase (features, sums, finalize, calibration), peak RSS and model file size.
+run fit_cost $py benchmarks/fit_cost.py --data "$data/bsdata/train/good" --sizes 50 209 568 --configs current --no-compare --threads "$threads"
 echo "done: $out"
