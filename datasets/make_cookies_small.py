@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Make datasets/cookies_small: a small, downscaled subset of the cookie dataset for the demo.
+"""Make padim/sample_data/cookies_small: a small, downscaled subset of the cookie dataset for the
+demo, shipped inside the package as package data.
 
 Source: an MVTec-AD-layout copy of the 'cookie-dataset' of aws-samples/amazon-lookout-for-vision
 (CC BY-SA 4.0), by default at ../shared/data/cookies relative to the repository root:
@@ -20,7 +21,7 @@ Output (same layout, same file names):
 Usage (from the repository root)::
 
     python datasets/make_cookies_small.py [--source ../shared/data/cookies]
-        [--dest datasets/cookies_small] [--scale 0.5] [--quality 90] [--n-defect 12]
+        [--dest padim/sample_data/cookies_small] [--scale 0.5] [--quality 90] [--n-defect 12]
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--source", type=Path, default=REPO_ROOT / ".." / "shared" / "data" / "cookies",
                    help="MVTec-layout cookie dataset (default: ../shared/data/cookies "
                         "relative to the repository root)")
-    p.add_argument("--dest", type=Path, default=REPO_ROOT / "datasets" / "cookies_small")
+    p.add_argument("--dest", type=Path, default=REPO_ROOT / "padim" / "sample_data" / "cookies_small")
     p.add_argument("--scale", type=float, default=0.5)
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
     p.add_argument("--n-defect", type=int, default=12, help="number of crack images kept")

@@ -168,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", action="store_true", help="also write a heatmap per test image")
     _add_runtime(p)
 
-    p = add("demo", "Fit, score, draw heatmaps and evaluate on the sample shipped in datasets/.")
+    p = add("demo", "Fit, score, draw heatmaps and evaluate on the cookie sample shipped with padim.")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
-    p.add_argument("--data", type=Path, default=None, help="MVTec-layout data (default: datasets/cookies_small)")
+    p.add_argument("--data", type=Path, default=None, help="MVTec-layout data (default: padim/sample_data/cookies_small)")
     _add_runtime(p)
 
     p = add("info", "Print what a model file holds.")

@@ -228,8 +228,9 @@ DEMO_MAX_FALSE_REJECT = 0.10
 
 
 def default_demo_data() -> Path:
-    """The cookie sample shipped in the repository's ``datasets/`` folder."""
-    return Path(__file__).resolve().parents[1] / "datasets" / "cookies_small"
+    """The cookie sample shipped inside the package (``padim/sample_data/cookies_small``, package
+    data), so the demo runs from an installed wheel in any directory, not only from a clone."""
+    return Path(__file__).resolve().parent / "sample_data" / "cookies_small"
 
 
 def run_demo(out_dir: str | Path, data: str | Path | None = None, log=print, **runtime) -> dict:
@@ -237,8 +238,8 @@ def run_demo(out_dir: str | Path, data: str | Path | None = None, log=print, **r
     data = Path(data) if data is not None else default_demo_data()
     if not (data / "train" / "good").is_dir():
         raise FileNotFoundError(
-            f"'{data}': demo data not found (expected train/good inside); run from a clone of the "
-            f"padim repository or pass --data DIR in MVTec AD layout")
+            f"'{data}': demo data not found (expected train/good inside); reinstall padim (the sample "
+            f"ships as package data) or pass --data DIR in MVTec AD layout")
     out = Path(out_dir)
     started = time.time()
     # 31 good cookies are too few for a 1 % false-reject threshold to catch cracks (it must sit
