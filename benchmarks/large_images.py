@@ -10,6 +10,7 @@ Each command runs as a subprocess under ``/usr/bin/time -v`` so its peak RSS is 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import subprocess
@@ -48,7 +49,7 @@ def main() -> None:
                         "--n-train", str(args.n_train), "--n-test-good", "10", "--n-test-defect", "5", "--quiet"],
                        check=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    padim = [sys.executable, "-m", "padim.cli"]
+    padim = [sys.executable, "-m", "padim"]
     runtime = ["--threads", str(args.threads), "--device", args.device, "--quiet"]
     model = args.work / "model.padim"
     n_train = len(list((args.root / "train" / "good").iterdir()))
@@ -57,8 +58,8 @@ def main() -> None:
     n_test = sum(1 for _ in test.rglob("*.jpg")) + sum(1 for _ in test.rglob("*.png"))
     score = timed([*padim, "score", str(model), str(test), "-o", str(args.work / "scores.tsv"),
                    "--save-maps", str(args.work / "maps"), *runtime])
-    rows = [line.split("\t") for line in (args.work / "scores.tsv").read_text().splitlines()[1:]]
-    scores = {path: float(s) for path, s, _, _ in rows}
+    with open(args.work / "scores.tsv", newline="", encoding="utf-8") as handle:  # csv-quoted TSV
+        scores = {row["path"]: float(row["score"]) for row in csv.DictReader(handle, delimiter="\t")}
     good = [s for p, s in scores.items() if p.startswith("good/")]
     report = {"train_images": n_train, "test_images": n_test,
               "fit_s_per_image": round(fit["seconds"] / n_train, 2), "fit_peak_rss_gb": fit["peak_rss_gb"],
