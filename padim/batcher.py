@@ -20,6 +20,10 @@ class QueueFullError(Exception):
     """More images waiting than the queue holds; the client should retry later (HTTP 503)."""
 
 
+class TooManyImagesError(ValueError):
+    """One request with more images than the queue can ever hold (HTTP 413: retrying cannot help)."""
+
+
 @dataclass
 class Job:
     """One image to score; ``want_map`` asks for its anomaly map as well."""
@@ -73,7 +77,7 @@ class MicroBatcher:
     async def submit(self, jobs: Sequence[Job]) -> list:
         """Queue ``jobs`` together (all or none) and return their outcomes in order."""
         if len(jobs) > self.capacity:
-            raise QueueFullError(f"{len(jobs)} images in one request; the queue holds {self.capacity}")
+            raise TooManyImagesError(f"{len(jobs)} images in one request; the scoring queue holds {self.capacity}")
         if self.capacity - self._queue.qsize() < len(jobs):
             raise QueueFullError(f"the scoring queue is full ({self.capacity} images waiting); retry shortly")
         loop = asyncio.get_running_loop()

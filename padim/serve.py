@@ -11,9 +11,11 @@ With an API key, every endpoint but ``/``, ``/app.js``, ``/health``, ``/docs`` a
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import io
 import json
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +27,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from .batcher import Job, MicroBatcher, QueueFullError
+from .batcher import Job, MicroBatcher, QueueFullError, TooManyImagesError
 from .io import ImageReadError, load_image
 from .upload import DEFAULT_MAX_PIXELS, ImageTooLargeError, read_upload, upload_name
+from .viz import _close, heatmap_figure
 from .workflows import colour_scale, display_name
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PUBLIC_PATHS = frozenset({"/", "/app.js", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 API_KEY_HEADER = "x-api-key"
+_DRAWING = threading.Lock()  # matplotlib is not thread-safe: one heatmap drawn at a time
 
 
 @dataclass
@@ -80,20 +84,20 @@ class Scorer:
 
 def heatmap_png(model, pixels: np.ndarray, outcome: Outcome, threshold: float, name: str) -> bytes:
     """The heatmap PNG ``padim score --heatmaps`` writes for this image, as bytes."""
-    from .viz import _close, heatmap_figure
-
     background = load_image(pixels, value_range=getattr(model, "value_range_", None),
                             value_kind=getattr(model, "value_kind_", None))
     vmin, vmax = colour_scale(model, threshold, outcome.anomaly_map)
-    fig = heatmap_figure(background, outcome.anomaly_map, vmin=vmin, vmax=vmax, threshold=threshold,
-                         title=f"{display_name(name)}  score {outcome.score:.3g}  p(defect) "
-                               f"{outcome.probability:.3f}  {'NG' if outcome.ng else 'OK'}")
-    try:
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=fig.dpi)
-        return buffer.getvalue()
-    finally:
-        _close(fig)
+    title = (f"{display_name(name)}  score {outcome.score:.3g}  p(defect) {outcome.probability:.3f}  "
+             f"{'NG' if outcome.ng else 'OK'}")
+    with _DRAWING:
+        fig = heatmap_figure(background, outcome.anomaly_map, vmin=vmin, vmax=vmax, threshold=threshold,
+                             title=title)
+        try:
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=fig.dpi)  # as viz.save_figure writes the file
+            return buffer.getvalue()
+        finally:
+            _close(fig)
 
 
 def json_safe(value):
@@ -219,6 +223,8 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
             return await batcher.submit(jobs)
         except QueueFullError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        except TooManyImagesError as exc:
+            raise HTTPException(413, str(exc)) from None
 
     async def score_one(upload: UploadFile, want_map: bool) -> tuple[str, np.ndarray, Outcome]:
         name, pixels, error = await decode(upload)
@@ -249,7 +255,7 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
 
     @app.post("/predict_batch", summary="Score several images (field `files`, repeated), in order")
     async def predict_batch(files: list[UploadFile] = File(...)):
-        decoded = [await decode(upload) for upload in files]
+        decoded = await asyncio.gather(*(decode(upload) for upload in files))
         jobs = [Job(pixels) for _, pixels, error in decoded if error is None]
         outcomes = iter(await score(jobs) if jobs else [])
         results = []
