@@ -14,13 +14,16 @@ import zlib
 from pathlib import Path
 
 import cv2
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from serve_support import Server
-from test_cli import FIT, RUNTIME, cli, product, save
+for module in ("fastapi", "uvicorn", "multipart"):  # the serve extra: pip install -e ".[serve]"
+    pytest.importorskip(module, reason="padim serve needs the serve extra (.ci/run installs it)")
+httpx = pytest.importorskip("httpx")
+
+from serve_support import Server  # noqa: E402
+from test_cli import FIT, RUNTIME, cli, product, save  # noqa: E402
 
 # Expected here: 16-bit inputs to an 8-bit model, and one input of another aspect ratio.
 pytestmark = pytest.mark.filterwarnings("ignore:.*deeper-than-8-bit:UserWarning",

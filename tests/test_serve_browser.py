@@ -5,17 +5,20 @@ the screenshot is checked by its pixels."""
 import io
 import shutil
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from test_serve import data, model_path, scored, server, upload  # noqa: F401 - fixtures
+import test_serve
+from test_serve import data, httpx, model_path, scored, server, upload  # noqa: F401 - fixtures (and skips)
+
+pytest.importorskip("selenium")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+pytestmark = [pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                 reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
+              *test_serve.pytestmark]  # the fixtures' expected warnings
 LABEL_COLOURS = {"OK": (0x1E, 0x8E, 0x3E), "NG": (0xD9, 0x30, 0x25)}  # index.html's badge colours
 
 
