@@ -18,7 +18,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                  reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
-              *test_serve.pytestmark]  # the fixtures' expected warnings
+              test_serve.pytestmark]  # the fixtures' expected warnings
 LABEL_COLOURS = {"OK": (0x1E, 0x8E, 0x3E), "NG": (0xD9, 0x30, 0x25)}  # index.html's badge colours
 
 
