@@ -298,9 +298,22 @@ def serve(model_path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
     if max_batch < 1 or (max_queue is not None and max_queue < 1) or max_upload_mb <= 0:
         raise ValueError(f"--max-batch and --max-queue must be at least 1 and --max-upload-mb above 0, got "
                          f"{max_batch}, {max_queue} and {max_upload_mb}")
+    _check_address(host, port)
     model = PaDiM.load(model_path, device=device, weights=weights, threads=threads, workers=0, progress=False)
     app = create_app(model, api_key=api_key, max_upload_mb=max_upload_mb, max_batch=max_batch,
                      queue_capacity=max_queue)
     log(f"serving {model_path} on http://{host}:{port}/ (API docs: /docs"
         f"{', X-API-Key required' if api_key else ''})")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def _check_address(host: str, port: int) -> None:
+    """Fail before loading the model when the address cannot be listened on (in use, not local)."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None

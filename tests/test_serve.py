@@ -392,3 +392,15 @@ def test_micro_batcher_batches_concurrent_jobs_in_order_and_bounds_its_queue():
     assert first == [-2]
     assert later == [[2 * i, 2 * (i + 100)] for i in range(3)]
     assert seen_batches == [[-1], [0, 100, 1, 101], [2, 102]]  # queued jobs share passes, in order
+
+
+def test_serve_command_reports_a_busy_port_in_one_line(model_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, _, err = cli("serve", model_path, "--port", port)
+    assert rc == 2
+    assert err.strip().splitlines() == [f"padim serve: error: cannot listen on 127.0.0.1:{port} (Address already in use)"]
