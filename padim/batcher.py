@@ -52,6 +52,11 @@ class MicroBatcher:
         self.batches = 0  # batches scored (for tests and logs)
         self.images = 0
 
+    @property
+    def queued(self) -> int:
+        """Images waiting for a model pass."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.capacity)
         self._arrived = asyncio.Event()

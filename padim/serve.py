@@ -209,6 +209,11 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
         return JSONResponse({"detail": f"{where or 'request'}: {first.get('msg', 'invalid request')}"
                                        f" (multipart/form-data upload expected)"}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def one_line_internal_error(request: Request, exc: Exception):
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {reason})"}, status_code=500)
+
     async def decode(upload: UploadFile) -> tuple[str, np.ndarray | None, Exception | None]:
         name = upload_name(upload.filename)
         with batcher.arriving():
@@ -241,7 +246,7 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
 
     @app.get("/health", summary="200 once the model is loaded")
     async def health():
-        return {"status": "ok", "queued": batcher._queue.qsize() if batcher._queue else 0,
+        return {"status": "ok", "queued": batcher.queued,
                 "batches": batcher.batches, "images": batcher.images}
 
     @app.get("/model", summary="What `padim info` shows about the served model")

@@ -404,3 +404,22 @@ def test_serve_command_reports_a_busy_port_in_one_line(model_path):
         rc, _, err = cli("serve", model_path, "--port", port)
     assert rc == 2
     assert err.strip().splitlines() == [f"padim serve: error: cannot listen on 127.0.0.1:{port} (Address already in use)"]
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_failing_model_pass_is_a_one_line_500_and_the_app_keeps_serving(model_path, data):
+    from fastapi.testclient import TestClient
+
+    from padim import PaDiM
+    from padim.serve import create_app
+
+    model = PaDiM.load(model_path, device="cpu", workers=0)
+    with TestClient(create_app(model), raise_server_exceptions=False) as client:
+        working = model.iter_results
+        model.iter_results = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CUDA error: device lost\nmore"))
+        response = client.post("/predict", files={"file": upload(data["inputs"] / "a_good.png")})
+        assert response.status_code == 500
+        assert one_line_detail(response) == "internal error (RuntimeError: CUDA error: device lost)"
+        model.iter_results = working
+        assert client.post("/predict", files={"file": upload(data["inputs"] / "a_good.png")}).status_code == 200
+        assert client.get("/health").status_code == 200
