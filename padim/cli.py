@@ -1,4 +1,4 @@
-"""Command line: ``padim fit | score | eval | demo | info`` (also ``python -m padim``).
+"""Command line: ``padim fit | score | eval | demo | info | serve`` (also ``python -m padim``).
 
 Exit codes, the same for every command:
   0  success
@@ -30,6 +30,7 @@ EXAMPLES = {
     "eval": "padim eval model.padim data/mvtec_like -o report/",
     "demo": "padim demo -o demo_output",
     "info": "padim info model.padim",
+    "serve": "padim serve model.padim --port 8000",
 }
 
 
@@ -176,6 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("info", "Print what a model file holds.")
     p.add_argument("model", type=Path)
     _add_debug(p)
+
+    p = add("serve", "Serve a model over HTTP (/predict, /predict_batch, /heatmap, a web page at /).")
+    p.add_argument("model", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="require the header X-API-Key: KEY (default: environment variable PADIM_API_KEY)")
+    p.add_argument("--max-upload-mb", type=float, default=50, help="largest request body")
+    p.add_argument("--max-batch", type=int, default=16, help="most images scored in one model pass")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="most images waiting to be scored before requests get 503 (default: 4 × --max-batch)")
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)")
+    p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
+    _add_debug(p)
     return parser
 
 
@@ -268,7 +284,20 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "score": cmd_score, "eval": cmd_eval, "demo": cmd_demo, "info": cmd_info}
+def cmd_serve(args) -> int:
+    try:
+        from .serve import serve
+    except ModuleNotFoundError as exc:
+        raise CliError(f"padim serve needs {exc.name}: pip install 'padim[serve]'") from None
+
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("PADIM_API_KEY"),
+          max_upload_mb=args.max_upload_mb, max_batch=args.max_batch, max_queue=args.max_queue,
+          device=args.device, threads=args.threads, weights=args.weights)
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "score": cmd_score, "eval": cmd_eval, "demo": cmd_demo, "info": cmd_info,
+            "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"padim {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (CliError, FileNotFoundError, ImageReadError, ModelFileError, WeightsUnavailableError,
+    except (CliError, OSError, ImageReadError, ModelFileError, WeightsUnavailableError,
             ValueError, RuntimeError, MemoryError) as exc:
         if debug:
             traceback.print_exc()

@@ -1,0 +1,87 @@
+"""Decoding an uploaded image from bytes, the way :func:`padim.io.read_pixels` reads a file.
+
+The server never writes an upload to disk nor opens a path the client names: the bytes are
+decoded in memory by the same Pillow (and, for 16-bit colour, OpenCV) steps as a file, so a
+score over HTTP equals ``padim score`` of the same file. The header is checked before any
+pixel is decoded: a small file claiming 60000×60000 px is refused without allocating it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import PurePosixPath, PureWindowsPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .io import _ORIENT, ImageReadError, _has_16bit_colour, _pil_to_array
+
+# The formats padim lists in folders (padim.io.IMAGE_EXTENSIONS); no other Pillow decoder runs.
+UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000×8000; industrial frames of 3872×3200 are 12.4 MP
+
+
+class ImageTooLargeError(ImageReadError):
+    """An upload whose header claims more pixels than the server decodes."""
+
+
+def upload_name(filename: str | None) -> str:
+    """The client's file name reduced to its last part, for messages and titles only."""
+    if not filename:
+        return "upload"
+    name = PureWindowsPath(PurePosixPath(filename).name).name
+    return name or "upload"
+
+
+def read_upload(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Stored pixel values of an uploaded image (as :func:`padim.io.read_pixels` returns them).
+
+    Raises :class:`ImageReadError` (empty, not an image, truncated, unsupported format) or
+    :class:`ImageTooLargeError` (more than ``max_pixels`` in the header), one line naming ``name``.
+    """
+    where = f"'{name}'"
+    if not data:
+        raise ImageReadError(f"{where}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLargeError(f"{where}: image dimensions exceed the decoder's safety limit") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{where}: not an image in a format padim reads "
+                             f"({', '.join(UPLOAD_FORMATS)})") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for unreadable data
+        raise ImageReadError(f"{where}: cannot read image ({_reason(exc)})") from None
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(f"{where}: {width}×{height} px is more than the server's limit of "
+                                     f"{max_pixels:,} px")
+        try:
+            deep_colour = _has_16bit_colour(image)
+            orientation = image.getexif().get(0x0112, 1) if deep_colour else 1
+            image.load()
+            array = _pil_to_array(image)
+        except Exception as exc:  # noqa: BLE001
+            raise ImageReadError(f"{where}: cannot read image ({_reason(exc)})") from None
+    if deep_colour:
+        array = _read_16bit_colour(data, orientation, fallback=array)
+    return array
+
+
+def _read_16bit_colour(data: bytes, orientation: int, fallback: np.ndarray) -> np.ndarray:
+    """Same as :func:`padim.io._read_16bit_colour`, from bytes: OpenCV keeps 16-bit precision."""
+    import cv2
+
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.dtype != np.uint16 or decoded.ndim != 3 or decoded.shape[2] not in (3, 4):
+        return fallback
+    decoded = decoded[:, :, [2, 1, 0, 3][: decoded.shape[2]]]  # BGR(A) → RGB(A)
+    decoded = _ORIENT.get(orientation, lambda a: a)(decoded)
+    return decoded if decoded.shape[:2] == fallback.shape[:2] else fallback
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
