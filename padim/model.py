@@ -17,7 +17,8 @@ from . import __version__
 from .backbones import DEFAULT_BACKBONE, build_backbone, get_spec
 from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
-from .features import FeatureExtractor, embedding_concat, random_channel_index
+from .features import random_channel_index
+from .net import Embedder, ScoreHead, ScoringNet
 from .gaussian import GaussianModel, GaussianStats
 from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
@@ -147,7 +148,7 @@ class PaDiM:
         self.max_memory = max_memory
         self.progress = progress
         self.value_range = value_range
-        self._extractor: FeatureExtractor | None = None
+        self._extractor: Embedder | None = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -162,7 +163,12 @@ class PaDiM:
         if self.threads:
             torch.set_num_threads(int(self.threads))
 
-    def _get_extractor(self) -> FeatureExtractor:
+    def _get_extractor(self) -> Embedder:
+        if self._extractor is not None and self._extractor.selections != Embedder.selection_of(
+                self._extractor.points, self.channel_index_):
+            # same hook points, other channels (refit with another d or seed): same backbone
+            self._extractor = Embedder(self._extractor.backbone, self.spec, self.layers_,
+                                       self.channel_index_).to(self._device())
         if self._extractor is None:
             backbone = build_backbone(self.backbone, self.weights)
             expected = getattr(self, "backbone_fingerprint_", None)
@@ -173,7 +179,7 @@ class PaDiM:
                     f"(fingerprint {found} ≠ {expected}); pass the same weights file"
                 )
             self.backbone_fingerprint_ = found
-            self._extractor = FeatureExtractor(backbone, self.spec, self.layers_).to(self._device())
+            self._extractor = Embedder(backbone, self.spec, self.layers_, self.channel_index_).to(self._device())
         return self._extractor
 
     def _loader(self, sources, size: tuple[int, int]):
@@ -192,9 +198,8 @@ class PaDiM:
         extractor = self._get_extractor()
         images = images.to(self._device(), non_blocking=True)
         if not self.geometry_.tiled:
-            return embedding_concat(extractor(images), self.channel_index_)
-        return extract_tiled(images, lambda tiles: embedding_concat(extractor(tiles), self.channel_index_),
-                             self.geometry_.layout(), fill=self.spec.mean,
+            return extractor(images)
+        return extract_tiled(images, extractor, self.geometry_.layout(), fill=self.spec.mean,
                              tile_batch=self.geometry_.tiles_per_batch(self.batch_size))
 
     def _to_samples(self, embedding: torch.Tensor) -> torch.Tensor:
@@ -424,15 +429,29 @@ class PaDiM:
         if not hasattr(self, "gaussian_"):
             raise RuntimeError("this PaDiM model is not fitted yet; call fit() or PaDiM.load() first")
 
-    def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
+    def _head(self, model: GaussianModel | None = None) -> ScoreHead:
+        """The scoring core's head for ``model`` (default: the fitted Gaussians, on the device)."""
         model = model or self._gaussian_on_device()
-        return self._maps_from_distances(model.mahalanobis(self._to_samples(embedding)), embedding)
+        return ScoreHead(model.mean, model.whitener, self.cell_, self.input_size_, self.geometry_.stride,
+                         self.blur_sigma)
+
+    def scoring_net(self) -> ScoringNet:
+        """The fitted model as one ``torch.nn.Module``: ``[N, 3, H, W]`` in [0, 1] at ``input_size_``
+        → ``(anomaly_map [N, H, W], score [N])``. Untiled models only: a tiled model scores tiles."""
+        self._check_fitted()
+        if self.geometry_.tiled:
+            raise ValueError("this model tiles its input, so no single network scores a whole image")
+        return ScoringNet(self._get_extractor(), self._head())
+
+    def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
+        return self._head(model)(embedding)
 
     def _maps_from_distances(self, distances: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """Per-sample distances ``[S, G]`` of ``embedding [b, d, h, w]`` → anomaly maps ``[b, H, W]``."""
         batch, _, h, w = embedding.shape
-        grid = from_cells(distances, self.cell_, batch, h, w)
-        return distance_grid_to_maps(grid, self.input_size_, self.blur_sigma, self.geometry_.stride)
+        head = ScoreHead(torch.empty(0), torch.empty(0), self.cell_, self.input_size_, self.geometry_.stride,
+                         self.blur_sigma)
+        return head.to_maps(distances, batch, h, w)
 
     def _gaussian_on_device(self) -> GaussianModel:
         device = self._device()
