@@ -30,6 +30,7 @@ EXAMPLES = {
     "eval": "padim eval model.padim data/mvtec_like -o report/",
     "demo": "padim demo -o demo_output",
     "info": "padim info model.padim",
+    "export": "padim export model.padim -o model.onnx",
 }
 
 
@@ -173,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="MVTec-layout data (default: datasets/cookies_small)")
     _add_runtime(p)
 
+    p = add("export", "Export a fitted model to ONNX or OpenVINO IR for scoring without torch.")
+    p.add_argument("model", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="file to write (.onnx; .xml for openvino)")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
+    p.add_argument("--fp16", action="store_true", help="store weights and Gaussians in float16 (half the file)")
+    p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
+    _add_debug(p)
+
     p = add("info", "Print what a model file holds.")
     p.add_argument("model", type=Path)
     _add_debug(p)
@@ -224,6 +233,10 @@ def cmd_fit(args) -> int:
 
 
 def cmd_score(args) -> int:
+    from .runtime import is_exported_model
+
+    if is_exported_model(args.model):
+        return _score_exported(args)
     from .model import PaDiM
     from .workflows import score_folder
 
@@ -237,6 +250,33 @@ def cmd_score(args) -> int:
         print(f"padim: {len(summary.failed)} image(s) could not be read; listed in {summary.errors_file}",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _score_exported(args) -> int:
+    """``padim score`` with an exported .onnx / .xml model: the torch-free runtime, the same TSV."""
+    from .runtime import ExportedModel
+    from .workflows import score_folder
+
+    model = ExportedModel(args.model, threads=args.threads, batch_size=args.batch_size)
+    summary = score_folder(model, args.input, args.output, fmt=args.format, heatmaps=args.heatmaps,
+                           save_maps=args.save_maps, resume=args.resume, threshold=args.threshold)
+    print(f"scored {summary.scored} images" + (f", {summary.skipped} already done" if summary.skipped else "")
+          + f" → {summary.out}")
+    if summary.failed:
+        print(f"padim: {len(summary.failed)} image(s) could not be read; listed in {summary.errors_file}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_model
+    from .model import PaDiM
+
+    model = PaDiM.load(args.model, device="cpu", weights=args.weights)
+    written = export_model(model, args.output, fmt=args.format, fp16=args.fp16)
+    print(f"exported {args.model} → {written}")
     return 0
 
 
@@ -268,7 +308,8 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "score": cmd_score, "eval": cmd_eval, "demo": cmd_demo, "info": cmd_info}
+COMMANDS = {"fit": cmd_fit, "score": cmd_score, "eval": cmd_eval, "demo": cmd_demo, "info": cmd_info,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

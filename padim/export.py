@@ -136,6 +136,7 @@ def _write_onnx(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bo
         traced = Path(tmp) / "traced.onnx"
         _trace_onnx(net, input_size, traced)
         graph = onnx.load(str(traced))
+        set_output_shapes(graph, input_size)
         if fp16:
             store_initializers_as_float16(graph)
         set_metadata(graph, metadata)
@@ -146,6 +147,20 @@ def _write_onnx(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bo
         if large:
             os.replace(Path(tmp) / (out.name + ".data"), out.parent / (out.name + ".data"))
         os.replace(staged, out)
+
+
+def set_output_shapes(graph, input_size) -> None:
+    """Declare ``anomaly_map [N, H, W]`` and ``score [N]`` (the tracer cannot infer H, W through Resize)."""
+    shapes = {"anomaly_map": ["N", *input_size], "score": ["N"]}
+    for output in graph.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for value in shapes[output.name]:
+            dim = dims.add()
+            if isinstance(value, str):
+                dim.dim_param = value
+            else:
+                dim.dim_value = int(value)
 
 
 def set_metadata(graph, metadata: dict) -> None:

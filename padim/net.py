@@ -133,8 +133,8 @@ class ScoreHead(nn.Module):
     def __init__(self, mean: torch.Tensor, whitener: torch.Tensor, cell: Cell, input_size: tuple[int, int],
                  stride: int, blur_sigma: float):
         super().__init__()
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("whitener", whitener, persistent=False)
+        self.register_buffer("mean", mean)  # persistent: exported as initialisers
+        self.register_buffer("whitener", whitener)
         self.cell = cell
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.stride = int(stride)
