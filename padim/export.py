@@ -6,9 +6,12 @@ Everything else a deployment needs — how to read and resize images, the value 
 calibration and threshold — is stored as JSON metadata (ONNX ``metadata_props`` key
 ``padim``; OpenVINO ``rt_info`` key ``padim``) and used by :mod:`padim.runtime`.
 
-``fp16`` stores the weights and Gaussians in float16 and computes in float32 (a ``Cast`` after
-every initialiser, folded by the runtime at load): half the file, CPU-portable, scores within
-1e-2 relative. Tiled models cannot be one fixed-size graph and are refused.
+The Gaussians' whitener travels as the model file stores it — packed lower triangle, float16
+times a power-of-two scale per Gaussian — and a constant ``Gather`` rebuilds the dense float32
+matrix, which ONNX Runtime folds once at load: the same values the torch model scores with, a
+quarter of a dense float32 file. ``fp16`` also stores the backbone's weights in float16 (a
+``Cast`` after each), computing in float32; scores stay within 1e-2 relative. Tiled models
+cannot be one fixed-size graph and are refused, saying what to do instead.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def export_model(model, out: str | Path, fmt: str = "onnx", fp16: bool = False) 
     metadata = export_metadata(model, fp16)
     net = export_net(model)
     if fmt == "onnx":
-        _write_onnx(net, model.input_size_, out, metadata, fp16)
+        _write_onnx(net, model.input_size_, out, metadata, fp16, model.gaussian_)
         return out
     return _write_openvino(net, model.input_size_, out, metadata, fp16)
 
@@ -128,7 +131,7 @@ def _trace_onnx(net: ScoringNet, input_size, path: Path) -> None:
                           do_constant_folding=True)
 
 
-def _write_onnx(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bool) -> None:
+def _write_onnx(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bool, gaussian) -> None:
     import onnx
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +140,7 @@ def _write_onnx(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bo
         _trace_onnx(net, input_size, traced)
         graph = onnx.load(str(traced))
         set_output_shapes(graph, input_size)
+        store_whitener_packed(graph, gaussian)
         if fp16:
             store_initializers_as_float16(graph)
         set_metadata(graph, metadata)
@@ -174,6 +178,55 @@ def set_metadata(graph, metadata: dict) -> None:
         entry.key, entry.value = key, value
 
 
+PACKED_SUFFIX = "__packed"
+
+
+def name_is_exact(name: str) -> bool:
+    return name.endswith(PACKED_SUFFIX + "_scale")
+
+
+def store_whitener_packed(graph, gaussian) -> None:
+    """Replace the dense ``[G, d, d]`` transposed whitener the tracer folded into an initialiser by
+    the model file's packed lower triangle (float16 times a power-of-two scale per Gaussian, or
+    float32 rows for old files) and a ``Gather`` that rebuilds it: the same float32 values, a
+    quarter of the bytes. Its inputs are all constants, so ONNX Runtime folds it once at load."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    dense_t = gaussian.whitener.transpose(1, 2).contiguous().numpy()
+    g, d, _ = dense_t.shape
+    matches = [init for init in graph.graph.initializer if list(init.dims) == [g, d, d]
+               and np.array_equal(numpy_helper.to_array(init), dense_t)]
+    if len(matches) != 1:
+        raise ExportError(f"internal: expected one whitener initialiser of shape {[g, d, d]}, found {len(matches)}")
+    target = matches[0].name
+    packed = gaussian.packed if gaussian.packed is not None else None
+    if packed is None:
+        from .gaussian import pack_whitener
+
+        packed = pack_whitener(gaussian.whitener)
+    packed = packed.cpu().numpy()
+    scale = (np.ones(g, np.float32) if gaussian.scale is None else gaussian.scale.cpu().numpy().astype(np.float32))
+    # dense_t[g, i, j] = L⁻¹[g, j, i]: packed entry j(j+1)/2 + i where j ≥ i, else 0 (column 0 of the padded rows)
+    i, j = np.divmod(np.arange(d * d), d)
+    gather = np.where(j >= i, 1 + j * (j + 1) // 2 + i, 0).astype(np.int64)
+    base = target + PACKED_SUFFIX
+    new_inits = [numpy_helper.from_array(packed, base), numpy_helper.from_array(scale[:, None], base + "_scale"),
+                 numpy_helper.from_array(np.zeros((g, 1), np.float32), base + "_zero"),
+                 numpy_helper.from_array(gather, base + "_index"),
+                 numpy_helper.from_array(np.array([g, d, d], np.int64), base + "_shape")]
+    nodes = [helper.make_node("Cast", [base], [base + "_f32"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", [base + "_f32", base + "_scale"], [base + "_scaled"]),
+             helper.make_node("Concat", [base + "_zero", base + "_scaled"], [base + "_padded"], axis=1),
+             helper.make_node("Gather", [base + "_padded", base + "_index"], [base + "_flat"], axis=1),
+             helper.make_node("Reshape", [base + "_flat", base + "_shape"], [target])]
+    kept = [init for init in graph.graph.initializer if init.name != target]
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(kept + new_inits)
+    old = list(graph.graph.node)
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes + old)
+
+
 def store_initializers_as_float16(graph) -> None:
     """Every float32 initialiser becomes float16 followed by a ``Cast`` back to float32 under its
     old name: the file halves, arithmetic stays float32 (ONNX Runtime folds the casts at load)."""
@@ -184,7 +237,7 @@ def store_initializers_as_float16(graph) -> None:
         if init.data_type != TensorProto.FLOAT:
             continue
         values = numpy_helper.to_array(init)
-        if values.size < 16:  # scalars and tiny shape constants: not worth a cast
+        if values.size < 16 or name_is_exact(init.name):  # tiny constants; power-of-two scales stay float32
             continue
         name = init.name
         half = numpy_helper.from_array(values.astype(np.float16), name + "__fp16")

@@ -91,7 +91,7 @@ def test_metadata_and_signature_read_back_with_onnx(tmp_path):
     assert outs == {"anomaly_map": ["N", SIZE, SIZE], "score": ["N"]}
 
 
-def test_fp16_halves_the_file_and_keeps_labels(tmp_path):
+def test_fp16_shrinks_the_file_and_keeps_labels(tmp_path):
     model = fitted()
     full = export_model(model, tmp_path / "m.onnx")
     half = export_model(model, tmp_path / "m16.onnx", fp16=True)
