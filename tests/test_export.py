@@ -240,3 +240,22 @@ def test_other_backbones_export(tmp_path, backbone):
     images = sample_images()
     _, scores = onnx_run(path, as_batch(images))
     np.testing.assert_allclose(scores, model.score_samples(images), rtol=1e-4)
+
+
+def test_runtime_without_opencv_resizes_with_pillow(tmp_path, monkeypatch):
+    from padim.runtime import ExportedModel, resize_rgb
+
+    model = fitted()
+    path = export_model(model, tmp_path / "m.onnx")
+    files = []
+    for i, im in enumerate(sample_images()):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(im).resize((150, 140), Image.Resampling.BICUBIC).save(files[-1])
+    with_cv2 = [r.score for r in ExportedModel(path).predict(files, maps=False)]
+    big = np.asarray(Image.open(files[0]))
+    reference = resize_rgb(big, (SIZE, SIZE))
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now fails
+    pillow = resize_rgb(big, (SIZE, SIZE))
+    assert np.abs(pillow - reference).mean() <= 1.5 / 255  # box filter vs area averaging: differ at sharp edges
+    without = [r.score for r in ExportedModel(path).predict(files, maps=False)]
+    np.testing.assert_allclose(without, with_cv2, rtol=5e-2)
