@@ -62,7 +62,7 @@ def export_metadata(model, fp16: bool) -> dict:
         "channels": "RGB",
         "threshold": None if cal is None else float(cal.threshold_),
         "calibrator": None if cal is None else cal.to_dict(),
-        "map_floor": model.map_floor_,
+        "map_floor": None if model.map_floor_ is None else float(model.map_floor_),
         "keep_aspect": bool(model.keep_aspect and not isinstance(model.image_size, (tuple, list))),
         "backbone": model.backbone,
         "layers": list(model.layers_),

@@ -17,7 +17,7 @@ from .backbones import DEFAULT_BACKBONE, build_backbone, get_spec
 from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
 from .features import random_channel_index
-from .net import Embedder, ScoreHead, ScoringNet
+from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps
 from .gaussian import GaussianModel, GaussianStats
 from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
@@ -448,9 +448,8 @@ class PaDiM:
     def _maps_from_distances(self, distances: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """Per-sample distances ``[S, G]`` of ``embedding [b, d, h, w]`` → anomaly maps ``[b, H, W]``."""
         batch, _, h, w = embedding.shape
-        head = ScoreHead(torch.empty(0), torch.empty(0), self.cell_, self.input_size_, self.geometry_.stride,
-                         self.blur_sigma)
-        return head.to_maps(distances, batch, h, w)
+        return distances_to_maps(distances, self.cell_, batch, h, w, self.input_size_, self.geometry_.stride,
+                                 self.blur_sigma)
 
     def _gaussian_on_device(self) -> GaussianModel:
         device = self._device()

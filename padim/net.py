@@ -154,12 +154,19 @@ class ScoreHead(nn.Module):
 
     def to_maps(self, distances: torch.Tensor, batch: int, h: int, w: int) -> torch.Tensor:
         """Distances ``[S, G]`` of a ``[batch, d, h, w]`` embedding → blurred maps ``[batch, H, W]``."""
-        grid = from_cells(distances, self.cell, batch, h, w)
-        return distance_grid_to_maps(grid, self.input_size, self.blur_sigma, self.stride)
+        return distances_to_maps(distances, self.cell, batch, h, w, self.input_size, self.stride, self.blur_sigma)
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         batch, _, h, w = embedding.shape
         return self.to_maps(self.distances(to_cells(embedding, self.cell)), batch, h, w)
+
+
+def distances_to_maps(distances: torch.Tensor, cell: Cell, batch: int, h: int, w: int, input_size: tuple[int, int],
+                      stride: int, blur_sigma: float) -> torch.Tensor:
+    """Per-sample distances ``[S, G]`` (cells as :func:`padim.tiling.to_cells`) of a ``[batch, d, h, w]``
+    embedding → anomaly maps ``[batch, H, W]`` at the input size: grid, bilinear upsampling, blur."""
+    grid = from_cells(distances, cell, batch, h, w)
+    return distance_grid_to_maps(grid, input_size, blur_sigma, stride)
 
 
 def _whitened_norm(samples: torch.Tensor, mean: torch.Tensor, whitener: torch.Tensor) -> torch.Tensor:

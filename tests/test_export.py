@@ -3,6 +3,7 @@ runtime and `padim score` on an exported model; parity on real images where ../s
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,11 @@ ort = pytest.importorskip("onnxruntime")
 
 SIZE = 64
 DEFECT = (0.3, 0.3, 0.1)
-SHARED = Path(__file__).resolve().parents[1].parent.parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+# ../shared next to the repository (or next to the folder of worktrees); PADIM_SHARED_DATA overrides
+SHARED = next((p for p in ([Path(os.environ["PADIM_SHARED_DATA"])] if os.environ.get("PADIM_SHARED_DATA") else [])
+               + [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"] if p.is_dir()),
+              REPO.parent / "shared" / "data")
 
 
 def fitted(cell=1, folds=3, **kw):
@@ -150,7 +155,7 @@ def test_runtime_scores_without_importing_torch(tmp_path):
         Image.fromarray(np.asarray(Image.fromarray(im).resize((80, 72)))).save(files[-1])  # another size
     run = subprocess.run([sys.executable, "-c", RUNTIME_SCRIPT, str(path), *map(str, files)],
                          capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["torch"] == []
     assert out["shapes"] == [[72, 80]] * 3
