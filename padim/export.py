@@ -115,7 +115,7 @@ def export_model(model, out: str | Path, fmt: str = "onnx", fp16: bool = False) 
     if fmt == "onnx":
         _write_onnx(net, model.input_size_, out, metadata, fp16, model.gaussian_)
         return out
-    return _write_openvino(net, model.input_size_, out, metadata, fp16)
+    return _write_openvino(net, model.input_size_, out, metadata, fp16, model.gaussian_)
 
 
 def _trace_onnx(net: ScoringNet, input_size, path: Path) -> None:
@@ -249,7 +249,7 @@ def store_initializers_as_float16(graph) -> None:
     graph.graph.node.extend(casts + nodes)
 
 
-def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bool) -> Path:
+def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bool, gaussian) -> Path:
     try:
         import openvino as ov
     except ImportError:
@@ -257,9 +257,9 @@ def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16
     xml = out if out.suffix == ".xml" else out.with_suffix(".xml")
     xml.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
-        traced = Path(tmp) / "traced.onnx"
-        _trace_onnx(net, input_size, traced)
-        ov_model = ov.convert_model(str(traced))
+        staged = Path(tmp) / "staged.onnx"
+        _write_onnx(net, input_size, staged, metadata, False, gaussian)
+        ov_model = ov.convert_model(str(staged))
         ov_model.set_rt_info(json.dumps(metadata), [METADATA_KEY])
         ov.save_model(ov_model, str(xml), compress_to_fp16=bool(fp16))
     return xml
