@@ -21,7 +21,7 @@ from torch import nn
 
 from .backbones import BackboneSpec
 from .maps import distance_grid_to_maps
-from .tiling import Cell, cell_grid, from_cells, to_cells
+from .tiling import Cell, from_cells, to_cells
 
 POSITION_CHUNK = 1024  # positions per batched product in eager scoring (temporaries stay small)
 
@@ -190,9 +190,3 @@ class ScoringNet(nn.Module):
         maps = self.head(self.embedder(image))
         return maps, maps.flatten(1).amax(dim=1)
 
-
-def check_cell_grid(cell: Cell, feature_size: tuple[int, int], n_gaussians: int) -> None:
-    """The stored Gaussians must match the cell layout of the feature grid."""
-    gh, gw = cell_grid(*feature_size, cell)
-    if gh * gw != n_gaussians:
-        raise ValueError(f"{n_gaussians} Gaussians do not fit cell={cell!r} on a {feature_size[0]}×{feature_size[1]} grid")
