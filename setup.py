@@ -44,6 +44,10 @@ setup(
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         # setuptools >= 70.1 builds wheels itself: tests/test_packaging.py builds one offline.
         "test": ["pytest>=7", "setuptools>=70.1", "httpx>=0.27", "selenium>=4.20"],
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "openvino": ["openvino>=2024.0"],
+        # The torch-free runtime (padim.runtime): scipy for the calibrator's probabilities.
+        "runtime": ["numpy>=1.24", "Pillow>=10.0", "scipy>=1.10", "onnxruntime>=1.18"],
     },
     entry_points={"console_scripts": ["padim=padim.cli:main"]},
 )

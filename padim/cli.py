@@ -31,6 +31,7 @@ EXAMPLES = {
     "demo": "padim demo -o demo_output",
     "info": "padim info model.padim",
     "serve": "padim serve model.padim --port 8000",
+    "export": "padim export model.padim -o model.onnx",
 }
 
 
@@ -174,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="MVTec-layout data (default: padim/sample_data/cookies_small)")
     _add_runtime(p)
 
+    p = add("export", "Export a fitted model to ONNX or OpenVINO IR for scoring without torch.")
+    p.add_argument("model", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="file to write (.onnx; .xml for openvino)")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
+    p.add_argument("--fp16", action="store_true", help="store weights and Gaussians in float16 (half the file)")
+    p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
+    _add_debug(p)
+
     p = add("info", "Print what a model file holds.")
     p.add_argument("model", type=Path)
     _add_debug(p)
@@ -240,6 +249,10 @@ def cmd_fit(args) -> int:
 
 
 def cmd_score(args) -> int:
+    from .runtime import is_exported_model
+
+    if is_exported_model(args.model):
+        return _score_exported(args)
     from .model import PaDiM
     from .workflows import score_folder
 
@@ -253,6 +266,33 @@ def cmd_score(args) -> int:
         print(f"padim: {len(summary.failed)} image(s) could not be read; listed in {summary.errors_file}",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _score_exported(args) -> int:
+    """``padim score`` with an exported .onnx / .xml model: the torch-free runtime, the same TSV."""
+    from .runtime import ExportedModel
+    from .workflows import score_folder
+
+    model = ExportedModel(args.model, threads=args.threads, batch_size=args.batch_size)
+    summary = score_folder(model, args.input, args.output, fmt=args.format, heatmaps=args.heatmaps,
+                           save_maps=args.save_maps, resume=args.resume, threshold=args.threshold)
+    print(f"scored {summary.scored} images" + (f", {summary.skipped} already done" if summary.skipped else "")
+          + f" → {summary.out}")
+    if summary.failed:
+        print(f"padim: {len(summary.failed)} image(s) could not be read; listed in {summary.errors_file}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_model
+    from .model import PaDiM
+
+    model = PaDiM.load(args.model, device="cpu", weights=args.weights)
+    written = export_model(model, args.output, fmt=args.format, fp16=args.fp16)
+    print(f"exported {args.model} → {written}")
     return 0
 
 
@@ -297,7 +337,7 @@ def cmd_serve(args) -> int:
 
 
 COMMANDS = {"fit": cmd_fit, "score": cmd_score, "eval": cmd_eval, "demo": cmd_demo, "info": cmd_info,
-            "serve": cmd_serve}
+            "export": cmd_export, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,22 +13,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
 from .backbones import DEFAULT_BACKBONE, build_backbone, get_spec
 from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
-from .features import FeatureExtractor, embedding_concat, random_channel_index
+from .features import random_channel_index
+from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps
 from .gaussian import GaussianModel, GaussianStats
 from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
 from .value_range import ValueRange, as_value_range, decide_value_range, training_kind, KIND_NAMES
 from .geometry import (Geometry, activation_floats_per_pixel, decide_geometry, default_margin, default_memory_budget,
                        typical_size)
-from .maps import distance_grid_to_maps, resize_map
+from .maps import resize_map
 from .folds import held_out_scores, uses_downdate
 from .memory import CACHE_RESERVE_BYTES, FIT_CACHE_MAX_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
-from .tiling import cell_grid, extract_tiled, from_cells, samples_per_image, to_cells
-from .modelfile import ModelFileError, read_model_file, write_model_file
+from .tiling import cell_grid, extract_tiled, samples_per_image, to_cells
+from .modelfile import ModelFileError
 
 DEFAULT_EPS = 0.1  # relative to the mean feature variance; measured in benchmarks/RESULTS.md
 DEFAULT_IMAGE_SIZE = 256
@@ -147,7 +147,7 @@ class PaDiM:
         self.max_memory = max_memory
         self.progress = progress
         self.value_range = value_range
-        self._extractor: FeatureExtractor | None = None
+        self._extractor: Embedder | None = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -162,7 +162,12 @@ class PaDiM:
         if self.threads:
             torch.set_num_threads(int(self.threads))
 
-    def _get_extractor(self) -> FeatureExtractor:
+    def _get_extractor(self) -> Embedder:
+        if self._extractor is not None and self._extractor.selections != Embedder.selection_of(
+                self._extractor.points, self.channel_index_):
+            # same hook points, other channels (refit with another d or seed): same backbone
+            self._extractor = Embedder(self._extractor.backbone, self.spec, self.layers_,
+                                       self.channel_index_).to(self._device())
         if self._extractor is None:
             backbone = build_backbone(self.backbone, self.weights)
             expected = getattr(self, "backbone_fingerprint_", None)
@@ -173,7 +178,7 @@ class PaDiM:
                     f"(fingerprint {found} ≠ {expected}); pass the same weights file"
                 )
             self.backbone_fingerprint_ = found
-            self._extractor = FeatureExtractor(backbone, self.spec, self.layers_).to(self._device())
+            self._extractor = Embedder(backbone, self.spec, self.layers_, self.channel_index_).to(self._device())
         return self._extractor
 
     def _loader(self, sources, size: tuple[int, int]):
@@ -192,9 +197,8 @@ class PaDiM:
         extractor = self._get_extractor()
         images = images.to(self._device(), non_blocking=True)
         if not self.geometry_.tiled:
-            return embedding_concat(extractor(images), self.channel_index_)
-        return extract_tiled(images, lambda tiles: embedding_concat(extractor(tiles), self.channel_index_),
-                             self.geometry_.layout(), fill=self.spec.mean,
+            return extractor(images)
+        return extract_tiled(images, extractor, self.geometry_.layout(), fill=self.spec.mean,
                              tile_batch=self.geometry_.tiles_per_batch(self.batch_size))
 
     def _to_samples(self, embedding: torch.Tensor) -> torch.Tensor:
@@ -424,15 +428,28 @@ class PaDiM:
         if not hasattr(self, "gaussian_"):
             raise RuntimeError("this PaDiM model is not fitted yet; call fit() or PaDiM.load() first")
 
-    def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
+    def _head(self, model: GaussianModel | None = None) -> ScoreHead:
+        """The scoring core's head for ``model`` (default: the fitted Gaussians, on the device)."""
         model = model or self._gaussian_on_device()
-        return self._maps_from_distances(model.mahalanobis(self._to_samples(embedding)), embedding)
+        return ScoreHead(model.mean, model.whitener, self.cell_, self.input_size_, self.geometry_.stride,
+                         self.blur_sigma)
+
+    def scoring_net(self) -> ScoringNet:
+        """The fitted model as one ``torch.nn.Module``: ``[N, 3, H, W]`` in [0, 1] at ``input_size_``
+        → ``(anomaly_map [N, H, W], score [N])``. Untiled models only: a tiled model scores tiles."""
+        self._check_fitted()
+        if self.geometry_.tiled:
+            raise ValueError("this model tiles its input, so no single network scores a whole image")
+        return ScoringNet(self._get_extractor(), self._head())
+
+    def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
+        return self._head(model)(embedding)
 
     def _maps_from_distances(self, distances: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """Per-sample distances ``[S, G]`` of ``embedding [b, d, h, w]`` → anomaly maps ``[b, H, W]``."""
         batch, _, h, w = embedding.shape
-        grid = from_cells(distances, self.cell_, batch, h, w)
-        return distance_grid_to_maps(grid, self.input_size_, self.blur_sigma, self.geometry_.stride)
+        return distances_to_maps(distances, self.cell_, batch, h, w, self.input_size_, self.geometry_.stride,
+                                 self.blur_sigma)
 
     def _gaussian_on_device(self) -> GaussianModel:
         device = self._device()
@@ -512,81 +529,17 @@ class PaDiM:
                "value_range")
 
     def save(self, path: str | Path) -> Path:
-        """Write the fitted model to one safetensors file (no pickled code)."""
-        self._check_fitted()
-        path = Path(path)
-        tensors = dict(self.gaussian_.storage_tensors())  # packed float16 lower triangle + scale
-        if self.channel_index_ is not None:
-            tensors["channel_index"] = self.channel_index_
-        if getattr(self, "calibration_scores_", None) is not None:
-            tensors["calibration_scores"] = torch.from_numpy(np.asarray(self.calibration_scores_))
-        metadata = {
-            "padim_version": __version__,
-            "params": {k: getattr(self, k) for k in self._PARAMS},
-            "layers": self.layers_,
-            "geometry": self.geometry_.as_dict(),
-            "cell": self.cell_,
-            "memory_plan": None if self.plan_ is None else self.plan_.as_dict(),
-            "n_features": self.n_features_,
-            "n_train": self.n_train_,
-            "regularisation": self.gaussian_.reg,
-            "normalisation": {"mean": list(self.spec.mean), "std": list(self.spec.std)},
-            "backbone_fingerprint": getattr(self, "backbone_fingerprint_", None),
-            "calibrator": None if self.calibrator_ is None else self.calibrator_.to_dict(),
-            "map_floor": getattr(self, "map_floor_", None),
-            "value_range": None if self.value_range_ is None else list(self.value_range_),
-            "value_kind": self.value_kind_,
-        }
-        write_model_file(path, tensors, metadata)
-        return path
+        """Write the fitted model to one safetensors file (no pickled code); see padim.persistence."""
+        from .persistence import save_model
+
+        return save_model(self, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", weights: str | None = None, **overrides) -> "PaDiM":
         """Read a model written by :meth:`save`; runtime options (device, batch_size, …) may be given."""
-        tensors, meta = read_model_file(path)
-        try:
-            params = dict(meta["params"])
-            if isinstance(params.get("image_size"), list):
-                params["image_size"] = tuple(params["image_size"])
-            model = cls(**params, device=device, weights=weights, **overrides)
-            reg = float(meta["regularisation"])
-            if "whitener_packed" in tensors:
-                model.gaussian_ = GaussianModel(tensors["mean"], None, reg, packed=tensors["whitener_packed"],
-                                                scale=tensors.get("whitener_scale"), count=int(meta["n_train"]))
-            else:  # format version 1: dense float32 whitener
-                model.gaussian_ = GaussianModel(tensors["mean"], tensors["whitener"], reg)
-            model.channel_index_ = tensors.get("channel_index")
-            model.layers_ = list(meta["layers"])
-            model.geometry_ = Geometry.from_dict(meta["geometry"])
-            model.input_size_ = model.geometry_.input_size
-            model.feature_size_ = model.geometry_.feature_size
-            model.cell_ = meta["cell"]
-            model.n_gaussians_ = cell_count(*model.feature_size_, model.cell_)
-            plan = meta.get("memory_plan")
-            model.plan_ = None if plan is None else MemoryPlan(**{k: v for k, v in plan.items() if k != "peak"})
-            model.n_features_ = int(meta["n_features"])
-            model.n_train_ = int(meta["n_train"])
-            model.backbone_fingerprint_ = meta.get("backbone_fingerprint")
-            scores = tensors.get("calibration_scores")
-            model.calibration_scores_ = None if scores is None else scores.numpy()
-            model.calibrator_ = None
-            model.map_floor_ = meta.get("map_floor")
-            # Files written before value ranges have none: None maps each image by its pixel type's
-            # full scale, which is exactly how they were fitted (0..255 for 8-bit data).
-            stored_range = meta.get("value_range")
-            model.value_range_ = None if stored_range is None else as_value_range(stored_range)
-            model.value_kind_ = meta.get("value_kind")
-            if meta.get("calibrator"):
-                model.calibrator_ = Calibrator.from_dict(meta["calibrator"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"'{path}': model metadata is incomplete or invalid ({exc})") from None
-        p, d = model.n_gaussians_, model.n_features_
-        g = model.gaussian_
-        stored = (p, d * (d + 1) // 2) if g.packed is not None else (p, d, d)
-        found = tuple((g.packed if g.packed is not None else g.whitener).shape)
-        if tuple(g.mean.shape) != (p, d) or found != stored or (g.scale is not None and tuple(g.scale.shape) != (p,)):
-            raise ModelFileError(f"'{path}': tensor shapes do not match the metadata")
-        return model
+        from .persistence import load_model
+
+        return load_model(cls, path, device=device, weights=weights, **overrides)
 
     def describe(self) -> dict:
         """Plain summary of a fitted model (what ``padim info`` prints)."""

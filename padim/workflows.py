@@ -11,11 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .fingerprint import model_fingerprint
+from typing import TYPE_CHECKING
+
 from .io import atomic_output, list_images, load_image
-from .model import PaDiM
 from .mvtec import read_labelled_set, load_mask
 from .results import Provenance, ResultJournal, Row, write_error_list
+
+if TYPE_CHECKING:  # torch-free at import: padim.runtime scores folders through score_folder
+    from .model import PaDiM
 
 
 @dataclass
@@ -92,7 +95,7 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     names = [relative_name(p, root) for p in paths]
     # --resume keeps earlier rows only if this model, threshold and format produced them, and
     # drops the rows of images no longer under the input
-    provenance = Provenance(model_fingerprint(model), calibrator.threshold_, fmt)
+    provenance = Provenance(getattr(model, "fingerprint_", None) or _fingerprint(model), calibrator.threshold_, fmt)
     journal = ResultJournal(Path(out), provenance, resume, names=names)
     summary = ScoreSummary(out=Path(out))
     todo = [p for p, name in zip(paths, names) if not journal.done(name)]
@@ -134,6 +137,12 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     else:
         errors_file.unlink(missing_ok=True)  # a list from an earlier run would be stale now
     return summary
+
+
+def _fingerprint(model) -> str:
+    from .fingerprint import model_fingerprint
+
+    return model_fingerprint(model)
 
 
 def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path | None = None,
@@ -235,6 +244,8 @@ def default_demo_data() -> Path:
 
 def run_demo(out_dir: str | Path, data: str | Path | None = None, log=print, **runtime) -> dict:
     """Fit on the sample's good images, score its test images to a TSV with heatmaps, evaluate."""
+    from .model import PaDiM
+
     data = Path(data) if data is not None else default_demo_data()
     if not (data / "train" / "good").is_dir():
         raise FileNotFoundError(

@@ -1,0 +1,265 @@
+"""Export a fitted model's scoring core (:class:`padim.net.ScoringNet`) to ONNX or OpenVINO IR.
+
+The graph takes ``image``: float32 ``[N, 3, H, W]``, RGB in [0, 1] at the model's input size
+(static H and W, dynamic N) and returns ``anomaly_map`` ``[N, H, W]`` and ``score`` ``[N]``.
+Everything else a deployment needs — how to read and resize images, the value range, the
+calibration and threshold — is stored as JSON metadata (ONNX ``metadata_props`` key
+``padim``; OpenVINO ``rt_info`` key ``padim``) and used by :mod:`padim.runtime`.
+
+The Gaussians' whitener travels as the model file stores it — packed lower triangle, float16
+times a power-of-two scale per Gaussian — and a constant ``Gather`` rebuilds the dense float32
+matrix, which ONNX Runtime folds once at load: the same values the torch model scores with, a
+quarter of a dense float32 file. ``fp16`` also stores the backbone's weights in float16 (a
+``Cast`` after each), computing in float32; scores stay within 1e-2 relative. Tiled models
+cannot be one fixed-size graph and are refused, saying what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .backbones import build_backbone
+from .net import Embedder, ScoreHead, ScoringNet
+
+METADATA_KEY = "padim"
+EXPORT_FORMAT = "padim-export"
+EXPORT_VERSION = 1
+OPSET = 17
+RESIZE_RULE = ("whole image resized to the input size (aspect not kept): area averaging when shrinking, "
+               "bilinear when enlarging, as OpenCV INTER_AREA / INTER_LINEAR on 8-bit RGB")
+VALUE_RANGE_RULE = ("stored values mapped to [0, 1] by value_range (lo → 0, hi → 1, clipped) for images of "
+                    "pixel kind value_kind; otherwise (or when value_range is null) by the pixel type's full scale")
+FORMATS = ("onnx", "openvino")
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported, with what to do instead."""
+
+
+def export_metadata(model, fp16: bool) -> dict:
+    """What a runtime needs besides the graph (JSON-serialisable)."""
+    from .fingerprint import model_fingerprint
+
+    cal = model.calibrator_
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "padim_version": __version__,
+        "input_name": "image",
+        "output_names": ["anomaly_map", "score"],
+        "input_size": list(model.input_size_),
+        "resize": RESIZE_RULE,
+        "value_range": None if model.value_range_ is None else [float(v) for v in model.value_range_],
+        "value_kind": model.value_kind_,
+        "value_rule": VALUE_RANGE_RULE,
+        "channels": "RGB",
+        "threshold": None if cal is None else float(cal.threshold_),
+        "calibrator": None if cal is None else cal.to_dict(),
+        "map_floor": None if model.map_floor_ is None else float(model.map_floor_),
+        "keep_aspect": bool(model.keep_aspect and not isinstance(model.image_size, (tuple, list))),
+        "backbone": model.backbone,
+        "layers": list(model.layers_),
+        "cell": model.cell_,
+        "blur_sigma": model.blur_sigma,
+        "fp16": bool(fp16),
+        "model_fingerprint": model_fingerprint(model),
+    }
+
+
+def check_exportable(model) -> None:
+    """Raise :class:`ExportError` saying why ``model`` has no fixed-size graph, and what to do."""
+    if not hasattr(model, "gaussian_"):
+        raise ExportError("the model is not fitted; fit it (padim fit) before exporting")
+    if model.geometry_.tiled:
+        g = model.geometry_
+        raise ExportError(
+            f"this model scores {g.input_size[0]}×{g.input_size[1]} px inputs in {g.tile} px tiles, which is no "
+            f"single fixed-size graph; score it with `padim score` (torch), or refit without tiles for export "
+            f"(padim fit --tile none, with --scale or --max-memory so one pass fits)")
+
+
+def export_net(model) -> ScoringNet:
+    """The model's scoring core on the CPU with a plain backbone (no oneDNN-only fused operators)."""
+    backbone = build_backbone(model.backbone, model.weights, prepare=False)
+    expected = getattr(model, "backbone_fingerprint_", None)
+    if expected is not None:
+        from .model import _fingerprint
+
+        found = _fingerprint(backbone)
+        if found != expected:
+            raise ExportError(f"the {model.backbone} weights differ from those the model was fitted with "
+                              f"(fingerprint {found} ≠ {expected}); pass the same weights file")
+    embedder = Embedder(backbone, model.spec, model.layers_, model.channel_index_, channels_last=False)
+    gaussian = model.gaussian_.to("cpu")
+    head = ScoreHead(gaussian.mean, gaussian.whitener, model.cell_, model.input_size_,
+                               model.geometry_.stride, model.blur_sigma)
+    return ScoringNet(embedder, head).eval()
+
+
+def export_model(model, out: str | Path, fmt: str = "onnx", fp16: bool = False) -> Path:
+    """Write ``model`` (a fitted, untiled :class:`padim.PaDiM`) as ONNX (``.onnx``) or OpenVINO IR
+    (``.xml`` + ``.bin``) with its metadata; returns the path written."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
+    check_exportable(model)
+    out = Path(out)
+    metadata = export_metadata(model, fp16)
+    net = export_net(model)
+    if fmt == "onnx":
+        _write_onnx(net, model.input_size_, out, metadata, fp16, model.gaussian_)
+        return out
+    return _write_openvino(net, model.input_size_, out, metadata, fp16, model.gaussian_)
+
+
+def _trace_onnx(net: ScoringNet, input_size, path: Path) -> None:
+    import warnings
+
+    h, w = input_size
+    dummy = torch.rand(1, 3, h, w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape checks that hold for every N
+        torch.onnx.export(net, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["image"], output_names=["anomaly_map", "score"],
+                          dynamic_axes={"image": {0: "N"}, "anomaly_map": {0: "N"}, "score": {0: "N"}},
+                          do_constant_folding=True)
+
+
+def _write_onnx(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bool, gaussian) -> None:
+    import onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        traced = Path(tmp) / "traced.onnx"
+        _trace_onnx(net, input_size, traced)
+        graph = onnx.load(str(traced))
+        set_output_shapes(graph, input_size)
+        store_whitener_packed(graph, gaussian)
+        if fp16:
+            store_initializers_as_float16(graph)
+        set_metadata(graph, metadata)
+        staged = Path(tmp) / out.name
+        large = graph.ByteSize() > 2**31 - 2**20
+        onnx.save_model(graph, str(staged), save_as_external_data=large, all_tensors_to_one_file=True,
+                        location=out.name + ".data")
+        if large:
+            os.replace(Path(tmp) / (out.name + ".data"), out.parent / (out.name + ".data"))
+        os.replace(staged, out)
+
+
+def set_output_shapes(graph, input_size) -> None:
+    """Declare ``anomaly_map [N, H, W]`` and ``score [N]`` (the tracer cannot infer H, W through Resize)."""
+    shapes = {"anomaly_map": ["N", *input_size], "score": ["N"]}
+    for output in graph.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for value in shapes[output.name]:
+            dim = dims.add()
+            if isinstance(value, str):
+                dim.dim_param = value
+            else:
+                dim.dim_value = int(value)
+
+
+def set_metadata(graph, metadata: dict) -> None:
+    """Store ``metadata`` as JSON under ``padim``, plus a few plain keys for other tools."""
+    del graph.metadata_props[:]
+    plain = {METADATA_KEY: json.dumps(metadata), "padim_version": metadata["padim_version"],
+             "input_size": "x".join(map(str, metadata["input_size"])),
+             "threshold": "" if metadata["threshold"] is None else repr(metadata["threshold"])}
+    for key, value in plain.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+PACKED_SUFFIX = "__packed"
+
+
+def name_is_exact(name: str) -> bool:
+    return name.endswith(PACKED_SUFFIX + "_scale")
+
+
+def store_whitener_packed(graph, gaussian) -> None:
+    """Replace the dense ``[G, d, d]`` transposed whitener the tracer folded into an initialiser by
+    the model file's packed lower triangle (float16 times a power-of-two scale per Gaussian, or
+    float32 rows for old files) and a ``Gather`` that rebuilds it: the same float32 values, a
+    quarter of the bytes. Its inputs are all constants, so ONNX Runtime folds it once at load."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    dense_t = gaussian.whitener.transpose(1, 2).contiguous().numpy()
+    g, d, _ = dense_t.shape
+    matches = [init for init in graph.graph.initializer if list(init.dims) == [g, d, d]
+               and np.array_equal(numpy_helper.to_array(init), dense_t)]
+    if len(matches) != 1:
+        raise ExportError(f"internal: expected one whitener initialiser of shape {[g, d, d]}, found {len(matches)}")
+    target = matches[0].name
+    packed = gaussian.packed if gaussian.packed is not None else None
+    if packed is None:
+        from .gaussian import pack_whitener
+
+        packed = pack_whitener(gaussian.whitener)
+    packed = packed.cpu().numpy()
+    scale = (np.ones(g, np.float32) if gaussian.scale is None else gaussian.scale.cpu().numpy().astype(np.float32))
+    # dense_t[g, i, j] = L⁻¹[g, j, i]: packed entry j(j+1)/2 + i where j ≥ i, else 0 (column 0 of the padded rows)
+    i, j = np.divmod(np.arange(d * d), d)
+    gather = np.where(j >= i, 1 + j * (j + 1) // 2 + i, 0).astype(np.int64)
+    base = target + PACKED_SUFFIX
+    new_inits = [numpy_helper.from_array(packed, base), numpy_helper.from_array(scale[:, None], base + "_scale"),
+                 numpy_helper.from_array(np.zeros((g, 1), np.float32), base + "_zero"),
+                 numpy_helper.from_array(gather, base + "_index"),
+                 numpy_helper.from_array(np.array([g, d, d], np.int64), base + "_shape")]
+    nodes = [helper.make_node("Cast", [base], [base + "_f32"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", [base + "_f32", base + "_scale"], [base + "_scaled"]),
+             helper.make_node("Concat", [base + "_zero", base + "_scaled"], [base + "_padded"], axis=1),
+             helper.make_node("Gather", [base + "_padded", base + "_index"], [base + "_flat"], axis=1),
+             helper.make_node("Reshape", [base + "_flat", base + "_shape"], [target])]
+    kept = [init for init in graph.graph.initializer if init.name != target]
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(kept + new_inits)
+    old = list(graph.graph.node)
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes + old)
+
+
+def store_initializers_as_float16(graph) -> None:
+    """Every float32 initialiser becomes float16 followed by a ``Cast`` back to float32 under its
+    old name: the file halves, arithmetic stays float32 (ONNX Runtime folds the casts at load)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    casts = []
+    for init in graph.graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(init)
+        if values.size < 16 or name_is_exact(init.name):  # tiny constants; power-of-two scales stay float32
+            continue
+        name = init.name
+        half = numpy_helper.from_array(values.astype(np.float16), name + "__fp16")
+        init.CopyFrom(half)
+        casts.append(helper.make_node("Cast", [name + "__fp16"], [name], to=TensorProto.FLOAT,
+                                      name=name + "__to_fp32"))
+    nodes = list(graph.graph.node)
+    del graph.graph.node[:]
+    graph.graph.node.extend(casts + nodes)
+
+
+def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bool, gaussian) -> Path:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ExportError("OpenVINO export needs the package 'openvino': pip install 'padim[openvino]'") from None
+    xml = out if out.suffix == ".xml" else out.with_suffix(".xml")
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
+        staged = Path(tmp) / "staged.onnx"
+        _write_onnx(net, input_size, staged, metadata, False, gaussian)
+        ov_model = ov.convert_model(str(staged))
+        ov_model.set_rt_info(json.dumps(metadata), [METADATA_KEY])
+        ov.save_model(ov_model, str(xml), compress_to_fp16=bool(fp16))
+    return xml

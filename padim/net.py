@@ -1,0 +1,192 @@
+"""The scoring core as one pure ``torch.nn.Module``: image → anomaly map and score.
+
+``ScoringNet`` = :class:`Embedder` (normalisation → backbone truncated after the last hooked
+layer → kept channels, coarse maps nearest-upsampled to the finest grid) followed by
+:class:`ScoreHead` (Mahalanobis distance to the stored Gaussians — per position, per k×k cell
+or one shared — → bilinear map at the input size → Gaussian blur → score = max of the map).
+
+The estimator scores through these modules (tiled models embed tile by tile with the same
+``Embedder``, tiles being images), and :mod:`padim.export` traces the same ``ScoringNet`` to
+ONNX: one scoring path. No hooks, no exception to stop the forward pass: the backbone is run
+stage by stage, as its own ``forward`` does, and simply not beyond the last hooked stage.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import BackboneSpec
+from .maps import distance_grid_to_maps
+from .tiling import Cell, from_cells, to_cells
+
+POSITION_CHUNK = 1024  # positions per batched product in eager scoring (temporaries stay small)
+
+
+def backbone_stages(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The backbone's modules in the order its ``forward`` applies them, by dotted name.
+
+    EfficientNet-Lite: stem conv, BatchNorm, activation, then ``_blocks.0 …``; torchvision's
+    ResNet: ``conv1, bn1, relu, maxpool, layer1 … layer4``. Those forwards are plain chains
+    (in eval mode drop-connect is the identity), so running these modules one after the other
+    gives exactly what the hooks saw. Any other architecture is refused.
+    """
+    if hasattr(backbone, "_blocks") and hasattr(backbone, "_conv_stem"):
+        stem = [(n, getattr(backbone, n)) for n in ("_conv_stem", "_bn0", "_swish")]
+        return stem + [(f"_blocks.{i}", block) for i, block in enumerate(backbone._blocks)]
+    if all(hasattr(backbone, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1")):
+        names = ["conv1", "bn1", "relu", "maxpool"] + [f"layer{i}" for i in range(1, 5) if hasattr(backbone, f"layer{i}")]
+        return [(n, getattr(backbone, n)) for n in names]
+    raise ValueError(f"cannot run a {type(backbone).__name__} stage by stage: padim knows EfficientNet-Lite "
+                     f"and torchvision ResNet backbones")
+
+
+def local_channel_indices(channels: Sequence[int], channel_index: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Per hooked layer, the indices of its kept channels (None: all), from sorted global ``channel_index``."""
+    out, offset = [], 0
+    for c in channels:
+        if channel_index is None:
+            out.append(None)
+        else:
+            index = channel_index.to(torch.long)
+            out.append(index[(index >= offset) & (index < offset + c)] - offset)
+        offset += c
+    return out
+
+
+class Embedder(nn.Module):
+    """``[B, 3, H, W]`` RGB in [0, 1] → PaDiM embedding ``[B, d, h, w]`` on the finest hooked grid."""
+
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec, layers: Sequence[str],
+                 channel_index: torch.Tensor | None = None, channels_last: bool | None = None):
+        super().__init__()
+        if not layers:
+            raise ValueError("at least one layer must be hooked")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers must be distinct, got {list(layers)}")
+        self.points = [spec.hook_point(name) for name in layers]
+        stages = backbone_stages(backbone.eval())
+        names = [n for n, _ in stages]
+        for name in layers:
+            if name not in names:
+                raise ValueError(f"backbone has no stage named {name!r}")
+        last = max(names.index(name) for name in layers)
+        self.stage_names = names[: last + 1]
+        self.stages = nn.ModuleList(m for _, m in stages[: last + 1])
+        self.taps = [self.stage_names.index(p.name) for p in self.points]  # stage index of each layer
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.selections = self.selection_of(self.points, channel_index)
+        for k, sel in enumerate(self.selections):
+            if sel is not None:
+                self.register_buffer(f"keep{k}", torch.tensor(sel, dtype=torch.long), persistent=False)
+        # A backbone prepared by padim.fusion runs fastest in channels_last on the CPU (its own
+        # forward pre-hook converts the input; here the stages are called directly).
+        self.channels_last = bool(getattr(backbone, "_padim_prepared", False)) if channels_last is None else channels_last
+        self.backbone = backbone  # kept for its weights' fingerprint; never called whole
+
+    @staticmethod
+    def selection_of(points, channel_index: torch.Tensor | None) -> list[list[int] | None]:
+        """Kept channels of each hooked layer as lists (None: all)."""
+        return [None if s is None else s.tolist()
+                for s in local_channel_indices([p.channels for p in points], channel_index)]
+
+    @property
+    def out_features(self) -> int:
+        return sum(p.channels if s is None else len(s) for p, s in zip(self.points, self.selections))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        if self.channels_last and x.device.type == "cpu" and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        wanted, taps = set(self.taps), {}
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in wanted:
+                taps[i] = x
+        parts = []
+        for k, tap in enumerate(self.taps):
+            fmap = taps[tap]
+            if self.selections[k] is not None:
+                if not self.selections[k]:
+                    continue
+                fmap = fmap.index_select(1, getattr(self, f"keep{k}"))
+            parts.append(fmap)
+        h, w = parts[0].shape[-2:]
+        parts = [p if p.shape[-2:] == (h, w) else F.interpolate(p, size=(int(h), int(w)), mode="nearest")
+                 for p in parts]
+        return torch.cat(parts, dim=1)
+
+
+class ScoreHead(nn.Module):
+    """Embedding ``[B, d, h, w]`` → anomaly map ``[B, H, W]`` at the input size.
+
+    ``mean [G, d]`` and ``whitener [G, d, d]`` (dense float32 ``L⁻¹``, lower triangular) of the
+    G Gaussians: one per position (``cell=1``), per k×k cell, or one (``cell="image"``). The
+    squared distance is ``‖L⁻¹(x − μ)‖²``, one batched product over the Gaussians.
+    """
+
+    def __init__(self, mean: torch.Tensor, whitener: torch.Tensor, cell: Cell, input_size: tuple[int, int],
+                 stride: int, blur_sigma: float):
+        super().__init__()
+        self.register_buffer("mean", mean)  # persistent: exported as initialisers
+        self.register_buffer("whitener", whitener)
+        self.cell = cell
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.stride = int(stride)
+        self.blur_sigma = float(blur_sigma)
+
+    def distances(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples ``[S, d, G]`` → Mahalanobis distances ``[S, G]``."""
+        x = samples.to(torch.float32).permute(2, 0, 1)  # [G, S, d]
+        g = x.shape[0]
+        if torch.jit.is_tracing() or g <= POSITION_CHUNK:
+            return _whitened_norm(x, self.mean, self.whitener).T
+        out = torch.empty(samples.shape[0], g, dtype=torch.float32, device=samples.device)
+        for start in range(0, g, POSITION_CHUNK):
+            stop = start + POSITION_CHUNK
+            out[:, start:stop] = _whitened_norm(x[start:stop], self.mean[start:stop], self.whitener[start:stop]).T
+        return out
+
+    def to_maps(self, distances: torch.Tensor, batch: int, h: int, w: int) -> torch.Tensor:
+        """Distances ``[S, G]`` of a ``[batch, d, h, w]`` embedding → blurred maps ``[batch, H, W]``."""
+        return distances_to_maps(distances, self.cell, batch, h, w, self.input_size, self.stride, self.blur_sigma)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        batch, _, h, w = embedding.shape
+        return self.to_maps(self.distances(to_cells(embedding, self.cell)), batch, h, w)
+
+
+def distances_to_maps(distances: torch.Tensor, cell: Cell, batch: int, h: int, w: int, input_size: tuple[int, int],
+                      stride: int, blur_sigma: float) -> torch.Tensor:
+    """Per-sample distances ``[S, G]`` (cells as :func:`padim.tiling.to_cells`) of a ``[batch, d, h, w]``
+    embedding → anomaly maps ``[batch, H, W]`` at the input size: grid, bilinear upsampling, blur."""
+    grid = from_cells(distances, cell, batch, h, w)
+    return distance_grid_to_maps(grid, input_size, blur_sigma, stride)
+
+
+def _whitened_norm(samples: torch.Tensor, mean: torch.Tensor, whitener: torch.Tensor) -> torch.Tensor:
+    """``[G, S, d]`` samples → ``‖L⁻¹(x − μ)‖`` ``[G, S]`` against ``mean [G, d]``, ``whitener [G, d, d]``."""
+    centred = samples - mean[:, None, :]
+    whitened = torch.bmm(centred, whitener.transpose(1, 2))
+    return whitened.square().sum(dim=2).clamp_min(0).sqrt()
+
+
+class ScoringNet(nn.Module):
+    """Image batch ``[N, 3, H, W]`` (RGB in [0, 1], the model's input size) → ``(anomaly_map [N, H, W],
+    score [N])``; the score is the maximum of the map."""
+
+    def __init__(self, embedder: Embedder, head: ScoreHead):
+        super().__init__()
+        self.embedder = embedder
+        self.head = head
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.head(self.embedder(image))
+        return maps, maps.flatten(1).amax(dim=1)
+

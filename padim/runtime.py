@@ -1,0 +1,215 @@
+"""Score images with an exported model, without torch (``pip install 'padim[runtime]'``).
+
+:class:`ExportedModel` loads a file written by ``padim export`` — ONNX through onnxruntime, or
+OpenVINO IR (``.xml``) through openvino — reads its metadata, reads and resizes images as the
+fitted model did (same value range, same resize), and returns per image the score, the defect
+probability, the OK/NG label and the anomaly map at the image's original size. It offers the
+estimator's scoring interface (``iter_results``, ``calibrator_``, …), so
+:func:`padim.workflows.score_folder` writes the same TSV from it as from a torch model.
+
+This module must not import torch (tests check it in a fresh interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .io import ImageReadError, list_images, load_image
+from .value_range import as_value_range
+
+METADATA_KEY = "padim"  # as padim.export.METADATA_KEY (not imported: that module needs torch)
+EXPORT_FORMAT = "padim-export"
+
+
+class ExportedModelError(ValueError):
+    """An exported model file that is missing, foreign or unreadable."""
+
+
+@dataclass
+class ImageResult:
+    """Outcome for one input image (fields as :class:`padim.model.ImageResult`)."""
+
+    index: int
+    score: float | None = None
+    anomaly_map: np.ndarray | None = None
+    error: str = ""
+    probability: float | None = None
+    label: str | None = None
+
+
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[h, w, 3]`` (uint8 or float in [0, 1]) → float32 ``[3, H, W]`` in [0, 1], resized as
+    :class:`padim.data.Resize` does: OpenCV area averaging when shrinking, bilinear when
+    enlarging. Without OpenCV, Pillow's box and bilinear filters (they differ at sharp edges:
+    below one 8-bit step on average, so scores agree within a few per cent, not exactly)."""
+    h, w = size
+    if image.shape[:2] != (h, w):
+        shrink = h * w < image.shape[0] * image.shape[1]
+        try:
+            import cv2
+        except ImportError:
+            image = _pillow_resize(image, (h, w), shrink)
+        else:
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    return chw.astype(np.float32) / 255.0 if chw.dtype == np.uint8 else chw.astype(np.float32)
+
+
+def _pillow_resize(image: np.ndarray, size: tuple[int, int], shrink: bool) -> np.ndarray:
+    h, w = size
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(image).resize((w, h), method))
+    planes = [np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize((w, h), method))
+              for c in range(image.shape[2])]
+    return np.stack(planes, axis=2)
+
+
+def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float32 map to ``(height, width)`` (as :func:`padim.maps.resize_map`)."""
+    h, w = size
+    if anomaly_map.shape == (h, w):
+        return anomaly_map
+    try:
+        import cv2
+    except ImportError:
+        return np.asarray(Image.fromarray(anomaly_map, mode="F").resize((w, h), Image.Resampling.BILINEAR))
+    return cv2.resize(anomaly_map, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+class _OnnxSession:
+    def __init__(self, path: Path, threads: int | None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ExportedModelError("scoring an .onnx model needs onnxruntime: pip install 'padim[runtime]'") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ExportedModelError(f"'{path}': not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise ExportedModelError(f"'{path}': an ONNX model, but not exported by padim (no padim metadata)")
+        self.metadata = json.loads(raw)
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = self.session.run(["anomaly_map", "score"], {"image": images})
+        return maps, scores
+
+
+class _OpenVinoSession:
+    def __init__(self, path: Path, threads: int | None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ExportedModelError("scoring an OpenVINO model needs openvino: pip install 'padim[openvino]'") from None
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise ExportedModelError(f"'{path}': not a readable OpenVINO model ({str(exc).splitlines()[0]})") from None
+        if not model.has_rt_info([METADATA_KEY]):
+            raise ExportedModelError(f"'{path}': an OpenVINO model, but not exported by padim (no padim metadata)")
+        self.metadata = json.loads(model.get_rt_info([METADATA_KEY]).astype(str))
+        # f32 arithmetic: on CPUs with bf16/AMX units OpenVINO would otherwise pick bf16 (2 % off)
+        config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
+        self.compiled = core.compile_model(model, "CPU", config)
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.compiled(images)
+        return (np.asarray(out[self.compiled.output("anomaly_map")]),
+                np.asarray(out[self.compiled.output("score")]))
+
+
+class ExportedModel:
+    """An exported padim model, ready to score: ``ExportedModel("model.onnx").predict(folder)``.
+
+    threads: CPU threads of the inference engine (default: its own choice). batch_size: images
+    per engine call.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 8):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ExportedModelError(f"'{self.path}': no such exported model file")
+        self.batch_size = max(1, int(batch_size))
+        self._session = (_OpenVinoSession if self.path.suffix == ".xml" else _OnnxSession)(self.path, threads)
+        meta = self.metadata = self._session.metadata
+        if meta.get("format") != EXPORT_FORMAT:
+            raise ExportedModelError(f"'{self.path}': metadata is not a padim export")
+        self.input_size_ = tuple(int(v) for v in meta["input_size"])
+        self.value_range_ = None if meta.get("value_range") is None else as_value_range(meta["value_range"])
+        self.value_kind_ = meta.get("value_kind")
+        self.map_floor_ = meta.get("map_floor")
+        self.calibrator_ = None
+        if meta.get("calibrator"):
+            from .calibration import Calibrator
+
+            self.calibrator_ = Calibrator.from_dict(meta["calibrator"])
+        # Result files of an export must not be resumed with the torch model's rows (or another format's).
+        self.fingerprint_ = f"{meta['model_fingerprint']}:{self.path.suffix.lstrip('.')}{':fp16' if meta.get('fp16') else ''}"
+
+    def _read(self, source) -> tuple[np.ndarray, tuple[int, int]]:
+        image = load_image(source, keep_uint8=True, value_range=self.value_range_, value_kind=self.value_kind_)
+        return resize_rgb(image, self.input_size_), image.shape[:2]
+
+    def iter_results(self, images: Any, maps: bool = True) -> Iterator[ImageResult]:
+        """Results in input order, ``batch_size`` images per engine call; unreadable images carry an error."""
+        sources = list(list_images(images)) if isinstance(images, (str, Path)) else list(images)
+        for start in range(0, len(sources), self.batch_size):
+            results, arrays, sizes, indices = {}, [], [], []
+            for index in range(start, min(start + self.batch_size, len(sources))):
+                try:
+                    array, size = self._read(sources[index])
+                except ImageReadError as exc:
+                    results[index] = ImageResult(index, error=str(exc))
+                    continue
+                arrays.append(array)
+                sizes.append(size)
+                indices.append(index)
+            if arrays:
+                batch_maps, scores = self._session.run(np.stack(arrays))
+                for k, index in enumerate(indices):
+                    score = float(scores[k])
+                    amap = resize_map(batch_maps[k], sizes[k]) if maps else None
+                    results[index] = self._labelled(ImageResult(index, score, amap))
+            for index in sorted(results):
+                yield results[index]
+
+    def _labelled(self, result: ImageResult) -> ImageResult:
+        if self.calibrator_ is not None:
+            result.probability = float(self.calibrator_.probability([result.score])[0])
+            result.label = "NG" if bool(self.calibrator_.predict([result.score])[0]) else "OK"
+        return result
+
+    def predict(self, images: Any, maps: bool = True) -> list[ImageResult]:
+        """Every image's score, probability, label (when calibrated) and map; unreadable ones raise."""
+        results = list(self.iter_results(images, maps=maps))
+        failed = [r.error for r in results if r.error]
+        if failed:
+            raise ValueError(f"{len(failed)} image(s) could not be read; first: {failed[0]}")
+        return results
+
+
+def score_folder(model_path: str | Path, input_path: str | Path, out: str | Path, **options):
+    """``padim score`` for an exported model: the same TSV (see :func:`padim.workflows.score_folder`)."""
+    from .workflows import score_folder as run
+
+    runtime = ExportedModel(model_path, threads=options.pop("threads", None),
+                            batch_size=options.pop("batch_size", 8))
+    return run(runtime, input_path, out, **options)
+
+
+def is_exported_model(path: str | Path) -> bool:
+    """True for file names ``padim export`` writes (.onnx, OpenVINO .xml)."""
+    return Path(path).suffix.lower() in (".onnx", ".xml")

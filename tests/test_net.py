@@ -1,0 +1,110 @@
+"""The scoring core: the stage-by-stage embedding equals the hooked backbone's, and the head's
+distances and maps equal naive references (numpy solves, a Python loop over cells)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from padim.backbones import get_spec
+from padim.features import FeatureExtractor, embedding_concat, random_channel_index
+from padim.maps import distance_grid_to_maps
+from padim.net import Embedder, ScoreHead, ScoringNet, backbone_stages
+
+
+def hooked_embedding(backbone, spec, layers, index, images):
+    """The reference: forward hooks on the whole backbone, then the original embedding_concat."""
+    extractor = FeatureExtractor(backbone, spec, layers)
+    try:
+        return embedding_concat(extractor(images), index)
+    finally:
+        extractor.remove_hooks()
+
+
+@pytest.mark.parametrize("layers", [("_blocks.2", "_blocks.4", "_blocks.10"), ("_blocks.10", "_blocks.4")])
+def test_lite0_embedding_equals_hooked_backbone(lite0_backbone, layers):
+    spec = get_spec("efficientnet_lite0")
+    total = sum(spec.hook_point(n).channels for n in layers)
+    index = random_channel_index(total, 50, seed=3)
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    got = Embedder(lite0_backbone, spec, layers, index)(images)
+    want = hooked_embedding(lite0_backbone, spec, layers, index, images)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert Embedder(lite0_backbone, spec, layers, index).stage_names[-1] == "_blocks.10"  # nothing beyond
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+def test_resnet18_embedding_equals_hooked_backbone(prepare):
+    import torchvision
+
+    torch.manual_seed(0)
+    backbone = torchvision.models.resnet18(weights=None).eval()
+    if prepare:
+        from padim.fusion import prepare_for_inference
+
+        backbone = prepare_for_inference(backbone)
+    spec = get_spec("resnet18")
+    layers = ("layer1", "layer2", "layer3")
+    images = torch.rand(2, 3, 64, 64)
+    got = Embedder(backbone, spec, layers, None)(images)
+    want = hooked_embedding(backbone, spec, layers, None, images)
+    assert got.shape == (2, 64 + 128 + 256, 16, 16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="EfficientNet-Lite and torchvision ResNet"):
+        backbone_stages(nn.Sequential(nn.Conv2d(3, 8, 3)))
+
+
+def random_gaussians(g, d, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(g, d, d))
+    cov = a @ a.transpose(0, 2, 1) / d + 0.5 * np.eye(d)
+    mean = rng.normal(size=(g, d))
+    whitener = np.linalg.inv(np.linalg.cholesky(cov))
+    return cov, mean, whitener
+
+
+def naive_distance(x, mean, cov):
+    diff = x - mean
+    return float(np.sqrt(diff @ np.linalg.solve(cov, diff)))
+
+
+def test_head_distances_per_position_equal_numpy_solves():
+    b, d, h, w = 2, 5, 3, 4
+    cov, mean, whitener = random_gaussians(h * w, d)
+    emb = np.random.default_rng(1).normal(size=(b, d, h, w))
+    head = ScoreHead(torch.tensor(mean, dtype=torch.float32), torch.tensor(whitener, dtype=torch.float32),
+                     1, (h * 4, w * 4), 4, 0.0)
+    got = head.distances(torch.tensor(emb, dtype=torch.float32).flatten(2)).numpy()  # [B, P]
+    for i in range(b):
+        for p in range(h * w):
+            assert got[i, p] == pytest.approx(naive_distance(emb[i, :, p // w, p % w], mean[p], cov[p]), rel=1e-4)
+
+
+def test_head_cells_and_shared_gaussian_maps_equal_a_loop():
+    b, d, h, w, k = 2, 4, 4, 6, 2
+    emb = np.random.default_rng(2).normal(size=(b, d, h, w))
+    for cell, g, which in ((k, (h // k) * (w // k), lambda y, x: (y // k) * (w // k) + x // k),
+                           ("image", 1, lambda y, x: 0)):
+        cov, mean, whitener = random_gaussians(g, d, seed=3)
+        head = ScoreHead(torch.tensor(mean, dtype=torch.float32), torch.tensor(whitener, dtype=torch.float32),
+                         cell, (h * 4, w * 4), 4, 2.0)
+        grid = np.array([[[naive_distance(emb[i, :, y, x], mean[which(y, x)], cov[which(y, x)])
+                           for x in range(w)] for y in range(h)] for i in range(b)])
+        want = distance_grid_to_maps(torch.tensor(grid, dtype=torch.float32), (h * 4, w * 4), 2.0, 4)
+        got = head(torch.tensor(emb, dtype=torch.float32))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_scoring_net_score_is_the_map_maximum(lite0_backbone):
+    spec = get_spec("efficientnet_lite0")
+    embedder = Embedder(lite0_backbone, spec, ["_blocks.2"], None)
+    d = spec.hook_point("_blocks.2").channels
+    _, mean, whitener = random_gaussians(1, d)
+    net = ScoringNet(embedder, ScoreHead(torch.tensor(mean, dtype=torch.float32),
+                                         torch.tensor(whitener, dtype=torch.float32), "image", (32, 32), 4, 1.0))
+    maps, scores = net(torch.rand(3, 3, 32, 32))
+    assert maps.shape == (3, 32, 32)
+    np.testing.assert_array_equal(scores.numpy(), maps.numpy().reshape(3, -1).max(axis=1))
