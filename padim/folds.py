@@ -112,7 +112,7 @@ def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.n
     for start in (progress(starts, len(starts), "held-out folds") if progress else starts):
         stop = min(start + chunk, positions)
         centred = x[:, :, start:stop].permute(2, 0, 1).float() - model.mean[start:stop, None, :]  # [p, S, d]
-        whitened = centred @ model.whitener[start:stop].transpose(1, 2)  # Z rows, as in scoring
+        whitened = centred @ model.whitener_rows(start, stop).transpose(1, 2)  # Z rows, as in scoring
         del centred
         for index, combos, base, factor_scale in algebra:
             z = whitened[:, index]
