@@ -58,7 +58,7 @@ def _machine_load() -> tuple[int | None, float | None]:
 
 
 @contextmanager
-def _cholesky_threads(device: torch.device):
+def cholesky_thread_limit(device: torch.device):
     """Run the block with :func:`cholesky_threads` CPU threads, then restore the setting."""
     previous = torch.get_num_threads()
     wanted = cholesky_threads(previous, *_machine_load())
@@ -284,7 +284,7 @@ class GaussianStats:
         scale = torch.ones(self.num_positions, dtype=torch.float32, device=self.device)
         eye = torch.eye(d, dtype=torch.float64, device=self.device)
         starts = range(0, self.num_positions, finalize_chunk(d))
-        with _cholesky_threads(self.device):
+        with cholesky_thread_limit(self.device):
             for start in (progress(starts, len(starts)) if progress else starts):
                 stop = min(start + finalize_chunk(d), self.num_positions)
                 inverse = self._inverse_factor(centred_mean, start, stop, lam, eps, eye)
