@@ -111,7 +111,9 @@ def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.n
     starts = range(0, positions, chunk)
     for start in (progress(starts, len(starts), "held-out folds") if progress else starts):
         stop = min(start + chunk, positions)
-        centred = x[:, :, start:stop].permute(2, 0, 1).float() - model.mean[start:stop, None, :]  # [p, S, d]
+        # [p, S, d], contiguous: a batched product of strided rows runs ~20× slower on two threads
+        centred = torch.empty(stop - start, n, d, dtype=torch.float32, device=device)
+        centred.copy_(x[:, :, start:stop].permute(2, 0, 1)).sub_(model.mean[start:stop, None, :])
         whitened = centred @ model.whitener_rows(start, stop).transpose(1, 2)  # Z rows, as in scoring
         del centred
         with cholesky_thread_limit(x.device):  # batched Cholesky: see padim.gaussian.cholesky_threads

@@ -16,7 +16,7 @@ from .gaussian import finalize_chunk, group_rows, update_chunk
 
 GIB = 2**30
 FOLD_CACHE_BYTES = 256 * 2**20  # held-out embeddings kept (at least) before re-extracting them
-FIT_CACHE_MAX_BYTES = 512 * 2**20  # float16 training embeddings kept at most for the held-out folds
+FIT_CACHE_MAX_BYTES = 256 * 2**20  # float16 embeddings of the held-out images, at most (bounds calibration)
 HELD_OUT_MIN_IMAGES = 100  # fewer cacheable than this (and than all): every image held out, extracted again
 CACHE_RESERVE_BYTES = 768 * 2**20  # left for backbone activations and decoding when sizing that cache
 MIB = 2**20
