@@ -684,8 +684,10 @@ class _EmbeddingCache:
             if len(self.slots) * embedding[0].numel() * 2 > self.capacity:
                 self.full = True
                 return
+            # channels_last, as the backbone gives them: copying in is a plain copy, and each
+            # position's samples read out by the folds are contiguous d-vectors
             self.store = torch.empty((len(self.slots), *embedding.shape[1:]), dtype=torch.float16,
-                                     device=embedding.device)
+                                     device=embedding.device, memory_format=torch.channels_last)
         block = embedding if len(picks) == len(indices) else embedding[torch.as_tensor(picks)]
         block = block.half()
         if not bool(torch.isfinite(block).all()):
