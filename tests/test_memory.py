@@ -68,10 +68,10 @@ def test_plan_calibration():
     with_images = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=12)
     assert with_images.embedding_cache == 12 * 100 * 10 * 2  # float16, all images
     assert with_images.calibration == unrounded + 256 * 2**20 + 2 * 2**25
-    # many images: only as many as 512 MiB holds are held out (2000 bytes each), and folds of more
+    # many images: only as many as 256 MiB holds are held out (2000 bytes each), and folds of more
     # samples than d = 10 are refitted: a fold's sums and model next to the fit's
     huge = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=10**7)
-    assert huge.embedding_cache == (512 * 2**20 // 2000) * 2000 and not huge.downdate
+    assert huge.embedding_cache == (256 * 2**20 // 2000) * 2000 and not huge.downdate
     assert huge.calibration == 60_000 + 44_000 + 256 * 2**20
     assert huge.peak == 60_000 + huge.finalize + huge.model + huge.calibration + huge.embedding_cache
     assert plan_memory(100, 10, 100, 1, calibration_folds=1, n_images=12).calibration == 0
