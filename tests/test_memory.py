@@ -68,10 +68,10 @@ def test_plan_calibration():
     with_images = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=12)
     assert with_images.embedding_cache == 12 * 100 * 10 * 2  # float16, all images
     assert with_images.calibration == unrounded + 256 * 2**20 + 2 * 2**25
-    # many images: only as many as 256 MiB holds are held out (2000 bytes each), and folds of more
+    # many images: only as many as 160 MiB holds are held out (2000 bytes each), and folds of more
     # samples than d = 10 are refitted: a fold's sums and model next to the fit's
     huge = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=10**7)
-    assert huge.embedding_cache == (256 * 2**20 // 2000) * 2000 and not huge.downdate
+    assert huge.embedding_cache == (160 * 2**20 // 2000) * 2000 and not huge.downdate
     assert huge.calibration == 60_000 + 44_000 + 256 * 2**20
     assert huge.peak == 60_000 + huge.finalize + huge.model + huge.calibration + huge.embedding_cache
     assert plan_memory(100, 10, 100, 1, calibration_folds=1, n_images=12).calibration == 0
@@ -81,8 +81,8 @@ def test_held_out_images_all_while_they_fit_then_a_bounded_subset():
     assert held_out_images(300, 1000, 512_000) == 300  # 300 kB of 512 kB
     assert held_out_images(600, 1000, 512_000) == 512  # a subset of what fits
     assert held_out_images(10**6, 1000, 512_000) == 512  # flat in the number of images
-    assert held_out_images(600, 1000, 99_000) == 600  # < 100 images fit: all held out, extracted again
-    assert held_out_images(600, 1000, 100_000) == 100
+    assert held_out_images(600, 1000, 63_000) == 600  # < 64 images fit: all held out, extracted again
+    assert held_out_images(600, 1000, 64_000) == 64
 
 
 def test_plan_positional_signature_unchanged():
