@@ -328,7 +328,9 @@ class PaDiM:
 
         Unreadable images are skipped with a warning and listed in ``skipped_``. With
         ``calibration_folds`` ≥ 2 and at least that many images, held-out scores of the good
-        images calibrate probabilities and the OK/NG threshold (``calibrator_``).
+        images calibrate probabilities and the OK/NG threshold (``calibrator_``): all of them, or
+        for many images a seeded subset of at most FIT_CACHE_MAX_BYTES of embeddings (~119 at
+        256 px; ``held_out_``: their input positions, in the order of ``calibration_scores_``).
         """
         self._apply_threads()
         sources = as_sources(images)
