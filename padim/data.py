@@ -94,8 +94,9 @@ class ImageDataset(Dataset):
             image = load_image(self.sources[index], keep_uint8=True, value_range=self.value_range,
                                value_kind=self.value_kind)
         except ImageReadError as exc:
-            return index, None, (0, 0), str(exc), None
-        return index, self.transform(image), image.shape[:2], "", image if self.keep_original else None
+            return (index, None, (0, 0), str(exc)) + ((None,) if self.keep_original else ())
+        item = (index, self.transform(image), image.shape[:2], "")
+        return item + (image,) if self.keep_original else item  # (index, tensor, size, error[, image])
 
 
 def collate(items) -> Batch:
@@ -110,7 +111,7 @@ def collate(items) -> Batch:
         images=images,
         original_sizes=[tuple(item[2]) for item in ok],
         errors=[(item[0], item[3]) for item in items if item[1] is None],
-        originals=[item[4] for item in ok] if ok and ok[0][4] is not None else None,
+        originals=[item[4] for item in ok] if ok and len(ok[0]) > 4 else None,
     )
 
 

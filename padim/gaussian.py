@@ -115,9 +115,12 @@ class GaussianStats:
             block = x[:, :, start:stop].permute(2, 1, 0)
             if shift32 is not None:
                 centred.copy_(block).sub_(shift32[start:stop, :, None])
+                self.sum[start:stop] += centred.sum(dim=2)  # float32 sum of ≤ d samples, into float64
             else:  # float64 data, or a shift from merged statistics: subtract in float64 (a huge mean cancels)
-                centred.copy_(block.to(torch.float64) - self.shift[start:stop, :, None])
-            self.sum[start:stop] += centred.sum(dim=2)  # float32 sums of one batch, accumulated in float64
+                wide = block.to(torch.float64) - self.shift[start:stop, :, None]
+                self.sum[start:stop] += wide.sum(dim=2)
+                centred.copy_(wide)
+                del wide
             square, packed = self._product_buffers(position_chunk, stop - start)
             torch.bmm(centred, centred.transpose(1, 2), out=square)
             del centred
