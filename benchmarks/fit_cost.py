@@ -23,12 +23,13 @@ Output: one JSON object per run on stdout (and appended to ``--out`` if given), 
   peak_rss_mb                 peak resident memory of the subprocess (fit, then save)
   model_file_mib              size of the saved model file
   threshold                   the calibrated OK/NG threshold
+  held_out_images             how many training images calibration held out (all, or a bounded subset)
   held_out                    the held-out scores (to compare configurations; see --compare)
 After all runs, with ``--compare`` (default on), one line per configuration: the largest relative
 difference of its held-out scores and of its threshold from the first configuration's.
 
     python benchmarks/fit_cost.py --data datasets/cookies_small/train/good --configs /work/main current
-    python benchmarks/fit_cost.py --data ../shared/data/bsdata/train/good --sizes 50 209 --configs current
+    python benchmarks/fit_cost.py --data ../shared/data/bsdata/train/good --sizes 50 209 568 --configs SRC current
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def child(data: str, n: int, threads: int, workers: int, config: str) -> dict:
     result["calibration_share"] = round(spent["calibration_s"] / max(1e-9, total - spent["calibration_s"]), 3)
     result.update(peak_rss_mb=round(peak / 2**20), model_file_mib=round(size / 2**20, 1),
                   threshold=None if model.calibrator_ is None else float(model.calibrator_.threshold_),
+                  held_out_images=len(getattr(model, "held_out_", None) or []) or None,
                   held_out=None if model.calibration_scores_ is None else
                   [round(float(s), 6) for s in model.calibration_scores_])
     return result

@@ -69,19 +69,24 @@ class Batch:
     images: torch.Tensor | list[torch.Tensor]
     original_sizes: list[tuple[int, int]]
     errors: list[tuple[int, str]]
+    originals: list[np.ndarray] | None = None  # the decoded images before resizing, when asked for
 
 
 class ImageDataset(Dataset):
     """Loads ``sources[i]`` mapped to [0, 1] by ``value_range`` (the model's, the same for every
     image of pixel kind ``value_kind``; None: each pixel type's full scale) and applies
-    ``transform``; read errors are returned, not raised. Picklable for DataLoader workers."""
+    ``transform``; read errors are returned, not raised. Picklable for DataLoader workers.
+    ``keep_original``: also return the decoded image (as :func:`padim.io.load_image` with
+    ``keep_uint8`` gives it), so that drawing it needs no second decode."""
 
     def __init__(self, sources: Sequence, transform: Callable[[np.ndarray], torch.Tensor],
-                 value_range: ValueRange | None = None, value_kind: str | None = None):
+                 value_range: ValueRange | None = None, value_kind: str | None = None,
+                 keep_original: bool = False):
         self.sources = sources
         self.transform = transform
         self.value_range = value_range
         self.value_kind = value_kind
+        self.keep_original = keep_original
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -91,8 +96,9 @@ class ImageDataset(Dataset):
             image = load_image(self.sources[index], keep_uint8=True, value_range=self.value_range,
                                value_kind=self.value_kind)
         except ImageReadError as exc:
-            return index, None, (0, 0), str(exc)
-        return index, self.transform(image), image.shape[:2], ""
+            return (index, None, (0, 0), str(exc)) + ((None,) if self.keep_original else ())
+        item = (index, self.transform(image), image.shape[:2], "")
+        return item + (image,) if self.keep_original else item  # (index, tensor, size, error[, image])
 
 
 def collate(items) -> Batch:
@@ -107,17 +113,20 @@ def collate(items) -> Batch:
         images=images,
         original_sizes=[tuple(item[2]) for item in ok],
         errors=[(item[0], item[3]) for item in items if item[1] is None],
+        originals=[item[4] for item in ok] if ok and len(ok[0]) > 4 else None,
     )
 
 
 def make_loader(sources: Sequence, transform, batch_size: int, workers: int, pin_memory: bool,
-                value_range: ValueRange | None = None, value_kind: str | None = None) -> DataLoader:
+                value_range: ValueRange | None = None, value_kind: str | None = None,
+                keep_original: bool = False) -> DataLoader:
     """Batches in input order; file sources use ``workers`` processes, in-memory ones load inline.
-    Every image is mapped to [0, 1] by ``value_range`` (see :class:`ImageDataset`)."""
+    Every image is mapped to [0, 1] by ``value_range`` (see :class:`ImageDataset`); with
+    ``keep_original`` each batch also carries the decoded images (``Batch.originals``)."""
     in_memory = any(not isinstance(s, Path) for s in sources)
     workers = 0 if in_memory else max(0, min(int(workers), len(sources) // max(batch_size, 1) + 1))
     return DataLoader(
-        ImageDataset(sources, transform, value_range, value_kind),
+        ImageDataset(sources, transform, value_range, value_kind, keep_original),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .gaussian import GaussianModel, GaussianStats
+from .gaussian import GaussianModel, GaussianStats, cholesky_thread_limit
 
 DOWNDATE_CHUNK_BYTES = 2**25  # float32 whitened fold residuals of one chunk of positions
 NORMALISE_BY_FOLD = False  # fold scatter over n_F − 1 (λ grows) instead of n − 1 (λ kept); see above
@@ -111,21 +111,30 @@ def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.n
     starts = range(0, positions, chunk)
     for start in (progress(starts, len(starts), "held-out folds") if progress else starts):
         stop = min(start + chunk, positions)
-        centred = x[:, :, start:stop].permute(2, 0, 1).float() - model.mean[start:stop, None, :]  # [p, S, d]
-        whitened = centred @ model.whitener[start:stop].transpose(1, 2)  # Z rows, as in scoring
+        # [p, S, d], contiguous: a batched product of strided rows runs ~20× slower on two threads
+        centred = torch.empty(stop - start, n, d, dtype=torch.float32, device=device)
+        centred.copy_(x[:, :, start:stop].permute(2, 0, 1)).sub_(model.mean[start:stop, None, :])
+        whitened = centred @ model.whitener_rows(start, stop).transpose(1, 2)  # Z rows, as in scoring
         del centred
-        for index, combos, base, factor_scale in algebra:
-            z = whitened[:, index]
-            gram = torch.bmm(z, z.transpose(1, 2)).to(torch.float64)  # [p, m, m]
-            gc = gram @ combos  # G c_j in column j
-            direct = (combos * gc).sum(dim=1)  # c_jᵀ G c_j
-            factor, info = torch.linalg.cholesky_ex(base - gram)
-            if bool((info > 0).any()):
-                raise ValueError(f"held-out downdate is not positive definite at {int((info > 0).sum())} positions")
-            correction = (gc * torch.cholesky_solve(gc, factor)).sum(dim=1)  # c_jᵀ G K⁻¹ G c_j
-            squared = (direct + correction) * factor_scale
-            out[index, start:stop] = squared.clamp_min(0).sqrt().T.to(torch.float32)
+        with cholesky_thread_limit(x.device):  # batched Cholesky: see padim.gaussian.cholesky_threads
+            _fold_chunk(whitened, algebra, out, start, stop)
+        del whitened
     return out
+
+
+def _fold_chunk(whitened: torch.Tensor, algebra, out: torch.Tensor, start: int, stop: int) -> None:
+    """Each fold's downdated distances for one chunk of positions (see :func:`fold_distances`)."""
+    for index, combos, base, factor_scale in algebra:
+        z = whitened[:, index]
+        gram = torch.bmm(z, z.transpose(1, 2)).to(torch.float64)  # [p, m, m]
+        gc = gram @ combos  # G c_j in column j
+        direct = (combos * gc).sum(dim=1)  # c_jᵀ G c_j
+        factor, info = torch.linalg.cholesky_ex(base - gram)
+        if bool((info > 0).any()):
+            raise ValueError(f"held-out downdate is not positive definite at {int((info > 0).sum())} positions")
+        correction = (gc * torch.cholesky_solve(gc, factor)).sum(dim=1)  # c_jᵀ G K⁻¹ G c_j
+        squared = (direct + correction) * factor_scale
+        out[index, start:stop] = squared.clamp_min(0).sqrt().T.to(torch.float32)
 
 
 def refit_distances(stats: GaussianStats, fold_stats: GaussianStats, samples: torch.Tensor,

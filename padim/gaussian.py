@@ -13,6 +13,7 @@ rounded values, so a saved and reloaded model scores bit-identically.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -33,15 +34,38 @@ def update_chunk(dim: int, batch: int) -> int:
     return max(1, UPDATE_CHUNK_BYTES // (8 * dim * (dim + batch)))
 
 
+def cholesky_threads(threads: int, cores: int | None, load: float | None) -> int:
+    """Threads for the batched CPU Cholesky/inverse of :meth:`GaussianStats.finalize`.
+
+    Batched CPU Cholesky runs up to 100× slower when its OpenMP threads spin on cores another
+    process holds (measured on a busy 2-core machine); one thread costs at most 2× on an idle
+    one. So: one thread on machines of ≤ 2 cores (where any other process makes them busy), and
+    when the other processes' load (the 1-minute load average less this process's ``threads``)
+    leaves fewer than ``threads + 1`` cores free (one spare core for the rest of the system);
+    otherwise all ``threads``. ``cores``/``load`` unknown (None): treated as small and busy.
+    """
+    if threads <= 1 or cores is None or cores <= 2 or load is None:
+        return 1
+    others = max(0.0, load - threads)  # the load average counts this process's running threads too
+    return threads if cores - others >= threads + 1 else 1
+
+
+def _machine_load() -> tuple[int | None, float | None]:
+    try:
+        return os.cpu_count(), os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        return os.cpu_count(), None
+
+
 @contextmanager
-def _one_cpu_thread(device: torch.device):
-    """Batched CPU Cholesky runs up to 100× slower with two threads when another process holds a
-    core (spinning OpenMP threads); one thread costs at most 2× on an idle machine."""
+def cholesky_thread_limit(device: torch.device):
+    """Run the block with :func:`cholesky_threads` CPU threads, then restore the setting."""
     previous = torch.get_num_threads()
-    if device.type != "cpu" or previous == 1:
+    wanted = cholesky_threads(previous, *_machine_load())
+    if device.type != "cpu" or wanted == previous:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(wanted)
     try:
         yield
     finally:
@@ -74,22 +98,46 @@ class GaussianStats:
             raise ValueError(
                 f"features must have shape [B, {self.dim}, {self.num_positions}], got {tuple(features.shape)}"
             )
-        x = features.to(self.device).permute(2, 0, 1)  # [P, B, d], still in the caller's dtype
+        x = features.to(self.device)  # [B, d, P], still in the caller's dtype and memory layout
+        batch = x.shape[0]
         if self.shift is None:
-            self.shift = x.mean(dim=1, dtype=torch.float64)
-        position_chunk = position_chunk or update_chunk(self.dim, features.shape[0])
+            shift = x.mean(dim=0, dtype=torch.float64).T.contiguous()  # [P, d]
+            # float32-representable unless the data is float64: then x − shift in float32 is the
+            # correctly rounded exact difference, as a float64 subtraction rounded to float32 gives
+            self.shift = shift if x.dtype == torch.float64 else shift.to(torch.float32).to(torch.float64)
+        shift32 = self._float32_shift() if x.dtype != torch.float64 else None
+        position_chunk = position_chunk or update_chunk(self.dim, batch)
         for start in range(0, self.num_positions, position_chunk):
-            stop = start + position_chunk
-            # Shift in float64 (a huge mean cancels exactly), then float32 products into float64 sums.
-            centred = x[start:stop].to(torch.float64) - self.shift[start:stop, None, :]
-            self.sum[start:stop] += centred.sum(dim=1)
-            centred = centred.to(torch.float32)
-            square, packed = self._product_buffers(position_chunk, centred.shape[0])
-            torch.bmm(centred.transpose(1, 2), centred, out=square)
+            stop = min(start + position_chunk, self.num_positions)
+            # Centred samples as [p, d, B], contiguous: the batched product A·Aᵀ in this layout runs
+            # several times faster than AᵀA of [p, B, d]. Float32 products into float64 sums.
+            centred = torch.empty(stop - start, self.dim, batch, dtype=torch.float32, device=self.device)
+            block = x[:, :, start:stop].permute(2, 1, 0)
+            if shift32 is not None:
+                centred.copy_(block).sub_(shift32[start:stop, :, None])
+                self.sum[start:stop] += centred.sum(dim=2)  # float32 sum of ≤ d samples, into float64
+            else:  # float64 data, or a shift from merged statistics: subtract in float64 (a huge mean cancels)
+                wide = block.to(torch.float64) - self.shift[start:stop, :, None]
+                self.sum[start:stop] += wide.sum(dim=2)
+                centred.copy_(wide)
+                del wide
+            square, packed = self._product_buffers(position_chunk, stop - start)
+            torch.bmm(centred, centred.transpose(1, 2), out=square)
+            del centred
             torch.index_select(square.view(square.shape[0], -1), 1, self._flat_lower(), out=packed)
             self.sum_outer[start:stop] += packed
         self.count += features.shape[0]
         return self
+
+    def _float32_shift(self) -> torch.Tensor | None:
+        """The shift in float32 when that is exact (as :meth:`update` makes it), else None."""
+        cached = getattr(self, "_shift32", None)
+        if cached is not None and cached[0] is self.shift:
+            return cached[1]
+        narrow = self.shift.to(torch.float32)
+        value = narrow if torch.equal(narrow.to(torch.float64), self.shift) else None
+        self._shift32 = (self.shift, value)
+        return value
 
     def _flat_lower(self) -> torch.Tensor:
         """Indices of the packed lower triangle in a flattened d×d matrix."""
@@ -239,7 +287,7 @@ class GaussianStats:
         scale = torch.ones(self.num_positions, dtype=torch.float32, device=self.device)
         eye = torch.eye(d, dtype=torch.float64, device=self.device)
         starts = range(0, self.num_positions, finalize_chunk(d))
-        with _one_cpu_thread(self.device):
+        with cholesky_thread_limit(self.device):
             for start in (progress(starts, len(starts)) if progress else starts):
                 stop = min(start + finalize_chunk(d), self.num_positions)
                 inverse = self._inverse_factor(centred_mean, start, stop, lam, eps, eye)
@@ -268,6 +316,58 @@ class GaussianStats:
     def _require_samples(self, k: int) -> None:
         if self.count < k:
             raise ValueError(f"need at least {k} training samples per position, have {self.count}")
+
+
+SUM_GROUP_BYTES = 2**27  # samples gathered before one GaussianStats.update (float16: ~90 images at 256 px)
+
+
+def group_rows(dim: int, row_bytes: int, group_bytes: int = SUM_GROUP_BYTES) -> int:
+    """Samples per grouped update: ``dim`` (beyond, the products' work dominates), at most ``group_bytes``."""
+    return max(1, min(int(dim), int(group_bytes) // max(1, int(row_bytes))))
+
+
+class GroupedUpdates:
+    """Feeds :meth:`GaussianStats.update` groups of samples rather than every batch.
+
+    An update's cost is mostly writing each position's d×d product and adding it into the float64
+    sums, whatever the number of samples S, until the products' S·d² work takes over at S ≈ d;
+    gathering up to d samples (at most ``group_bytes``: ~90 images at 256 px) per update instead
+    of one batch of 16 makes the sums several times cheaper for the same result. Samples are held in the dtype
+    given (the fit hands float16 embeddings whose values are exactly those of its features) in
+    one preallocated block of ``group_bytes``; call :meth:`flush` after the last batch.
+    """
+
+    def __init__(self, stats: GaussianStats, group_bytes: int = SUM_GROUP_BYTES):
+        self.stats = stats
+        self.group_bytes = int(group_bytes)
+        self.block: torch.Tensor | None = None
+        self.filled = 0
+
+    def add(self, samples: torch.Tensor) -> None:
+        """Queue samples ``[S, d, P]``; the sums are updated when the block is full."""
+        capacity = group_rows(self.stats.dim, samples[0].numel() * samples.element_size(), self.group_bytes)
+        if self.block is not None and (samples.dtype != self.block.dtype or self.filled + len(samples) > len(self.block)):
+            self.flush()
+        if len(samples) > capacity or (self.block is not None and samples.dtype != self.block.dtype):
+            self.stats.update(samples)  # larger than a group, or of another dtype: as it is
+            return
+        if self.block is None:
+            self.block = torch.empty((capacity, *samples.shape[1:]), dtype=samples.dtype, device=samples.device)
+        self.block[self.filled:self.filled + len(samples)] = samples
+        self.filled += len(samples)
+
+    def flush(self) -> GaussianStats:
+        """Update the sums with the queued samples; returns the statistics."""
+        if self.filled:
+            self.stats.update(self.block[:self.filled])
+            self.filled = 0
+        return self.stats
+
+    def close(self) -> GaussianStats:
+        """:meth:`flush`, then free the block."""
+        self.flush()
+        self.block = None
+        return self.stats
 
 
 def round_packed(packed: torch.Tensor, storage: torch.dtype = STORAGE_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,6 +428,14 @@ class GaussianModel:
         if self._whitener is None:
             self._whitener = unpack_whitener(self.packed, self.scale, self.dim)
         return self._whitener
+
+    def whitener_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Dense float32 whitener of positions ``start:stop``: a view of the dense one if it exists,
+        else unpacked from the packed rows for this chunk only (no full dense copy is made)."""
+        if self._whitener is not None:
+            return self._whitener[start:stop]
+        scale = None if self.scale is None else self.scale[start:stop]
+        return unpack_whitener(self.packed[start:stop], scale, self.dim)
 
     def storage_tensors(self) -> dict[str, torch.Tensor]:
         """What a model file holds: mean, packed whitener rows and (for rounded models) their scale."""

@@ -12,11 +12,12 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Sequence, Union
 
-from .gaussian import finalize_chunk, update_chunk
+from .gaussian import finalize_chunk, group_rows, update_chunk
 
 GIB = 2**30
 FOLD_CACHE_BYTES = 256 * 2**20  # held-out embeddings kept (at least) before re-extracting them
-FIT_CACHE_MAX_BYTES = 512 * 2**20  # float16 training embeddings kept at most for the held-out folds
+FIT_CACHE_MAX_BYTES = 160 * 2**20  # float16 embeddings of the held-out images, at most (bounds calibration)
+HELD_OUT_MIN_IMAGES = 64  # fewer cacheable than this (and than all): every image held out, extracted again
 CACHE_RESERVE_BYTES = 768 * 2**20  # left for backbone activations and decoding when sizing that cache
 MIB = 2**20
 
@@ -34,7 +35,7 @@ class MemoryPlan:
     model: int  # float32 mean + dense whitener kept for scoring, and its packed float16 (the file)
     batch_features: int  # float32 embedding of one batch (plus its float64 copy for the sums)
     calibration: int  # held-out phase: downdate: unrounded model + embeddings; refit: fold sums + model
-    update_temporaries: int = 0  # GaussianStats.update's per-chunk centred copy and outer products
+    update_temporaries: int = 0  # samples grouped for GaussianStats.update, its centred copy and products
     embedding_cache: int = 0  # float16 training embeddings kept through the fit for the held-out folds
     downdate: bool = True  # held-out folds by downdate (statistics freed first) rather than refit
 
@@ -72,6 +73,23 @@ def fmt_bytes(n: int) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"
 
 
+def held_out_images(n_images: int, image_bytes: int, cache_bytes: int = FIT_CACHE_MAX_BYTES) -> int:
+    """How many training images calibration holds out (scores under Gaussians fitted without them).
+
+    All of them while their float16 embeddings (``image_bytes`` each) fit ``cache_bytes``; beyond,
+    as many as fit (a seeded subset, at least :data:`HELD_OUT_MIN_IMAGES`): the folds are dealt
+    from that subset and removed from the model of all images, so calibration costs a bounded time
+    and memory however many images are fitted, without a second backbone pass. When not even that
+    many fit (huge images), all are held out and extracted again fold by fold. 160 MiB holds
+    ~119 images at 256 px (d 176): plenty for the calibrator's Gumbel fit by L-moments (see
+    padim.calibration), and their downdate and maps cost ~1.5 s on 2 cores, whatever the n.
+    """
+    fitting = int(cache_bytes // max(1, image_bytes))
+    if fitting >= n_images or fitting < HELD_OUT_MIN_IMAGES:
+        return int(n_images)
+    return fitting
+
+
 def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
                 calibration_folds: int = 0, n_images: int = 0, position_chunk: int | None = None) -> MemoryPlan:
     """Estimate the memory of fitting ``gaussians`` Gaussians of dimension ``d``.
@@ -93,19 +111,23 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
     model = 4 * (square + gaussians * d) + 2 * triangle + 4 * gaussians
     batch_features = batch_size * feature_positions * d * (4 + 8)
     per_image = max(1, math.ceil(feature_positions / max(1, gaussians)))
-    samples = batch_size * per_image
+    # GroupedUpdates gathers up to d float16 samples (≤ SUM_GROUP_BYTES) per update, or updates a larger batch as it is
+    grouped = group_rows(d, 2 * d * gaussians)
+    samples = max(batch_size * per_image, grouped)
     chunk = min(gaussians, position_chunk or update_chunk(d, samples))
-    update_temporaries = 8 * chunk * (samples * d + d * d)
+    group = 2 * grouped * d * gaussians if grouped >= batch_size * per_image else 0
+    update_temporaries = group + 8 * chunk * (samples * d + d * d) + 4 * chunk * (d * d + d * (d + 1) // 2)
     calibration, cache, downdate = 0, 0, True
     if calibration_folds >= 2:
         # Training embeddings (float16) are kept through the fit up to FIT_CACHE_MAX_BYTES, so the
         # folds need no second backbone pass; beyond that they are extracted again (flat memory).
-        embeddings = feature_positions * d * 2 * (n_images or 0)
-        cache = min(embeddings, FIT_CACHE_MAX_BYTES) if n_images else FOLD_CACHE_BYTES
-        fold_samples = math.ceil((n_images or calibration_folds) / calibration_folds) * per_image
+        image_bytes = feature_positions * d * 2
+        held = held_out_images(n_images, image_bytes) if n_images else 0
+        cache = min(held * image_bytes, FIT_CACHE_MAX_BYTES) if n_images else FOLD_CACHE_BYTES
+        fold_samples = math.ceil((held or calibration_folds) / calibration_folds) * per_image
         downdate = fold_samples <= d
-        if downdate:  # unrounded float32 model (dense + packed) + embeddings + a whitened chunk
-            calibration = 4 * (square + triangle) + max(cache, FOLD_CACHE_BYTES) + 2**25
+        if downdate:  # unrounded packed float32 model + embeddings + a whitened chunk (and its whitener)
+            calibration = 4 * triangle + max(cache, FOLD_CACHE_BYTES) + 2 * 2**25
         else:  # one fold's sums and model next to the fit's, plus that fold's embeddings
             calibration = statistics + 4 * (square + gaussians * d) + FOLD_CACHE_BYTES
     return MemoryPlan(gaussians, d, batch_size, feature_positions, statistics, finalize, model,

@@ -18,7 +18,7 @@ from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
 from .features import random_channel_index
 from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps
-from .gaussian import GaussianModel, GaussianStats
+from .gaussian import GaussianModel, GaussianStats, GroupedUpdates
 from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
 from .value_range import ValueRange, as_value_range, decide_value_range, training_kind, KIND_NAMES
@@ -26,7 +26,8 @@ from .geometry import (Geometry, activation_floats_per_pixel, decide_geometry, d
                        typical_size)
 from .maps import resize_map
 from .folds import held_out_scores, uses_downdate
-from .memory import CACHE_RESERVE_BYTES, FIT_CACHE_MAX_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
+from .memory import (CACHE_RESERVE_BYTES, FIT_CACHE_MAX_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity,
+                     fmt_bytes, held_out_images, parse_memory, plan_memory)
 from .tiling import cell_grid, extract_tiled, samples_per_image, to_cells
 from .modelfile import ModelFileError
 
@@ -52,6 +53,7 @@ class ImageResult:
     score: float | None = None
     anomaly_map: np.ndarray | None = None
     error: str = ""
+    image: np.ndarray | None = None  # the decoded image (uint8 for 8-bit files), with ``originals``
 
 
 def cell_count(grid_h: int, grid_w: int, cell) -> int:
@@ -181,13 +183,13 @@ class PaDiM:
             self._extractor = Embedder(backbone, self.spec, self.layers_, self.channel_index_).to(self._device())
         return self._extractor
 
-    def _loader(self, sources, size: tuple[int, int]):
+    def _loader(self, sources, size: tuple[int, int], keep_original: bool = False):
         # As many images as the activation share of the budget allows; tiled ones one at a time.
         images_per_batch = self.geometry_.images_per_batch(self.batch_size)
         return make_loader(sources, Resize(size), images_per_batch, self.workers,
                            pin_memory=self._device().type == "cuda",
                            value_range=getattr(self, "value_range_", None),
-                           value_kind=getattr(self, "value_kind_", None))
+                           value_kind=getattr(self, "value_kind_", None), keep_original=keep_original)
 
     def _progress(self, iterable, total: int, desc: str, unit: str = "batch"):
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
@@ -291,9 +293,14 @@ class PaDiM:
         self.n_gaussians_ = cell_count(*self.feature_size_, self.cell_)
         # A refitted fold keeps its own embeddings in what the budget leaves after the plan and a
         # reserve for the backbone's activations and image decoding; the downdate keeps every
-        # training image's, but at most FIT_CACHE_MAX_BYTES (beyond, extracted again).
+        # held-out image's, at most FIT_CACHE_MAX_BYTES: beyond, a seeded subset is held out
+        # (padim.memory.held_out_images), or, if too few fit, all are extracted again.
         self._refit_cache_bytes = max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES)
         self._fold_cache_bytes = min(FIT_CACHE_MAX_BYTES, self._refit_cache_bytes)
+        image_bytes = 2 * self.n_features_ * self.feature_size_[0] * self.feature_size_[1]
+        held = held_out_images(len(sources), image_bytes, self._fold_cache_bytes)
+        self._held_out_sources = (np.arange(len(sources)) if held == len(sources) else
+                                  np.sort(np.random.default_rng(self.seed).choice(len(sources), held, replace=False)))
 
     _SETUP = ("layers_", "geometry_", "input_size_", "feature_size_", "channel_index_", "n_features_",
               "cell_", "plan_", "n_gaussians_")
@@ -325,7 +332,9 @@ class PaDiM:
 
         Unreadable images are skipped with a warning and listed in ``skipped_``. With
         ``calibration_folds`` ≥ 2 and at least that many images, held-out scores of the good
-        images calibrate probabilities and the OK/NG threshold (``calibrator_``).
+        images calibrate probabilities and the OK/NG threshold (``calibrator_``): all of them, or
+        for many images a seeded subset of at most FIT_CACHE_MAX_BYTES of embeddings (~119 at
+        256 px; ``held_out_``: their input positions, in the order of ``calibration_scores_``).
         """
         self._apply_threads()
         sources = as_sources(images)
@@ -335,16 +344,21 @@ class PaDiM:
         self.skipped_: list[tuple[str, str]] = []
         used: list[int] = []
         folds = self.calibration_folds if calibrate in (None, True) else 0
-        cache = _EmbeddingCache(self._fold_cache_bytes if folds and folds >= 2 else 0, len(sources))
+        cache = _EmbeddingCache(self._fold_cache_bytes if folds and folds >= 2 else 0, self._held_out_sources)
+        sums = GroupedUpdates(stats)
         loader = self._loader(sources, self.input_size_)
         for batch in self._progress(loader, len(loader), "fit"):
             self._record_errors(batch, sources)
             if batch.indices:
                 self._check_sizes(batch)
-                embedding = _float16_values(self._embed(batch.images))
-                stats.update(self._to_samples(embedding))
-                cache.add(range(len(used), len(used) + len(batch.indices)), embedding)
+                # Held as float16 from here on (see _float16_values), unless beyond float16's range.
+                embedding = self._embed(batch.images)
+                compact = embedding.half()
+                embedding = compact if bool(torch.isfinite(compact).all()) else embedding
+                sums.add(self._to_samples(embedding))
+                cache.add(batch.indices, embedding)
                 used.extend(batch.indices)
+        sums.close()
         if len(used) < 2:
             raise ValueError(f"need at least 2 readable training images, got {len(used)}")
         self.n_train_ = len(used)
@@ -360,19 +374,24 @@ class PaDiM:
         if not calibrating:
             self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)
             return self
-        fold_samples = -(-len(used) // folds) * samples_per_image(*self.feature_size_, self.cell_)
+        # The held-out images: the cached ones (all, or a seeded subset of many), else all, extracted again.
+        held = cache.members if cache.store is not None and len(cache.members) >= max(folds, 5) else used
+        if held is used:
+            cache = _EmbeddingCache(0, [])
+        fold_samples = -(-len(held) // folds) * samples_per_image(*self.feature_size_, self.cell_)
         if uses_downdate(fold_samples, self.n_features_):
             # Held-out scores by downdating the full model: the sums are no longer needed, and the
             # downdate uses the unrounded whitener (it amplifies rounding); the fit keeps the rounded one.
             exact = stats.finalize(self.eps, storage=None, progress=finalize_bar)
             del stats
-            self._calibrate([sources[i] for i in used], cache, folds, exact, None)
+            self._calibrate([sources[i] for i in held], cache, folds, exact, None)
             del cache
             exact.drop_dense()  # before the rounded copy is made
             self.gaussian_ = exact.rounded()
         else:
             self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)
-            self._calibrate([sources[i] for i in used], cache, folds, self.gaussian_, stats)
+            self._calibrate([sources[i] for i in held], cache, folds, self.gaussian_, stats)
+        self.held_out_ = [int(i) for i in held]
         return self
 
     def _record_errors(self, batch: Batch, sources) -> None:
@@ -457,16 +476,17 @@ class PaDiM:
             self.gaussian_ = self.gaussian_.to(device)
         return self.gaussian_
 
-    def iter_results(self, images: Any, maps: bool = True) -> Iterator[ImageResult]:
+    def iter_results(self, images: Any, maps: bool = True, originals: bool = False) -> Iterator[ImageResult]:
         """Score images one batch at a time, in input order; unreadable ones carry an error.
 
         With ``maps`` each result holds its anomaly map at the image's original size. The image
-        score is the maximum of the map at the model's input size.
+        score is the maximum of the map at the model's input size. With ``originals`` each result
+        also holds the image as the loader decoded it (``image``), e.g. to draw its heatmap.
         """
         self._check_fitted()
         self._apply_threads()
         sources = as_sources(images)
-        loader = self._loader(sources, self.input_size_)
+        loader = self._loader(sources, self.input_size_, keep_original=originals)
         warned = False
         for batch in self._progress(loader, len(loader), "score"):
             if not warned and self._aspect_mismatch(batch.original_sizes):
@@ -481,7 +501,8 @@ class PaDiM:
                 host_maps = batch_maps.cpu().numpy() if maps else None
                 for k, (index, size) in enumerate(zip(batch.indices, batch.original_sizes)):
                     amap = resize_map(host_maps[k], size) if maps else None
-                    results[index] = ImageResult(index, float(scores[k]), amap)
+                    image = batch.originals[k] if batch.originals is not None else None
+                    results[index] = ImageResult(index, float(scores[k]), amap, image=image)
             for index in sorted(results):
                 yield results[index]
 
@@ -590,41 +611,53 @@ def _float16_values(embedding: torch.Tensor) -> torch.Tensor:
 
 
 class _EmbeddingCache:
-    """Float16 embeddings of the training images, kept when all of them fit ``capacity`` bytes, so
-    that the held-out folds need no second backbone pass; otherwise nothing is kept (memory stays
-    flat and the folds extract their images again). One preallocated block: handing every image
-    over at once needs no copy."""
+    """Float16 embeddings of the held-out training images (``chosen``: source indices, sorted),
+    kept when all of them fit ``capacity`` bytes, so that the held-out folds need no second
+    backbone pass; otherwise nothing is kept (the folds extract their images again). One
+    preallocated block, filled in input order: handing every image over at once needs no copy.
+    ``members``: the source indices cached so far (unreadable ones are skipped), in block order."""
 
-    def __init__(self, capacity: int, n_images: int):
+    def __init__(self, capacity: int, chosen):
         self.capacity = int(capacity)
-        self.n_images = int(n_images)
+        self.slots = {int(i) for i in chosen}
+        self.members: list[int] = []
         self.store: torch.Tensor | None = None
-        self.filled = 0
-        self.full = capacity <= 0
+        self.full = capacity <= 0 or not self.slots
 
-    def add(self, positions, embedding: torch.Tensor) -> None:
+    @property
+    def filled(self) -> int:
+        return len(self.members)
+
+    def add(self, indices, embedding: torch.Tensor) -> None:
+        """Keep the rows of ``embedding`` whose source ``indices`` were chosen."""
         if self.full:
             return
+        picks = [k for k, i in enumerate(indices) if int(i) in self.slots]
+        if not picks:
+            return
         if self.store is None:
-            if self.n_images * embedding[0].numel() * 2 > self.capacity:
+            if len(self.slots) * embedding[0].numel() * 2 > self.capacity:
                 self.full = True
                 return
-            self.store = torch.empty((self.n_images, *embedding.shape[1:]), dtype=torch.float16,
-                                     device=embedding.device)
-        block = embedding.half()
+            # channels_last, as the backbone gives them: copying in is a plain copy, and each
+            # position's samples read out by the folds are contiguous d-vectors
+            self.store = torch.empty((len(self.slots), *embedding.shape[1:]), dtype=torch.float16,
+                                     device=embedding.device, memory_format=torch.channels_last)
+        block = embedding if len(picks) == len(indices) else embedding[torch.as_tensor(picks)]
+        block = block.half()
         if not bool(torch.isfinite(block).all()):
-            self.full, self.store = True, None
+            self.full, self.store, self.members = True, None, []
             return
-        positions = list(positions)
-        self.store[positions[0]:positions[-1] + 1] = block
-        self.filled = positions[-1] + 1
+        self.store[self.filled:self.filled + len(picks)] = block
+        self.members.extend(int(indices[k]) for k in picks)
 
     def has_all(self, members) -> bool:
+        """True when the cache holds block positions ``members`` (0 … filled − 1)."""
         return not self.full and self.store is not None and all(int(i) < self.filled for i in members)
 
     def take(self, members, release: bool = False) -> torch.Tensor:
-        """Float16 embeddings ``[m, d, h, w]`` of ``members`` (training-image positions): a view
-        when they are all images in order; ``release`` lets the cache forget them."""
+        """Float16 embeddings ``[m, d, h, w]`` at block positions ``members``: a view when they are
+        all of them in order; ``release`` lets the cache forget them."""
         store = self.store
         if release:
             self.full, self.store = True, None

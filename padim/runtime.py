@@ -41,6 +41,7 @@ class ImageResult:
     error: str = ""
     probability: float | None = None
     label: str | None = None
+    image: np.ndarray | None = None  # the decoded image, with ``originals``
 
 
 def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -159,30 +160,32 @@ class ExportedModel:
         # Result files of an export must not be resumed with the torch model's rows (or another format's).
         self.fingerprint_ = f"{meta['model_fingerprint']}:{self.path.suffix.lstrip('.')}{':fp16' if meta.get('fp16') else ''}"
 
-    def _read(self, source) -> tuple[np.ndarray, tuple[int, int]]:
+    def _read(self, source) -> tuple[np.ndarray, np.ndarray]:
         image = load_image(source, keep_uint8=True, value_range=self.value_range_, value_kind=self.value_kind_)
-        return resize_rgb(image, self.input_size_), image.shape[:2]
+        return resize_rgb(image, self.input_size_), image
 
-    def iter_results(self, images: Any, maps: bool = True) -> Iterator[ImageResult]:
-        """Results in input order, ``batch_size`` images per engine call; unreadable images carry an error."""
+    def iter_results(self, images: Any, maps: bool = True, originals: bool = False) -> Iterator[ImageResult]:
+        """Results in input order, ``batch_size`` images per engine call; unreadable images carry an error.
+        With ``originals`` each result holds the decoded image too (to draw its heatmap)."""
         sources = list(list_images(images)) if isinstance(images, (str, Path)) else list(images)
         for start in range(0, len(sources), self.batch_size):
-            results, arrays, sizes, indices = {}, [], [], []
+            results, arrays, decoded, indices = {}, [], [], []
             for index in range(start, min(start + self.batch_size, len(sources))):
                 try:
-                    array, size = self._read(sources[index])
+                    array, image = self._read(sources[index])
                 except ImageReadError as exc:
                     results[index] = ImageResult(index, error=str(exc))
                     continue
                 arrays.append(array)
-                sizes.append(size)
+                decoded.append(image)
                 indices.append(index)
             if arrays:
                 batch_maps, scores = self._session.run(np.stack(arrays))
                 for k, index in enumerate(indices):
                     score = float(scores[k])
-                    amap = resize_map(batch_maps[k], sizes[k]) if maps else None
-                    results[index] = self._labelled(ImageResult(index, score, amap))
+                    amap = resize_map(batch_maps[k], decoded[k].shape[:2]) if maps else None
+                    image = decoded[k] if originals else None
+                    results[index] = self._labelled(ImageResult(index, score, amap, image=image))
             for index in sorted(results):
                 yield results[index]
 

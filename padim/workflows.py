@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from .io import atomic_output, list_images, load_image
 from .mvtec import read_labelled_set, load_mask
 from .results import Provenance, ResultJournal, Row, write_error_list
+from .value_range import EIGHT_BIT
 
 if TYPE_CHECKING:  # torch-free at import: padim.runtime scores folders through score_folder
     from .model import PaDiM
@@ -45,8 +46,11 @@ def display_name(name: str) -> str:
     return shown
 
 
-def model_image(model: PaDiM, path: Path) -> np.ndarray:
-    """The image as the model reads it (its pixel value range), for a heatmap's background."""
+def model_image(model: PaDiM, path: Path, decoded: np.ndarray | None = None) -> np.ndarray:
+    """The image as the model reads it (its pixel value range), for a heatmap's background;
+    ``decoded``: the loader's decoding of it (uint8 for 8-bit files), which saves a second decode."""
+    if decoded is not None:
+        return EIGHT_BIT.to_unit(decoded) if decoded.dtype == np.uint8 else decoded
     return load_image(path, value_range=getattr(model, "value_range_", None),
                       value_kind=getattr(model, "value_kind_", None))
 
@@ -103,7 +107,7 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     want_maps = heatmaps is not None or save_maps is not None
     try:
         pending: list[Row] = []
-        for result in model.iter_results(todo, maps=want_maps) if todo else []:
+        for result in model.iter_results(todo, maps=want_maps, originals=heatmaps is not None) if todo else []:
             path = todo[result.index]
             name = relative_name(path, root)
             if result.error:
@@ -116,7 +120,8 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
                 _write_map(Path(save_maps) / Path(name).with_suffix(".npy"), result.anomaly_map)
             if heatmaps is not None:
                 vmin, vmax = colour_scale(model, calibrator.threshold_, result.anomaly_map)
-                save_heatmap(Path(heatmaps) / Path(name).with_suffix(".png"), model_image(model, path), result.anomaly_map,
+                save_heatmap(Path(heatmaps) / Path(name).with_suffix(".png"), model_image(model, path, result.image),
+                             result.anomaly_map,
                              vmin=vmin, vmax=vmax, threshold=calibrator.threshold_,
                              title=f"{display_name(name)}  score {result.score:.3g}  p(defect) {probability:.3f}  "
                                    f"{'NG' if ng else 'OK'}")
@@ -162,7 +167,8 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
     scores, maps, masks = [], [], []
     threshold = model.calibrator_.threshold_ if model.calibrator_ is not None else None
     started = time.time()
-    for result in model.iter_results(data.paths, maps=True):
+    drawing = bool(heatmaps and report is not None and threshold is not None)
+    for result in model.iter_results(data.paths, maps=True, originals=drawing):
         path = data.paths[result.index]
         if result.error:
             raise ValueError(result.error)
@@ -177,10 +183,11 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
         scores.append(result.score)
         maps.append(amap)
         masks.append(mask)
-        if heatmaps and report is not None and threshold is not None:
+        if drawing:
             vmin, vmax = colour_scale(model, threshold, amap)
             rel = path.relative_to(data.root / "test")
-            save_heatmap(report / "heatmaps" / rel.with_suffix(".png"), model_image(model, path), result.anomaly_map,
+            save_heatmap(report / "heatmaps" / rel.with_suffix(".png"), model_image(model, path, result.image),
+                         result.anomaly_map,
                          vmin=vmin, vmax=vmax, threshold=threshold,
                          mask=None if mask_path is None else load_mask(mask_path, result.anomaly_map.shape),
                          title=f"{display_name(rel.as_posix())}  score {result.score:.3g}")

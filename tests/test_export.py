@@ -181,7 +181,10 @@ def test_cli_export_then_score_gives_the_same_tsv(tmp_path):
     assert main(["export", str(model_file), "-o", str(tmp_path / "m.onnx")]) == 0
     assert main(["score", str(model_file), str(folder), "-o", str(tmp_path / "torch.tsv"), "--quiet",
                  "--workers", "0", "--device", "cpu"]) == 0
-    assert main(["score", str(tmp_path / "m.onnx"), str(folder), "-o", str(tmp_path / "onnx.tsv")]) == 0
+    assert main(["score", str(tmp_path / "m.onnx"), str(folder), "-o", str(tmp_path / "onnx.tsv"),
+                 "--heatmaps", str(tmp_path / "heat")]) == 0
+    drawn = sorted(p.name for p in (tmp_path / "heat").glob("*.png"))
+    assert drawn == [f"img{i}.png" for i in range(5)]
     torch_rows, onnx_rows = read_tsv(tmp_path / "torch.tsv"), read_tsv(tmp_path / "onnx.tsv")
     assert torch_rows[0] == onnx_rows[0] and len(torch_rows) == len(onnx_rows) == 6
     score_col = torch_rows[0].index("score") if "score" in torch_rows[0] else 1

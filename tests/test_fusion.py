@@ -246,3 +246,15 @@ def test_runs_with_autograd_enabled(inputs):
     out = prepared.extract_features(x)
     out.sum().backward()
     assert x.grad is not None and prepared._conv_stem.weight.grad is not None
+
+
+def test_preparing_lite0_does_not_import_torchvision():
+    # torchvision's import costs seconds; a Lite0 fit never needs it (its ResNet classes are looked
+    # up only if already imported: no torchvision ResNet can exist otherwise)
+    import subprocess
+    import sys
+
+    code = ("import sys; from padim.backbones import build_backbone; build_backbone('efficientnet_lite0'); "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -312,3 +312,52 @@ def test_stored_model_scores_with_exactly_the_stored_values():
     again = stored.rounded()
     assert again is stored
     assert torch.equal(GaussianModel(stored.mean, stored.whitener).rounded().whitener, stored.whitener)
+
+
+def test_grouped_updates_equal_numpy_whatever_the_batching():
+    # float16 samples (as a fit hands them) in batches of 2 and one of 7: groups of up to d = 5
+    # samples, the batch of 7 (more than a group) updated as it comes; np.cov of the same values
+    from padim.gaussian import GroupedUpdates
+
+    feats = make_features(n=23, offset=10.0).half()
+    stats = GaussianStats(P, D)
+    grouped = GroupedUpdates(stats)
+    for part in [feats[0:2], feats[2:4], feats[4:11], feats[11:13], feats[13:15], feats[15:17], feats[17:19],
+                 feats[19:23]]:
+        grouped.add(part)
+    assert stats.count == 19  # the last 4 are still queued
+    assert grouped.close() is stats and stats.count == 23 and grouped.block is None
+    np.testing.assert_allclose(stats.mean().numpy(), feats.double().mean(0).T.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(stats.covariance().numpy(), reference_cov(feats), rtol=1e-4, atol=1e-5)
+
+
+def test_float64_data_with_a_huge_mean_keeps_its_covariance():
+    # float64 samples are centred in float64 (a mean of 1e7 cancels exactly before float32 products)
+    feats = make_features(offset=1e7, dtype=torch.float64)
+    stats = fit(feats, batches=3)
+    np.testing.assert_allclose(stats.covariance().numpy(), reference_cov(feats), rtol=1e-4, atol=1e-4)
+
+
+def test_merged_statistics_with_an_unrounded_shift_still_update_exactly():
+    # a shift not representable in float32 (from float64 data) makes float32 data centre in float64
+    feats = make_features(offset=1e3)
+    first = GaussianStats(P, D).update(feats[:6].double() + 1e-9)
+    first.update(feats[6:])  # float32 data, float64 shift
+    both = torch.cat([feats[:6].double() + 1e-9, feats[6:].double()])
+    np.testing.assert_allclose(first.covariance().numpy(), reference_cov(both), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads, cores, load, expected", [
+    (2, 2, 0.0, 1),     # a 2-core machine: one thread (any other process makes it busy)
+    (8, 16, 8.0, 8),    # idle 16 cores, this process's 8 threads running: all 8
+    (8, 16, 9.0, 8),    # one other busy core: still 16 − 1 ≥ 8 + 1
+    (8, 16, 16.0, 1),   # 8 other busy cores leave 8 < 8 + 1: one thread
+    (4, 64, 30.0, 4),   # a large machine, half busy
+    (1, 64, 0.0, 1),
+    (4, None, 0.0, 1),  # unknown core count or load: treated as small and busy
+    (4, 16, None, 1),
+])
+def test_cholesky_threads_rule(threads, cores, load, expected):
+    from padim.gaussian import cholesky_threads
+
+    assert cholesky_threads(threads, cores, load) == expected

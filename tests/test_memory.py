@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from padim.memory import GIB, MIB, MemoryPlan, choose_granularity, fmt_bytes, parse_memory, plan_memory
+from padim.memory import (GIB, MIB, MemoryPlan, choose_granularity, fmt_bytes, held_out_images, parse_memory,
+                          plan_memory)
 
 
 def test_plan_per_position_hand_computed():
@@ -17,11 +18,13 @@ def test_plan_per_position_hand_computed():
     # model: float32 mean + dense whitener, float16 packed triangles, float32 scale per position
     assert plan.model == 4 * (100 * 100 + 100 * 10) + 2 * 100 * 55 + 4 * 100 == 55_400
     assert plan.batch_features == 1 * 100 * 10 * 12 == 12_000
-    assert plan.update_temporaries == 8 * 100 * (1 * 10 + 10 * 10) == 88_000
+    # grouped updates of d = 10 float16 samples (padim.gaussian.GroupedUpdates), their float64 centred
+    # copy and d×d products per chunk (all 100 positions), and the float32 square + packed product buffers
+    assert plan.update_temporaries == 2 * 10 * 10 * 100 + 8 * 100 * (10 * 10 + 10 * 10) + 4 * 100 * (100 + 55)
     assert plan.calibration == 0
     assert plan.samples_per_gaussian == 1
     # no calibration: the fit loop, or statistics + finalize (the model is built after the sums go)
-    assert plan.peak == max(60_000 + 12_000 + 88_000, 60_000 + 262_000) == 322_000
+    assert plan.peak == max(60_000 + 12_000 + 242_000, 60_000 + 262_000) == 322_000
     assert plan.as_dict()["peak"] == 322_000
     assert "100 Gaussians × d=10" in plan.describe()
 
@@ -33,41 +36,53 @@ def test_plan_cells_scale_statistics_with_cells_and_features_with_positions():
     assert plan.model == 4 * (25 * 100 + 25 * 10) + 2 * 25 * 55 + 4 * 25
     assert plan.batch_features == 2 * 100 * 10 * 12 == 24_000
     assert plan.samples_per_gaussian == 4
-    assert plan.update_temporaries == 8 * 25 * (2 * 4 * 10 + 100)
+    # a batch is 8 samples per Gaussian; grouped to d = 10
+    assert plan.update_temporaries == 2 * 10 * 10 * 25 + 8 * 25 * (10 * 10 + 100) + 4 * 25 * (100 + 55)
 
 
 def test_plan_shared_gaussian_holds_the_whole_batch_centred():
+    # 40 000 samples per batch: more than a group (d = 10), so updated as they come, ungrouped
     plan = plan_memory(gaussians=1, d=10, feature_positions=10_000, batch_size=4)
     assert plan.statistics == 8 * (55 + 20)
-    assert plan.update_temporaries == 8 * (4 * 10_000 * 10 + 100)
+    assert plan.update_temporaries == 8 * (4 * 10_000 * 10 + 100) + 4 * (100 + 55)
 
 
 def test_plan_update_chunk_caps_temporaries():
-    # chunks of 2**27 bytes of float64 over d·(d + samples) values per position
+    # a group of 6 samples (2**27 bytes of float16 at 10 × 10⁶ values each), then chunks of 2**27
+    # bytes of float64 over d·(d + samples) values per position
     plan = plan_memory(gaussians=1_000_000, d=10, feature_positions=1_000_000, batch_size=1)
-    chunk = 2**27 // (8 * 10 * (10 + 1))
-    assert chunk < 1_000_000
-    assert plan.update_temporaries == 8 * chunk * (10 + 100)
+    group = 2**27 // (2 * 10 * 1_000_000)
+    chunk = 2**27 // (8 * 10 * (10 + group))
+    assert group == 6 and chunk < 1_000_000
+    assert plan.update_temporaries == 2 * group * 10 * 1_000_000 + 8 * chunk * (group * 10 + 100) + 4 * chunk * 155
     big = plan_memory(gaussians=1_000_000, d=300, feature_positions=1_000_000, batch_size=1)
     assert big.finalize - 4 * 1_000_000 * 300 * 301 // 2 == 8 * 3 * (2**25 // (8 * 300 * 300)) * 300 * 300 <= 3 * 2**25
 
 
 def test_plan_calibration():
-    # downdate (a fold of ≤ d samples per Gaussian): the unrounded float32 model (dense + packed),
-    # the cached float16 embeddings (at least 256 MiB assumed) and one whitened 32 MiB chunk
+    # downdate (a fold of ≤ d samples per Gaussian): the unrounded packed float32 model, the cached
+    # float16 embeddings (at least 256 MiB assumed) and one whitened 32 MiB chunk with its whitener
     plan = plan_memory(100, 10, 100, 1, calibration_folds=5)
-    unrounded = 4 * (100 * 100 + 100 * 55)
-    assert plan.downdate and plan.calibration == unrounded + 256 * 2**20 + 2**25
+    unrounded = 4 * 100 * 55
+    assert plan.downdate and plan.calibration == unrounded + 256 * 2**20 + 2 * 2**25
     with_images = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=12)
     assert with_images.embedding_cache == 12 * 100 * 10 * 2  # float16, all images
-    assert with_images.calibration == unrounded + 256 * 2**20 + 2**25
-    # many images: the cache stops at 512 MiB (beyond, folds are extracted again), and folds of more
+    assert with_images.calibration == unrounded + 256 * 2**20 + 2 * 2**25
+    # many images: only as many as 160 MiB holds are held out (2000 bytes each), and folds of more
     # samples than d = 10 are refitted: a fold's sums and model next to the fit's
     huge = plan_memory(100, 10, 100, 1, calibration_folds=5, n_images=10**7)
-    assert huge.embedding_cache == 512 * 2**20 and not huge.downdate
+    assert huge.embedding_cache == (160 * 2**20 // 2000) * 2000 and not huge.downdate
     assert huge.calibration == 60_000 + 44_000 + 256 * 2**20
     assert huge.peak == 60_000 + huge.finalize + huge.model + huge.calibration + huge.embedding_cache
     assert plan_memory(100, 10, 100, 1, calibration_folds=1, n_images=12).calibration == 0
+
+
+def test_held_out_images_all_while_they_fit_then_a_bounded_subset():
+    assert held_out_images(300, 1000, 512_000) == 300  # 300 kB of 512 kB
+    assert held_out_images(600, 1000, 512_000) == 512  # a subset of what fits
+    assert held_out_images(10**6, 1000, 512_000) == 512  # flat in the number of images
+    assert held_out_images(600, 1000, 63_000) == 600  # < 64 images fit: all held out, extracted again
+    assert held_out_images(600, 1000, 64_000) == 64
 
 
 def test_plan_positional_signature_unchanged():

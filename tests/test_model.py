@@ -389,3 +389,60 @@ def test_calibration_needs_enough_images(data):
         PaDiM(**dict(PARAMS, calibration_folds=3)).fit(files, calibrate=True)
     model = PaDiM(**dict(PARAMS, calibration_folds=3)).fit(files)  # not asked for: silently skipped
     assert model.calibrator_ is None
+
+
+def test_many_images_hold_out_a_bounded_subset_scored_without_its_fold(data, monkeypatch):
+    # Beyond what the embedding cache holds (here 9 of 12 images), calibration holds out a seeded
+    # subset: folds dealt from it, each removed from the model of all 12; no image extracted twice.
+    # Each held-out score must equal an independent refit on the 11 − … other images (as above).
+    _calibrator_or_skip()
+    import padim.memory
+    import padim.model
+
+    files = sorted(data["train"].glob("good_*.png"))
+    params = dict(PARAMS, calibration_folds=3)
+    probe = PaDiM(**params)
+    probe.plan(files)
+    image_bytes = 2 * probe.n_features_ * probe.feature_size_[0] * probe.feature_size_[1]
+    monkeypatch.setattr(padim.model, "FIT_CACHE_MAX_BYTES", 9 * image_bytes + 1)
+    monkeypatch.setattr(padim.memory, "HELD_OUT_MIN_IMAGES", 3)
+    embedded = []
+    original_embed = PaDiM._embed
+    monkeypatch.setattr(PaDiM, "_embed", lambda self, images: embedded.append(len(images)) or original_embed(self, images))
+    model = PaDiM(**params).fit(files)
+    assert sum(embedded) == 12  # one backbone pass per image: the held-out ones come from the cache
+    chosen = np.sort(np.random.default_rng(model.seed).choice(12, 9, replace=False))
+    assert model.held_out_ == chosen.tolist() and len(model.calibration_scores_) == 9
+    local = np.sort(np.random.default_rng(model.seed).permutation(9)[0::3])  # fold 0, positions in the subset
+    fold = chosen[local]
+    rest = [f for i, f in enumerate(files) if i not in set(fold.tolist())]
+    monkeypatch.setattr(PaDiM, "_embed", original_embed)
+    n, kept = len(files), len(rest)
+    alpha = (n - 1) / (kept - 1)
+    lam_fold = model.gaussian_.reg * alpha
+    variance = PaDiM(**dict(PARAMS, eps=1.0)).fit(rest).gaussian_.reg
+    refit = PaDiM(**dict(PARAMS, eps=lam_fold / variance)).fit(rest)
+    expected = refit.score_samples([files[i] for i in fold]) * np.sqrt(alpha)
+    np.testing.assert_allclose(np.asarray(model.calibration_scores_)[local], expected, rtol=3e-3)
+
+
+def test_originals_are_the_decoded_images_and_heatmaps_decode_once(calibrated, data, tmp_path, monkeypatch):
+    from padim import workflows
+    from padim.io import load_image
+
+    model, _ = calibrated
+    files = data["test_files"]
+    results = list(model.iter_results(files, maps=False, originals=True))
+    for result, path in zip(results, files):
+        np.testing.assert_array_equal(result.image, load_image(path, keep_uint8=True))
+        # drawn from it, the heatmap background is exactly the image as read for drawing before
+        np.testing.assert_array_equal(workflows.model_image(model, path, result.image),
+                                      workflows.model_image(model, path))
+    assert all(r.image is None for r in model.iter_results(files[:1], maps=False))
+
+    def no_second_decode(*args, **kwargs):
+        raise AssertionError("an image was decoded a second time for its heatmap")
+
+    monkeypatch.setattr(workflows, "load_image", no_second_decode)
+    summary = workflows.score_folder(model, data["test"], tmp_path / "scores.tsv", heatmaps=tmp_path / "maps")
+    assert summary.scored == 4 and len(list((tmp_path / "maps").glob("*.png"))) == 4
