@@ -28,7 +28,7 @@ Output: one JSON object per run on stdout (and appended to ``--out`` if given), 
 After all runs, with ``--compare`` (default on), one line per configuration: the largest relative
 difference of its held-out scores and of its threshold from the first configuration's.
 
-    python benchmarks/fit_cost.py --data datasets/cookies_small/train/good --configs /work/main current
+    python benchmarks/fit_cost.py --data padim/sample_data/cookies_small/train/good --configs /work/main current
     python benchmarks/fit_cost.py --data ../shared/data/bsdata/train/good --sizes 50 209 568 --configs SRC current
 """
 
@@ -143,7 +143,7 @@ def compare(results: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(HERE / "datasets" / "cookies_small" / "train" / "good"),
+    parser.add_argument("--data", default=str(HERE / "padim" / "sample_data" / "cookies_small" / "train" / "good"),
                         help="folder of good training images (repeated when --sizes asks for more)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[31], help="numbers of training images")
     parser.add_argument("--configs", nargs="+", default=["current"],

@@ -107,7 +107,7 @@ async def load(url: str, uploads: list[tuple[str, bytes]], clients: int, request
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO / "datasets" / "cookies_small",
+    parser.add_argument("--data", type=Path, default=REPO / "padim" / "sample_data" / "cookies_small",
                         help="MVTec layout: fits on train/good (unless --model), sends test/*")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--image-size", type=int, default=256)
