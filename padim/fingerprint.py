@@ -51,7 +51,10 @@ def model_fingerprint(model) -> str:
     """
     digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
     gaussian = vars(model.gaussian_)
+    derived = gaussian.get("packed") is not None  # then the dense ``_whitener`` is a cache of it
     for name in sorted(gaussian):
+        if derived and name.startswith("_"):
+            continue  # unpacked on first use: scoring must not change the fingerprint
         if isinstance(gaussian[name], torch.Tensor):
             _feed_tensor(digest, f"gaussian.{name}", gaussian[name])
     _feed_tensor(digest, "channel_index", model.channel_index_)

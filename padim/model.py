@@ -31,6 +31,7 @@ from .memory import (CACHE_RESERVE_BYTES, FIT_CACHE_MAX_BYTES, FOLD_CACHE_BYTES,
 from .tiling import cell_grid, extract_tiled, samples_per_image, to_cells
 from .modelfile import ModelFileError
 
+DENSE_WHITENER_MAX_BYTES = 512 * 2**20  # above: score from the packed whitener, chunk by chunk
 DEFAULT_EPS = 0.1  # relative to the mean feature variance; measured in benchmarks/RESULTS.md
 DEFAULT_IMAGE_SIZE = 256
 
@@ -448,8 +449,16 @@ class PaDiM:
             raise RuntimeError("this PaDiM model is not fitted yet; call fit() or PaDiM.load() first")
 
     def _head(self, model: GaussianModel | None = None) -> ScoreHead:
-        """The scoring core's head for ``model`` (default: the fitted Gaussians, on the device)."""
+        """The scoring core's head for ``model`` (default: the fitted Gaussians, on the device).
+
+        A model whose dense float32 whitener would exceed ``DENSE_WHITENER_MAX_BYTES`` scores
+        from its packed storage, unpacked one chunk of positions at a time: huge-image models
+        then need no more memory to score than to store (the unpacking costs some time)."""
         model = model or self._gaussian_on_device()
+        dense_bytes = model.num_positions * model.dim * model.dim * 4
+        if model.packed is not None and model._whitener is None and dense_bytes > DENSE_WHITENER_MAX_BYTES:
+            return ScoreHead(model.mean, None, self.cell_, self.input_size_, self.geometry_.stride,
+                             self.blur_sigma, whitener_rows=model.whitener_rows)
         return ScoreHead(model.mean, model.whitener, self.cell_, self.input_size_, self.geometry_.stride,
                          self.blur_sigma)
 

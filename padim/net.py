@@ -130,11 +130,16 @@ class ScoreHead(nn.Module):
     squared distance is ``‖L⁻¹(x − μ)‖²``, one batched product over the Gaussians.
     """
 
-    def __init__(self, mean: torch.Tensor, whitener: torch.Tensor, cell: Cell, input_size: tuple[int, int],
-                 stride: int, blur_sigma: float):
+    def __init__(self, mean: torch.Tensor, whitener: torch.Tensor | None, cell: Cell, input_size: tuple[int, int],
+                 stride: int, blur_sigma: float, whitener_rows=None):
         super().__init__()
+        if whitener is None and whitener_rows is None:
+            raise ValueError("ScoreHead needs a whitener or a whitener_rows(start, stop) function")
         self.register_buffer("mean", mean)  # persistent: exported as initialisers
         self.register_buffer("whitener", whitener)
+        # Large models score without a dense float32 whitener in memory: each chunk of positions
+        # is unpacked from the packed storage when it is needed (eager scoring only, not export).
+        self.whitener_rows = whitener_rows if whitener is None else None
         self.cell = cell
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.stride = int(stride)
@@ -144,12 +149,13 @@ class ScoreHead(nn.Module):
         """Samples ``[S, d, G]`` → Mahalanobis distances ``[S, G]``."""
         x = samples.to(torch.float32).permute(2, 0, 1)  # [G, S, d]
         g = x.shape[0]
-        if torch.jit.is_tracing() or g <= POSITION_CHUNK:
+        rows = self.whitener_rows or (lambda start, stop: self.whitener[start:stop])
+        if self.whitener is not None and (torch.jit.is_tracing() or g <= POSITION_CHUNK):
             return _whitened_norm(x, self.mean, self.whitener).T
         out = torch.empty(samples.shape[0], g, dtype=torch.float32, device=samples.device)
         for start in range(0, g, POSITION_CHUNK):
-            stop = start + POSITION_CHUNK
-            out[:, start:stop] = _whitened_norm(x[start:stop], self.mean[start:stop], self.whitener[start:stop]).T
+            stop = min(start + POSITION_CHUNK, g)
+            out[:, start:stop] = _whitened_norm(x[start:stop], self.mean[start:stop], rows(start, stop)).T
         return out
 
     def to_maps(self, distances: torch.Tensor, batch: int, h: int, w: int) -> torch.Tensor:

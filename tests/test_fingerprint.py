@@ -135,5 +135,8 @@ def test_a_saved_and_loaded_model_keeps_its_fingerprint(tmp_path, lite0_backbone
     model.fit(images)
     loaded = PaDiM.load(model.save(tmp_path / "m.padim"), device="cpu")
     assert model_fingerprint(loaded) == model_fingerprint(model)
+    before = model_fingerprint(loaded)
+    loaded.score_samples(images[:2])  # unpacks the dense whitener on first use: the same model
+    assert model_fingerprint(loaded) == before == model_fingerprint(model)
     loaded.calibrator_ = loaded.calibrator_.with_threshold(loaded.calibrator_.threshold_ + 1)
     assert model_fingerprint(loaded) != model_fingerprint(model)

@@ -108,3 +108,25 @@ def test_scoring_net_score_is_the_map_maximum(lite0_backbone):
     maps, scores = net(torch.rand(3, 3, 32, 32))
     assert maps.shape == (3, 32, 32)
     np.testing.assert_array_equal(scores.numpy(), maps.numpy().reshape(3, -1).max(axis=1))
+
+
+def test_large_models_score_from_the_packed_whitener_chunk_by_chunk(monkeypatch):
+    """Above DENSE_WHITENER_MAX_BYTES the head unpacks each chunk of positions from the packed
+    storage instead of holding a dense float32 whitener: same distances, no dense copy kept."""
+    import padim.model as model_module
+    import padim.net as net_module
+    from padim import PaDiM
+
+    rng = np.random.default_rng(0)
+    images = [(rng.random((64, 64, 3)) * 0.2 + 0.4).astype(np.float32) for _ in range(6)]
+    model = PaDiM(image_size=64, d=20, device="cpu", workers=0, calibration_folds=0).fit(images)
+    model.gaussian_.drop_dense()
+    monkeypatch.setattr(net_module, "POSITION_CHUNK", 50)  # several chunks, the last one short
+    dense_scores = model.score_samples(images[:3])
+    model.gaussian_.drop_dense()
+    monkeypatch.setattr(model_module, "DENSE_WHITENER_MAX_BYTES", 0)
+    head = model._head()
+    assert head.whitener is None and head.whitener_rows is not None
+    chunked_scores = model.score_samples(images[:3])
+    assert model.gaussian_._whitener is None  # no dense copy was made
+    np.testing.assert_array_equal(chunked_scores, dense_scores)
