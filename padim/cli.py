@@ -249,32 +249,16 @@ def cmd_fit(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .runtime import is_exported_model
-
-    if is_exported_model(args.model):
-        return _score_exported(args)
-    from .model import PaDiM
+    from .runtime import ExportedModel, is_exported_model
     from .workflows import score_folder
 
-    model = PaDiM.load(args.model, device=args.device, weights=args.weights,
-                       **{k: v for k, v in _runtime(args).items() if k != "device"})
-    summary = score_folder(model, args.input, args.output, fmt=args.format, heatmaps=args.heatmaps,
-                           save_maps=args.save_maps, resume=args.resume, threshold=args.threshold)
-    print(f"scored {summary.scored} images" + (f", {summary.skipped} already done" if summary.skipped else "")
-          + f" → {summary.out}")
-    if summary.failed:
-        print(f"padim: {len(summary.failed)} image(s) could not be read; listed in {summary.errors_file}",
-              file=sys.stderr)
-        return 1
-    return 0
+    if is_exported_model(args.model):  # .onnx / .xml: the torch-free runtime, the same TSV
+        model = ExportedModel(args.model, threads=args.threads, batch_size=args.batch_size)
+    else:
+        from .model import PaDiM
 
-
-def _score_exported(args) -> int:
-    """``padim score`` with an exported .onnx / .xml model: the torch-free runtime, the same TSV."""
-    from .runtime import ExportedModel
-    from .workflows import score_folder
-
-    model = ExportedModel(args.model, threads=args.threads, batch_size=args.batch_size)
+        model = PaDiM.load(args.model, device=args.device, weights=args.weights,
+                           **{k: v for k, v in _runtime(args).items() if k != "device"})
     summary = score_folder(model, args.input, args.output, fmt=args.format, heatmaps=args.heatmaps,
                            save_maps=args.save_maps, resume=args.resume, threshold=args.threshold)
     print(f"scored {summary.scored} images" + (f", {summary.skipped} already done" if summary.skipped else "")
