@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +18,7 @@ from .data import Batch, Resize, as_sources, make_loader, source_name
 from .features import random_channel_index
 from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps
 from .gaussian import GaussianModel, GaussianStats, GroupedUpdates
+from .image_result import ImageResult
 from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
 from .value_range import ValueRange, as_value_range, decide_value_range, training_kind, KIND_NAMES
@@ -44,17 +44,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'")
     return device
-
-
-@dataclass
-class ImageResult:
-    """Outcome for one input image: its score and map, or why it could not be read."""
-
-    index: int
-    score: float | None = None
-    anomaly_map: np.ndarray | None = None
-    error: str = ""
-    image: np.ndarray | None = None  # the decoded image (uint8 for 8-bit files), with ``originals``
 
 
 def cell_count(grid_h: int, grid_w: int, cell) -> int:

@@ -13,13 +13,13 @@ This module must not import torch (tests check it in a fresh interpreter).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
 
+from .image_result import ImageResult
 from .io import ImageReadError, list_images, load_image
 from .value_range import as_value_range
 
@@ -29,19 +29,6 @@ EXPORT_FORMAT = "padim-export"
 
 class ExportedModelError(ValueError):
     """An exported model file that is missing, foreign or unreadable."""
-
-
-@dataclass
-class ImageResult:
-    """Outcome for one input image (fields as :class:`padim.model.ImageResult`)."""
-
-    index: int
-    score: float | None = None
-    anomaly_map: np.ndarray | None = None
-    error: str = ""
-    probability: float | None = None
-    label: str | None = None
-    image: np.ndarray | None = None  # the decoded image, with ``originals``
 
 
 def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
