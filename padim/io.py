@@ -107,11 +107,12 @@ _ORIENT = {
 }
 
 
-def _read_16bit_colour(path: Path, orientation: int, fallback: np.ndarray) -> np.ndarray:
-    """Re-read a 16-bit-per-channel colour file with OpenCV to keep its precision."""
+def _read_16bit_colour(encoded: np.ndarray, orientation: int, fallback: np.ndarray) -> np.ndarray:
+    """Decode a 16-bit-per-channel colour file's bytes (uint8 array) again with OpenCV, which keeps
+    the precision Pillow drops; ``fallback`` (Pillow's decoding) if OpenCV disagrees on the image."""
     import cv2
 
-    data = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    data = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
     if data is None or data.dtype != np.uint16 or data.ndim != 3 or data.shape[2] not in (3, 4):
         return fallback
     data = data[:, :, [2, 1, 0, 3][: data.shape[2]]]  # BGR(A) → RGB(A)
@@ -141,7 +142,7 @@ def read_pixels(source) -> np.ndarray:
             image.load()
             array = _pil_to_array(image)
         if deep_colour:
-            array = _read_16bit_colour(path, orientation, fallback=array)
+            array = _read_16bit_colour(np.fromfile(str(path), dtype=np.uint8), orientation, fallback=array)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageReadError(f"{where}: cannot read image ({reason})") from None

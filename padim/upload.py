@@ -15,7 +15,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .io import _ORIENT, ImageReadError, _has_16bit_colour, _pil_to_array
+from .io import ImageReadError, _has_16bit_colour, _pil_to_array, _read_16bit_colour
 
 # The formats padim lists in folders (padim.io.IMAGE_EXTENSIONS); no other Pillow decoder runs.
 UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
@@ -67,20 +67,8 @@ def read_upload(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         except Exception as exc:  # noqa: BLE001
             raise ImageReadError(f"{where}: cannot read image ({_reason(exc)})") from None
     if deep_colour:
-        array = _read_16bit_colour(data, orientation, fallback=array)
+        array = _read_16bit_colour(np.frombuffer(data, dtype=np.uint8), orientation, fallback=array)
     return array
-
-
-def _read_16bit_colour(data: bytes, orientation: int, fallback: np.ndarray) -> np.ndarray:
-    """Same as :func:`padim.io._read_16bit_colour`, from bytes: OpenCV keeps 16-bit precision."""
-    import cv2
-
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if decoded is None or decoded.dtype != np.uint16 or decoded.ndim != 3 or decoded.shape[2] not in (3, 4):
-        return fallback
-    decoded = decoded[:, :, [2, 1, 0, 3][: decoded.shape[2]]]  # BGR(A) → RGB(A)
-    decoded = _ORIENT.get(orientation, lambda a: a)(decoded)
-    return decoded if decoded.shape[:2] == fallback.shape[:2] else fallback
 
 
 def _reason(exc: BaseException) -> str:
