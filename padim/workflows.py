@@ -102,14 +102,17 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     provenance = Provenance(getattr(model, "fingerprint_", None) or _fingerprint(model), calibrator.threshold_, fmt)
     journal = ResultJournal(Path(out), provenance, resume, names=names)
     summary = ScoreSummary(out=Path(out))
-    todo = [p for p, name in zip(paths, names) if not journal.done(name)]
+    todo, todo_names = [], []
+    for path, name in zip(paths, names):
+        if not journal.done(name):
+            todo.append(path)
+            todo_names.append(name)
     summary.skipped = len(paths) - len(todo)
     want_maps = heatmaps is not None or save_maps is not None
     try:
         pending: list[Row] = []
         for result in model.iter_results(todo, maps=want_maps, originals=heatmaps is not None) if todo else []:
-            path = todo[result.index]
-            name = relative_name(path, root)
+            path, name = todo[result.index], todo_names[result.index]
             if result.error:
                 summary.failed.append((name, result.error))
                 print(f"padim: {result.error}", file=log)
