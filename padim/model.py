@@ -341,10 +341,7 @@ class PaDiM:
             self._record_errors(batch, sources)
             if batch.indices:
                 self._check_sizes(batch)
-                # Held as float16 from here on (see _float16_values), unless beyond float16's range.
-                embedding = self._embed(batch.images)
-                compact = embedding.half()
-                embedding = compact if bool(torch.isfinite(compact).all()) else embedding
+                embedding = _as_float16(self._embed(batch.images))
                 sums.add(self._to_samples(embedding))
                 cache.add(batch.indices, embedding)
                 used.extend(batch.indices)
@@ -401,10 +398,8 @@ class PaDiM:
                 yield list(range(len(members))), cache.take(members, release=everyone)
                 return
             for batch in self._loader([sources[i] for i in members], self.input_size_):
-                if batch.indices:  # float16 values (as the sums saw them), so held as float16
-                    embedding = _float16_values(self._embed(batch.images))
-                    compact = embedding.half()
-                    yield batch.indices, compact if bool(torch.isfinite(compact).all()) else embedding
+                if batch.indices:  # as the sums saw them
+                    yield batch.indices, _as_float16(self._embed(batch.images))
         return embeddings
 
     def _calibrate(self, sources, cache: "_EmbeddingCache", folds: int, model: GaussianModel,
@@ -597,15 +592,15 @@ class PaDiM:
         return f"PaDiM({params})"
 
 
-def _float16_values(embedding: torch.Tensor) -> torch.Tensor:
-    """Training embeddings rounded to float16 values (kept in float32) before they enter the sums.
+def _as_float16(embedding: torch.Tensor) -> torch.Tensor:
+    """Training embeddings as float16 before they enter the sums (and the cache).
 
     The held-out downdate removes each fold's samples from the full model's sums exactly, so the
-    samples it removes must be those that went in: rounding them first lets the float16 cache hold
-    exactly those values (a relative 2⁻¹¹ change of a feature, below the backbone's own noise).
-    Features beyond float16's range are left as they are (and not cached)."""
-    rounded = embedding.to(torch.float16)
-    return rounded.to(embedding.dtype) if bool(torch.isfinite(rounded).all()) else embedding
+    samples it removes must be those that went in: holding them as float16 from the start lets
+    the float16 cache keep exactly those values (a relative 2⁻¹¹ change of a feature, below the
+    backbone's own noise). Features beyond float16's range are left as they are (and not cached)."""
+    compact = embedding.half()
+    return compact if bool(torch.isfinite(compact).all()) else embedding
 
 
 class _EmbeddingCache:

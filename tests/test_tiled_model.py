@@ -7,9 +7,7 @@ Cost (2 shared cores, one thread): one tiled fit on 8 images, one on 5 through t
 """
 
 import copy
-import io
 import warnings
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
@@ -18,8 +16,9 @@ from PIL import Image
 
 import padim.data
 from padim import PaDiM
-from padim.cli import main
 from padim.memory import MemoryPlan
+
+from test_cli import cli
 
 H, W = 320, 288
 TILED = dict(tile=128, overlap=32, scale=1.0, d=30, seed=0, device="cpu", workers=0, batch_size=5,
@@ -53,17 +52,6 @@ def pattern(seed, h=H, w=W, defect=None, bright=False):
 def as_tensor(images):
     """uint8 HxWx3 arrays → [B, 3, H, W] float in [0, 1], as the loader gives them (PNG is lossless)."""
     return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255)
-
-
-def cli(*args):
-    """Run ``padim ARGS`` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def peak(amap):
@@ -281,7 +269,7 @@ def test_cell_model_means_pool_each_2x2_block(cli_model, small_embeddings):
     gh, gw = 80 // 2, 72 // 2
     assert model.n_gaussians_ == gh * gw and tuple(model.gaussian_.mean.shape) == (gh * gw, 30)
     # Reference: mean over images and over the 2×2 positions of each cell; cells row by row.
-    # (training embeddings enter the sums rounded to float16 values: padim.model._float16_values)
+    # (training embeddings enter the sums rounded to float16 values: padim.model._as_float16)
     n, d = small_embeddings.shape[:2]
     rounded = np.asarray(small_embeddings).astype(np.float16).astype(np.float64)
     blocks = rounded.reshape(n, d, gh, 2, gw, 2).mean(axis=(0, 3, 5))  # [d, gh, gw]
