@@ -149,7 +149,6 @@ def anomalib_child(job: dict) -> dict:
 def anomavision_child(job: dict) -> dict:
     import importlib.metadata
 
-    import numpy as np
     import torch
     import torchvision
 

@@ -4,10 +4,8 @@ Cost (2 shared cores, one thread): four fits of 10 images at 96 px, d = 40, no c
 and one CLI fit of 5 images at 64 px.
 """
 
-import io
 import json
 import pickle
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
@@ -15,9 +13,10 @@ from PIL import Image
 
 import padim.model
 from padim import PaDiM
-from padim.cli import main
 from padim.data import ImageDataset, Resize
 from padim.value_range import EIGHT_BIT, ValueRange, bit_depth_ceiling, decide_value_range
+
+from test_cli import cli
 
 SIZE = 96
 PARAMS = dict(image_size=SIZE, d=40, device="cpu", workers=0, batch_size=10, calibration_folds=0, blur_sigma=2.0)
@@ -38,16 +37,6 @@ def product(seed, h=SIZE, w=SIZE):
 def radiance(seed):
     """A float image in physical units (0..1000), like a mode F TIFF."""
     return (product(seed) * 1000).astype(np.float32)
-
-
-def cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def stored_metadata(path):
