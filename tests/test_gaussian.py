@@ -361,3 +361,22 @@ def test_cholesky_threads_rule(threads, cores, load, expected):
     from padim.gaussian import cholesky_threads
 
     assert cholesky_threads(threads, cores, load) == expected
+
+
+def test_a_covariance_float32_cannot_factorise_is_factorised_in_float64():
+    """The whitener is factorised in float32 (FACTOR_DTYPE); a chunk float32 cannot handle (here a
+    rank-2 covariance with a tiny λ) is redone in float64 and still inverts Σ + λI. Small
+    integers, ± pairs (mean 0): the sums are exact, so float64 sees the exact Σ."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(-8, 9, size=(20, 2, P)).astype(np.float64)
+    mixing = rng.integers(-3, 4, size=(2, D)).astype(np.float64)
+    half = np.einsum("nkp,kd->ndp", base, mixing)  # 5 channels spanning 2 directions
+    feats = torch.from_numpy(np.concatenate([half, -half])).float()
+    stats = fit(feats)
+    lam = 1e-7
+    cov = torch.from_numpy(reference_cov(feats)) + lam * torch.eye(D, dtype=torch.float64)
+    assert bool((torch.linalg.cholesky_ex(cov.float())[1] > 0).any())  # float32 fails here
+    model = stats.finalize(reg=lam, storage=None)
+    w = model.whitener.double()
+    product = w @ cov @ w.transpose(1, 2)  # L⁻¹ (LLᵀ) L⁻ᵀ = I
+    np.testing.assert_allclose(product.numpy(), np.broadcast_to(np.eye(D), (P, D, D)), atol=1e-2)
