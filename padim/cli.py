@@ -48,6 +48,18 @@ class CliError(Exception):
     """An error to print as one line (exit code 2)."""
 
 
+def _workers(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a count ≥ 0, got {text!r}")
+    return value
+
+
 def _image_size(text: str):
     try:
         if "x" in text.lower():
@@ -90,7 +102,8 @@ def _value_range(text: str):
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    p.add_argument("--workers", type=_workers, default="auto",
+                   help="image-decoding processes (default auto: only on cores PyTorch's threads leave free, up to 4 with a GPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)")
     p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -117,14 +118,33 @@ def collate(items) -> Batch:
     )
 
 
-def make_loader(sources: Sequence, transform, batch_size: int, workers: int, pin_memory: bool,
+def decoding_workers(workers: int | str, n_images: int, batch_size: int, device_type: str = "cpu",
+                     cores: int | None = None, threads: int | None = None) -> int:
+    """Decoding processes for ``n_images`` file images: ``workers``, or for ``"auto"`` the rule
+    measured in benchmarks/RESULTS.md §17 — none on the CPU unless cores are left over by
+    PyTorch's threads (on 2 cores, two decoding processes next to two compute threads made the
+    BSData fit 1.35× slower), up to 4 for a GPU; none for at most two batches either way (starting
+    a worker cost ~1.5 s before the first result, more than decoding 32 images inline)."""
+    batches = -(-n_images // max(batch_size, 1))
+    if workers != "auto":
+        return max(0, min(int(workers), batches))
+    if batches <= 2:
+        return 0
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    threads = torch.get_num_threads() if threads is None else threads
+    spare = cores - 1 if device_type != "cpu" else cores - threads
+    return max(0, min(4 if device_type != "cpu" else 2, spare, batches))
+
+
+def make_loader(sources: Sequence, transform, batch_size: int, workers: int | str, pin_memory: bool,
                 value_range: ValueRange | None = None, value_kind: str | None = None,
-                keep_original: bool = False) -> DataLoader:
-    """Batches in input order; file sources use ``workers`` processes, in-memory ones load inline.
-    Every image is mapped to [0, 1] by ``value_range`` (see :class:`ImageDataset`); with
-    ``keep_original`` each batch also carries the decoded images (``Batch.originals``)."""
+                keep_original: bool = False, device_type: str = "cpu") -> DataLoader:
+    """Batches in input order; file sources use :func:`decoding_workers` processes, in-memory
+    ones load inline. Every image is mapped to [0, 1] by ``value_range`` (see
+    :class:`ImageDataset`); with ``keep_original`` each batch also carries the decoded images
+    (``Batch.originals``)."""
     in_memory = any(not isinstance(s, Path) for s in sources)
-    workers = 0 if in_memory else max(0, min(int(workers), len(sources) // max(batch_size, 1) + 1))
+    workers = 0 if in_memory else decoding_workers(workers, len(sources), batch_size, device_type)
     return DataLoader(
         ImageDataset(sources, transform, value_range, value_kind, keep_original),
         batch_size=batch_size,

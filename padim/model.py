@@ -103,7 +103,7 @@ class PaDiM:
         blur_sigma: float = 4.0,
         device: str = "auto",
         batch_size: int = 16,
-        workers: int = 2,
+        workers: int | str = "auto",
         seed: int = 0,
         weights: str | None = None,
         threads: int | None = None,
@@ -179,7 +179,8 @@ class PaDiM:
         return make_loader(sources, Resize(size), images_per_batch, self.workers,
                            pin_memory=self._device().type == "cuda",
                            value_range=getattr(self, "value_range_", None),
-                           value_kind=getattr(self, "value_kind_", None), keep_original=keep_original)
+                           value_kind=getattr(self, "value_kind_", None), keep_original=keep_original,
+                           device_type=self._device().type)
 
     def _progress(self, iterable, total: int, desc: str, unit: str = "batch"):
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
