@@ -73,6 +73,22 @@ def cholesky_thread_limit(device: torch.device):
         torch.set_num_threads(previous)
 
 
+TRANSPOSE_MAX_BYTES = 2**28  # updates up to this size are made position-major in one transpose
+
+
+def position_major(x: torch.Tensor) -> torch.Tensor | None:
+    """Samples ``[B, d, P]`` → a ``[P, d, B]`` view of a position-major copy, or None if ``x``
+    is not contiguous or larger than TRANSPOSE_MAX_BYTES.
+
+    One 2-D transpose of the contiguous ``[B·d, P]`` rows (cache-blocked in PyTorch) leaves each
+    position's ``B × d`` samples contiguous, so the per-chunk swap to ``[p, d, B]`` is cheap. The
+    3-D permute copy of each chunk it replaces ran 3× slower (benchmarks/RESULTS.md §17)."""
+    if not x.is_contiguous() or x.numel() * x.element_size() > TRANSPOSE_MAX_BYTES:
+        return None
+    batch, dim, positions = x.shape
+    return x.view(batch * dim, positions).t().contiguous().view(positions, batch, dim).transpose(1, 2)
+
+
 class GaussianStats:
     """Running count, sum and sum of outer products of feature vectors, one set per position.
 
@@ -108,12 +124,13 @@ class GaussianStats:
             self.shift = shift if x.dtype == torch.float64 else shift.to(torch.float32).to(torch.float64)
         shift32 = self._float32_shift() if x.dtype != torch.float64 else None
         position_chunk = position_chunk or update_chunk(self.dim, batch)
+        by_position = position_major(x)  # [P, d, B]
         for start in range(0, self.num_positions, position_chunk):
             stop = min(start + position_chunk, self.num_positions)
             # Centred samples as [p, d, B], contiguous: the batched product A·Aᵀ in this layout runs
             # several times faster than AᵀA of [p, B, d]. Float32 products into float64 sums.
             centred = torch.empty(stop - start, self.dim, batch, dtype=torch.float32, device=self.device)
-            block = x[:, :, start:stop].permute(2, 1, 0)
+            block = x[:, :, start:stop].permute(2, 1, 0) if by_position is None else by_position[start:stop]
             if shift32 is not None:
                 centred.copy_(block).sub_(shift32[start:stop, :, None])
                 self.sum[start:stop] += centred.sum(dim=2)  # float32 sum of ≤ d samples, into float64
@@ -122,11 +139,11 @@ class GaussianStats:
                 self.sum[start:stop] += wide.sum(dim=2)
                 centred.copy_(wide)
                 del wide
-            square, packed = self._product_buffers(position_chunk, stop - start)
+            square, packed, wide_packed = self._product_buffers(position_chunk, stop - start)
             torch.bmm(centred, centred.transpose(1, 2), out=square)
             del centred
             torch.index_select(square.view(square.shape[0], -1), 1, self._flat_lower(), out=packed)
-            self.sum_outer[start:stop] += packed
+            self.sum_outer[start:stop] += wide_packed.copy_(packed)  # a mixed-dtype add_ runs 2.5× slower
         self.count += features.shape[0]
         return self
 
@@ -145,13 +162,15 @@ class GaussianStats:
         rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
         return rows * self.dim + cols
 
-    def _product_buffers(self, chunk: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reused float32 outputs of a chunk's products (fresh large tensors cost page faults each time)."""
+    def _product_buffers(self, chunk: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reused outputs of a chunk's products: the float32 square and packed triangle, and the
+        triangle widened to float64 (fresh large tensors cost page faults each time)."""
         if self._buffers is None or self._buffers[0].shape[0] < chunk:
             d = self.dim
             self._buffers = (torch.empty(chunk, d, d, dtype=torch.float32, device=self.device),
-                             torch.empty(chunk, d * (d + 1) // 2, dtype=torch.float32, device=self.device))
-        return self._buffers[0][:size], self._buffers[1][:size]
+                             torch.empty(chunk, d * (d + 1) // 2, dtype=torch.float32, device=self.device),
+                             torch.empty(chunk, d * (d + 1) // 2, dtype=torch.float64, device=self.device))
+        return tuple(buffer[:size] for buffer in self._buffers)
 
     def release_buffers(self) -> None:
         self._buffers = None

@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Sequence, Union
 
-from .gaussian import finalize_chunk, group_rows, update_chunk
+from .gaussian import TRANSPOSE_MAX_BYTES, finalize_chunk, group_rows, update_chunk
 
 GIB = 2**30
 FOLD_CACHE_BYTES = 256 * 2**20  # held-out embeddings kept (at least) before re-extracting them
@@ -116,7 +116,10 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
     samples = max(batch_size * per_image, grouped)
     chunk = min(gaussians, position_chunk or update_chunk(d, samples))
     group = 2 * grouped * d * gaussians if grouped >= batch_size * per_image else 0
-    update_temporaries = group + 8 * chunk * (samples * d + d * d) + 4 * chunk * (d * d + d * (d + 1) // 2)
+    # ... and makes the update position-major in one transposed copy (gaussian.position_major)
+    transposed = 2 * samples * d * gaussians if 2 * samples * d * gaussians <= TRANSPOSE_MAX_BYTES else 0
+    update_temporaries = (group + transposed + 8 * chunk * (samples * d + d * d)
+                          + 4 * chunk * (d * d + d * (d + 1) // 2))
     calibration, cache, downdate = 0, 0, True
     if calibration_folds >= 2:
         # Training embeddings (float16) are kept through the fit up to FIT_CACHE_MAX_BYTES, so the

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from padim.gaussian import GaussianModel, GaussianStats
+from padim.gaussian import GaussianModel, GaussianStats, position_major
 
 B, D, P = 12, 5, 7
 OFFSET = 1000.0
@@ -380,3 +380,16 @@ def test_a_covariance_float32_cannot_factorise_is_factorised_in_float64():
     w = model.whitener.double()
     product = w @ cov @ w.transpose(1, 2)  # L⁻¹ (LLᵀ) L⁻ᵀ = I
     np.testing.assert_allclose(product.numpy(), np.broadcast_to(np.eye(D), (P, D, D)), atol=1e-2)
+
+
+def test_strided_and_contiguous_updates_give_the_same_sums(monkeypatch):
+    """update() transposes a contiguous batch in one copy (gaussian.position_major) and permutes
+    other batches chunk by chunk: both paths accumulate the same sums as np.cov."""
+    feats = make_features(offset=3.0).half().contiguous()
+    assert position_major(feats) is not None
+    strided = feats.permute(0, 2, 1).contiguous().permute(0, 2, 1)  # same values, not contiguous
+    assert not strided.is_contiguous()
+    contiguous_stats = GaussianStats(P, D).update(feats, position_chunk=3)
+    strided_stats = GaussianStats(P, D).update(strided, position_chunk=3)
+    np.testing.assert_array_equal(contiguous_stats.sum_outer.numpy(), strided_stats.sum_outer.numpy())
+    np.testing.assert_allclose(contiguous_stats.covariance().numpy(), reference_cov(feats), rtol=1e-5, atol=1e-6)

@@ -19,13 +19,15 @@ def test_plan_per_position_hand_computed():
     assert plan.model == 4 * (100 * 100 + 100 * 10) + 2 * 100 * 55 + 4 * 100 == 55_400
     assert plan.batch_features == 1 * 100 * 10 * 12 == 12_000
     # grouped updates of d = 10 float16 samples (padim.gaussian.GroupedUpdates), their float64 centred
-    # copy and d×d products per chunk (all 100 positions), and the float32 square + packed product buffers
-    assert plan.update_temporaries == 2 * 10 * 10 * 100 + 8 * 100 * (10 * 10 + 10 * 10) + 4 * 100 * (100 + 55)
+    # copy and d×d products per chunk (all 100 positions), and the float32 square + packed product buffers;
+    # the update made position-major in one transposed float16 copy of the group
+    assert plan.update_temporaries == (2 * 10 * 10 * 100 + 2 * 10 * 10 * 100 + 8 * 100 * (10 * 10 + 10 * 10)
+                                       + 4 * 100 * (100 + 55))
     assert plan.calibration == 0
     assert plan.samples_per_gaussian == 1
     # no calibration: the fit loop, or statistics + finalize (the model is built after the sums go)
-    assert plan.peak == max(60_000 + 12_000 + 242_000, 60_000 + 262_000) == 322_000
-    assert plan.as_dict()["peak"] == 322_000
+    assert plan.peak == max(60_000 + 12_000 + 262_000, 60_000 + 262_000) == 334_000
+    assert plan.as_dict()["peak"] == 334_000
     assert "100 Gaussians × d=10" in plan.describe()
 
 
@@ -37,14 +39,14 @@ def test_plan_cells_scale_statistics_with_cells_and_features_with_positions():
     assert plan.batch_features == 2 * 100 * 10 * 12 == 24_000
     assert plan.samples_per_gaussian == 4
     # a batch is 8 samples per Gaussian; grouped to d = 10
-    assert plan.update_temporaries == 2 * 10 * 10 * 25 + 8 * 25 * (10 * 10 + 100) + 4 * 25 * (100 + 55)
+    assert plan.update_temporaries == 2 * 2 * 10 * 10 * 25 + 8 * 25 * (10 * 10 + 100) + 4 * 25 * (100 + 55)
 
 
 def test_plan_shared_gaussian_holds_the_whole_batch_centred():
     # 40 000 samples per batch: more than a group (d = 10), so updated as they come, ungrouped
     plan = plan_memory(gaussians=1, d=10, feature_positions=10_000, batch_size=4)
     assert plan.statistics == 8 * (55 + 20)
-    assert plan.update_temporaries == 8 * (4 * 10_000 * 10 + 100) + 4 * (100 + 55)
+    assert plan.update_temporaries == 2 * 4 * 10_000 * 10 + 8 * (4 * 10_000 * 10 + 100) + 4 * (100 + 55)
 
 
 def test_plan_update_chunk_caps_temporaries():
@@ -54,7 +56,9 @@ def test_plan_update_chunk_caps_temporaries():
     group = 2**27 // (2 * 10 * 1_000_000)
     chunk = 2**27 // (8 * 10 * (10 + group))
     assert group == 6 and chunk < 1_000_000
-    assert plan.update_temporaries == 2 * group * 10 * 1_000_000 + 8 * chunk * (group * 10 + 100) + 4 * chunk * 155
+    # the transposed copy (2 · 6 · 10 · 10⁶ B = 120 MB) is within TRANSPOSE_MAX_BYTES (256 MiB)
+    assert plan.update_temporaries == (2 * 2 * group * 10 * 1_000_000 + 8 * chunk * (group * 10 + 100)
+                                       + 4 * chunk * 155)
     big = plan_memory(gaussians=1_000_000, d=300, feature_positions=1_000_000, batch_size=1)
     assert big.finalize - 4 * 1_000_000 * 300 * 301 // 2 == 8 * 3 * (2**25 // (8 * 300 * 300)) * 300 * 300 <= 3 * 2**25
 
