@@ -47,7 +47,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 
 
-def child(data: str, n: int, threads: int, workers: int, config: str) -> dict:
+def child(data: str, n: int, threads: int, workers: str, config: str) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -89,7 +89,7 @@ def child(data: str, n: int, threads: int, workers: int, config: str) -> dict:
             break
     files = list_images(data)
     paths = [files[i % len(files)] for i in range(n)]
-    model = PaDiM(workers=workers)
+    model = PaDiM() if workers == "default" else PaDiM(workers=workers if workers == "auto" else int(workers))
     started = time.perf_counter()
     model.fit(paths)
     total = time.perf_counter() - started
@@ -150,7 +150,8 @@ def main() -> None:
                         help="current, refit, unbiased, or a source directory")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+    parser.add_argument("--workers", default="default",
+                        help="image-decoding processes: N, auto, or default (each checkout's own default)")
     parser.add_argument("--out", default=None, help="JSON-lines file to append the results to")
     parser.add_argument("--no-compare", action="store_true", help="skip the held-out score comparison")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)

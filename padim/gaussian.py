@@ -260,13 +260,16 @@ class GaussianStats:
                             alpha=-self.count)
         return cov.div_(self.count - 1)
 
-    def _unpacked(self, start: int, stop: int) -> torch.Tensor:
-        """Full symmetric Σxxᵀ ``[stop − start, d, d]`` (float64) of positions ``start:stop``."""
+    def _unpacked(self, start: int, stop: int, lower_only: bool = False) -> torch.Tensor:
+        """Full symmetric Σxxᵀ ``[stop − start, d, d]`` (float64) of positions ``start:stop``;
+        ``lower_only``: the lower triangle, zeros above it."""
         rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
         packed = self.sum_outer[start:stop]
-        full = torch.empty(packed.shape[0], self.dim * self.dim, dtype=torch.float64, device=self.device)
+        make = torch.zeros if lower_only else torch.empty
+        full = make(packed.shape[0], self.dim * self.dim, dtype=torch.float64, device=self.device)
         full.index_copy_(1, rows * self.dim + cols, packed)
-        full.index_copy_(1, cols * self.dim + rows, packed)
+        if not lower_only:
+            full.index_copy_(1, cols * self.dim + rows, packed)
         return full.view(-1, self.dim, self.dim)
 
     def _diagonal(self) -> torch.Tensor:
@@ -328,7 +331,8 @@ class GaussianStats:
         storage rounding). A chunk that float32 cannot factorise is redone in float64.
         """
         m = centred_mean[start:stop]
-        cov = self._unpacked(start, stop).baddbmm_(m[:, :, None], m[:, None, :], alpha=-self.count)
+        # Cholesky reads only the lower triangle (LAPACK's uplo="L"): the upper one is left at zero
+        cov = self._unpacked(start, stop, lower_only=True).baddbmm_(m[:, :, None], m[:, None, :], alpha=-self.count)
         cov.div_(self.count - 1).diagonal(dim1=1, dim2=2).add_(lam)
         chol, info = torch.linalg.cholesky_ex(cov.to(FACTOR_DTYPE))
         if FACTOR_DTYPE != torch.float64 and bool((info > 0).any()):
