@@ -1,0 +1,190 @@
+"""Synthetic defects made from good images, with exact masks: a selection signal without real defects.
+
+Six families, each a different kind of anomaly a product can show:
+
+- ``paste``: a patch cut from another image (or another position of the same one), pasted with
+  feathered edges — a foreign part or misplaced structure;
+- ``perlin``: a Perlin-noise region filled with a noise texture — stains, corrosion, texture flaws;
+- ``scratch``: thin polylines, darker or brighter — cracks and scratches;
+- ``blob``: a soft elliptical region with shifted colour or brightness — discolouration;
+- ``blur``: a region blurred — out-of-focus or smeared print;
+- ``hole``: an irregular region filled with a flat colour — a missing part.
+
+Images are float RGB ``[H, W, 3]`` in [0, 1] (the model's input, so this stays cheap). Every
+family alters only pixels inside its region, and the returned mask is the region restricted to the
+pixels whose value actually changed: ``mask == (defect != image).any(-1)`` holds exactly. A
+seeded ``numpy.random.Generator`` makes everything reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+FAMILIES = ("paste", "perlin", "scratch", "blob", "blur", "hole")
+MAX_TRIES = 8  # new random parameters when an alteration changed no pixel (e.g. blur of a flat area)
+
+
+@dataclass
+class SyntheticDefect:
+    """One defect image, its mask (True where a pixel was altered) and the family that made it."""
+
+    image: np.ndarray  # float32 [H, W, 3] in [0, 1]
+    mask: np.ndarray  # bool [H, W]
+    family: str
+    source: int  # index of the good image it was made from
+
+
+def _soft_ellipse(h: int, w: int, rng: np.random.Generator, min_frac: float, max_frac: float) -> np.ndarray:
+    """Alpha [H, W] in [0, 1]: a rotated ellipse with feathered edges, zero far from it."""
+    cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+    ry = max(1.5, rng.uniform(min_frac, max_frac) * h / 2)
+    rx = max(1.5, rng.uniform(min_frac, max_frac) * w / 2)
+    angle = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dy, dx = yy - cy, xx - cx
+    u = (dx * np.cos(angle) + dy * np.sin(angle)) / rx
+    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / ry
+    r = np.sqrt(u * u + v * v)
+    return np.clip((1.2 - r) / 0.4, 0.0, 1.0).astype(np.float32)  # 1 inside r ≤ 0.8, 0 beyond 1.2
+
+
+def perlin_noise(h: int, w: int, rng: np.random.Generator, cells: int = 4) -> np.ndarray:
+    """Classic 2-D Perlin (gradient) noise [H, W], about in [-1, 1], ``cells`` lattice cells across
+    the shorter side: random unit gradients at the lattice points, quintic fade between them."""
+    gy = max(1, round(cells * h / min(h, w)))
+    gx = max(1, round(cells * w / min(h, w)))
+    angles = rng.uniform(0, 2 * np.pi, size=(gy + 1, gx + 1))
+    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    y = np.linspace(0, gy, h, endpoint=False)
+    x = np.linspace(0, gx, w, endpoint=False)
+    yi, xi = np.floor(y).astype(int), np.floor(x).astype(int)
+    fy, fx = (y - yi)[:, None], (x - xi)[None, :]
+
+    def corner(dy: int, dx: int) -> np.ndarray:
+        g = grads[(yi + dy)[:, None], (xi + dx)[None, :]]
+        return g[..., 0] * (fx - dx) + g[..., 1] * (fy - dy)
+
+    def fade(t):
+        return t * t * t * (t * (t * 6 - 15) + 10)
+
+    sy, sx = fade(fy), fade(fx)
+    top = corner(0, 0) * (1 - sx) + corner(0, 1) * sx
+    bottom = corner(1, 0) * (1 - sx) + corner(1, 1) * sx
+    return ((top * (1 - sy) + bottom * sy) * np.sqrt(2)).astype(np.float32)
+
+
+def _paste(image, rng, donor):
+    h, w = image.shape[:2]
+    alpha = _soft_ellipse(h, w, rng, 0.12, 0.35)
+    # the same-sized donor content, shifted by a random offset (another image, or elsewhere in this one)
+    shift = (int(rng.integers(h // 4, max(h // 4 + 1, 3 * h // 4))), int(rng.integers(w // 4, max(w // 4 + 1, 3 * w // 4))))
+    patch = np.roll(donor, shift, axis=(0, 1))
+    return alpha, patch
+
+
+def _perlin(image, rng, donor):
+    h, w = image.shape[:2]
+    shape = perlin_noise(h, w, rng, cells=int(rng.integers(2, 7)))
+    region = (shape > rng.uniform(0.2, 0.45)).astype(np.float32) * _soft_ellipse(h, w, rng, 0.3, 0.7)
+    texture = np.stack([perlin_noise(h, w, rng, cells=int(rng.integers(6, 16))) for _ in range(3)], axis=-1)
+    texture = np.clip(0.5 + 0.5 * texture * rng.uniform(0.6, 1.0) + rng.uniform(-0.3, 0.3, size=3), 0, 1)
+    alpha = cv2.GaussianBlur(region, (0, 0), 1.0) * rng.uniform(0.6, 0.95)
+    return alpha, texture.astype(np.float32)
+
+
+def _scratch(image, rng, donor):
+    h, w = image.shape[:2]
+    canvas = np.zeros((h, w), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        points = [np.array([rng.uniform(0, w), rng.uniform(0, h)])]
+        heading = rng.uniform(0, 2 * np.pi)
+        for _ in range(int(rng.integers(2, 6))):
+            heading += rng.normal(0, 0.5)
+            step = rng.uniform(0.08, 0.25) * min(h, w)
+            points.append(points[-1] + step * np.array([np.cos(heading), np.sin(heading)]))
+        cv2.polylines(canvas, [np.round(np.array(points)).astype(np.int32)], False, 255,
+                      thickness=int(rng.integers(1, 3)), lineType=cv2.LINE_8)
+    alpha = (canvas > 0).astype(np.float32)
+    level = rng.choice([rng.uniform(0.0, 0.15), rng.uniform(0.85, 1.0)])
+    colour = np.clip(level + rng.uniform(-0.05, 0.05, size=3), 0, 1).astype(np.float32)
+    return alpha, np.broadcast_to(colour, image.shape)
+
+
+def _blob(image, rng, donor):
+    alpha = _soft_ellipse(*image.shape[:2], rng, 0.08, 0.3)
+    if rng.random() < 0.5:  # brightness
+        altered = np.clip(image * rng.choice([rng.uniform(0.3, 0.7), rng.uniform(1.4, 2.0)]), 0, 1)
+    else:  # colour
+        altered = np.clip(image + rng.uniform(-0.35, 0.35, size=3).astype(np.float32), 0, 1)
+    return alpha, altered.astype(np.float32)
+
+
+def _blur(image, rng, donor):
+    alpha = _soft_ellipse(*image.shape[:2], rng, 0.15, 0.4)
+    sigma = rng.uniform(2.0, 6.0)
+    return alpha, cv2.GaussianBlur(image, (0, 0), sigma).astype(np.float32)
+
+
+def _hole(image, rng, donor):
+    h, w = image.shape[:2]
+    ellipse = _soft_ellipse(h, w, rng, 0.08, 0.25)
+    ragged = perlin_noise(h, w, rng, cells=8) * 0.35
+    alpha = ((ellipse + ragged) > 0.6).astype(np.float32)
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    fill = np.median(border, axis=0) if rng.random() < 0.5 else np.full(3, rng.uniform(0.0, 0.1))
+    return alpha, np.broadcast_to(fill.astype(np.float32), image.shape)
+
+
+_MAKERS: dict[str, Callable] = {"paste": _paste, "perlin": _perlin, "scratch": _scratch, "blob": _blob,
+                                "blur": _blur, "hole": _hole}
+
+
+def make_defect(image: np.ndarray, family: str, rng: np.random.Generator,
+                donor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` with one defect of ``family`` → (defect image, mask of exactly the altered pixels).
+
+    ``donor`` (same shape) is where ``paste`` cuts its patch from (default: ``image`` itself, at
+    another position). Retries with new parameters (at most MAX_TRIES) while nothing changed;
+    the mask may then be empty (a flat image blurred)."""
+    if family not in _MAKERS:
+        raise ValueError(f"unknown synthetic defect family {family!r}; expected one of {', '.join(FAMILIES)}")
+    original = np.ascontiguousarray(image, dtype=np.float32)
+    if original.ndim != 3 or original.shape[2] != 3:
+        raise ValueError(f"expected an RGB image [H, W, 3], got shape {original.shape}")
+    donor = original if donor is None else np.asarray(donor, dtype=np.float32)
+    if donor.shape != original.shape:
+        raise ValueError(f"donor image has shape {donor.shape}, expected {original.shape}")
+    for _ in range(MAX_TRIES):
+        alpha, altered = _MAKERS[family](original, rng, donor)
+        a = alpha[..., None]
+        blended = np.where(a > 0, np.clip(a * altered + (1 - a) * original, 0, 1), original).astype(np.float32)
+        mask = (blended != original).any(axis=-1)
+        if mask.any():
+            return blended, mask
+    return blended, mask
+
+
+def make_defects(images: Sequence[np.ndarray], seed: int = 0, families: Sequence[str] = FAMILIES,
+                 per_image: int = 1) -> list[SyntheticDefect]:
+    """``per_image`` defects for each good image, families in turn (image i, defect j gets family
+    ``(i·per_image + j) mod len(families)``), ``paste`` donors drawn from the other images.
+    Deterministic for a given ``seed``."""
+    if not images:
+        raise ValueError("no good images to make synthetic defects from")
+    families = list(families)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, image in enumerate(images):
+        for j in range(per_image):
+            family = families[(i * per_image + j) % len(families)]
+            donor = None
+            if family == "paste" and len(images) > 1:
+                other = int(rng.integers(0, len(images) - 1))
+                donor = images[other + (other >= i)]
+            defect, mask = make_defect(image, family, rng, donor)
+            out.append(SyntheticDefect(defect, mask, family, i))
+    return out

@@ -1,0 +1,88 @@
+"""padim.synthetic: every family alters a local region as its name says, masks are exactly the
+altered pixels, and a seed reproduces everything."""
+
+import cv2
+import numpy as np
+import pytest
+
+from padim.synthetic import FAMILIES, make_defect, make_defects, perlin_noise
+
+H, W = 96, 128
+
+
+def textured(seed=0):
+    """A smooth colour texture (so that every family, blur included, changes something)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(0, 1, size=(H // 8, W // 8, 3)).astype(np.float32)
+    return np.clip(cv2.resize(noise, (W, H), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
+def checkerboard(period=4):
+    yy, xx = np.mgrid[0:H, 0:W]
+    board = ((yy // period + xx // period) % 2).astype(np.float32) * 0.6 + 0.2
+    return np.repeat(board[..., None], 3, axis=-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_alters_a_local_region_and_its_mask_is_exactly_that(family):
+    image = textured()
+    for seed in range(5):
+        defect, mask = make_defect(image, family, np.random.default_rng(seed), donor=textured(9))
+        assert defect.shape == image.shape and defect.dtype == np.float32 and mask.dtype == bool
+        assert 0.0 <= defect.min() and defect.max() <= 1.0
+        np.testing.assert_array_equal(mask, np.abs(defect - image).max(axis=-1) > 0)
+        np.testing.assert_array_equal(defect[~mask], image[~mask])  # nothing outside the mask moved
+        area = mask.mean()
+        assert 0.0005 < area < 0.6, (family, seed, area)  # a local defect, never the whole image
+
+
+def test_seeded_determinism_and_different_seeds_differ():
+    images = [textured(s) for s in range(6)]
+    first = make_defects(images, seed=3)
+    again = make_defects(images, seed=3)
+    other = make_defects(images, seed=4)
+    assert [d.family for d in first] == list(FAMILIES)  # one image per family, in turn
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.mask, b.mask)
+    assert any(not np.array_equal(a.mask, c.mask) for a, c in zip(first, other))
+
+
+def test_paste_puts_donor_content_inside_with_feathered_edges():
+    image = np.full((H, W, 3), 0.75, np.float32)
+    donor = np.full((H, W, 3), 0.25, np.float32)
+    defect, mask = make_defect(image, "paste", np.random.default_rng(1), donor=donor)
+    values = defect[mask][:, 0]
+    assert np.isclose(values, 0.25).sum() > 0.3 * mask.sum()  # an opaque interior of donor pixels
+    assert ((values > 0.26) & (values < 0.74)).any()  # and blended edges in between
+
+
+def test_scratches_are_thin_lines():
+    for seed in range(5):
+        _, mask = make_defect(textured(), "scratch", np.random.default_rng(seed))
+        core = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8))
+        assert core.sum() < 0.1 * mask.sum()  # at most 2-3 px wide: a 5×5 erosion removes nearly all
+
+
+def test_blur_lowers_local_contrast_and_hole_is_one_flat_colour():
+    board = checkerboard()
+    defect, mask = make_defect(board, "blur", np.random.default_rng(0))
+    assert np.abs(defect[mask] - 0.5).mean() < np.abs(board[mask] - 0.5).mean()  # pulled toward the mean
+    defect, mask = make_defect(textured(), "hole", np.random.default_rng(2))
+    assert len(np.unique(defect[mask], axis=0)) == 1
+
+
+def test_perlin_noise_is_smooth_and_bounded():
+    noise = perlin_noise(H, W, np.random.default_rng(0), cells=4)
+    assert noise.shape == (H, W) and np.abs(noise).max() <= 1.01
+    assert noise.std() > 0.1
+    assert np.abs(np.diff(noise, axis=1)).max() < 0.2  # smooth: neighbours are close
+
+
+def test_bad_input_is_refused_with_one_line():
+    with pytest.raises(ValueError, match="unknown synthetic defect family 'dent'"):
+        make_defect(textured(), "dent", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="expected an RGB image"):
+        make_defect(np.zeros((H, W), np.float32), "blob", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="no good images"):
+        make_defects([])
