@@ -143,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="k-fold held-out scoring for calibration")
     p.add_argument("--max-false-reject", type=float, default=0.01, help="target share of good images flagged NG")
     p.add_argument("--threshold", type=float, default=None, help="fixed score threshold")
-    p.add_argument("--val-defects", type=Path, default=None, help="folder of labelled defect images for calibration")
+    p.add_argument("--val-defects", type=Path, default=None,
+                   help="folder of labelled defect images for calibration (and, with --auto, the selection)")
+    p.add_argument("--auto", action="store_true",
+                   help="choose hook points, Gaussian granularity and resolution from the good images "
+                        "(synthetic defects on held-out ones; prints the candidate table)")
+    p.add_argument("--budget", default="4x", help="with --auto: time for selection and fit, Nx one fit or seconds")
     p.add_argument("--threshold-method", choices=("youden", "f1"), default="youden",
                    help="threshold rule when --val-defects is given")
     p.add_argument("--value-range", type=_value_range, default="auto", metavar="LO,HI",
@@ -230,6 +235,14 @@ def cmd_fit(args) -> int:
                   max_false_reject=args.max_false_reject, tile=args.tile, overlap=args.overlap,
                   scale=args.scale, cell=args.cell, max_memory=args.max_memory, value_range=args.value_range,
                   **_runtime(args))
+    if args.auto:
+        from .autoconfig import parse_budget
+
+        try:
+            parse_budget(args.budget)
+        except ValueError as exc:
+            raise CliError(f"--budget: {exc}") from None
+        params.update(config="auto", budget=args.budget, val_defects=args.val_defects)
     if args.layers:
         params["layers"] = [s.strip() for s in args.layers.split(",")]
     if args.eps is not None:
@@ -250,6 +263,10 @@ def cmd_fit(args) -> int:
         print(f"padim: warning: {w.message}", file=sys.stderr)
     if args.val_defects is not None or args.threshold is not None:
         model.recalibrate(args.val_defects, threshold=args.threshold, threshold_method=args.threshold_method)
+    if model.auto_table_:
+        from .autoconfig import format_table
+
+        print(format_table(model.auto_table_, model.auto_choice_), file=sys.stderr)
     model.save(args.output)
     cal = model.calibrator_
     print(f"fitted on {model.n_train_} images in {time.time() - started:.1f} s → {args.output}"
@@ -317,7 +334,12 @@ def cmd_demo(args) -> int:
 def cmd_info(args) -> int:
     from .model import PaDiM, format_description
 
-    print(format_description(PaDiM.load(args.model, device="cpu").describe()))
+    model = PaDiM.load(args.model, device="cpu")
+    print(format_description(model.describe()))
+    if model.auto_table_:
+        from .autoconfig import format_table
+
+        print(format_table(model.auto_table_, model.auto_choice_))
     return 0
 
 

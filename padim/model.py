@@ -90,6 +90,11 @@ class PaDiM:
     (``value_range_``): "auto" (8-bit → 0..255 from the pixel type; deeper data → a robust range
     of the training images, see ``padim.value_range``), (lo, hi), or None (each image by its
     pixel type's full scale, as models saved before value ranges).
+
+    config: "default", or "auto" to choose hook points, granularity and resolution from the
+    training images (padim.autoconfig: synthetic defects on held-out good images, and
+    ``val_defects`` images if given) within ``budget`` ("4x" one fit, or seconds); the chosen
+    parameters replace these ones and the candidate table is kept (``auto_table_``, ``auto_choice_``).
     """
 
     def __init__(
@@ -116,6 +121,9 @@ class PaDiM:
         max_memory: int | str | None = None,
         progress: bool = False,
         value_range: str | tuple[float, float] | None = "auto",
+        config: str = "default",
+        budget: str | float = "4x",
+        val_defects: Any = None,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -139,6 +147,11 @@ class PaDiM:
         self.max_memory = max_memory
         self.progress = progress
         self.value_range = value_range
+        if config not in ("default", "auto"):
+            raise ValueError(f"config must be 'default' or 'auto', got {config!r}")
+        self.config = config
+        self.budget = budget
+        self.val_defects = val_defects
         self._extractor: Embedder | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -319,6 +332,22 @@ class PaDiM:
         return state
 
     def fit(self, images: Any, calibrate: bool | None = None) -> "PaDiM":
+        """Fit on good images (see :meth:`_fit_plain`); with ``config="auto"`` first choose the
+        configuration (padim.autoconfig)."""
+        if self.config == "auto":
+            from .autoconfig import auto_fit
+
+            return auto_fit(self, images, calibrate, log=(lambda line: tqdm.write(line)) if self.progress else None)
+        self.auto_table_, self.auto_choice_ = None, None
+        return self._fit_plain(images, calibrate)
+
+    def get_params(self) -> dict:
+        """The constructor's parameters as set now (model and runtime ones)."""
+        runtime = ("device", "batch_size", "workers", "weights", "threads", "progress", "config", "budget",
+                   "val_defects")
+        return {key: getattr(self, key) for key in self._PARAMS + runtime}
+
+    def _fit_plain(self, images: Any, calibrate: bool | None = None) -> "PaDiM":
         """Fit the Gaussians on good images (folder, paths, PIL images or arrays); returns self.
 
         Unreadable images are skipped with a warning and listed in ``skipped_``. With
@@ -575,6 +604,8 @@ class PaDiM:
             "model tensors (MB)": round(
                 sum(t.numel() * t.element_size() for t in self.gaussian_.storage_tensors().values()) / 2**20, 1),
             "calibration": None if self.calibrator_ is None else self._describe_calibration(),
+            "auto-configuration": (None if not getattr(self, "auto_table_", None) else
+                                   f"chose {self.auto_choice_!r} among {len(self.auto_table_)} candidates"),
             "value range": (f"{self.value_range_.describe()} → 0..1 for every "
                             f"{KIND_NAMES.get(self.value_kind_, 'other')} image"
                             if self.value_range_ is not None else

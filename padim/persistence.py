@@ -48,6 +48,8 @@ def save_model(model, path: str | Path) -> Path:
         "map_floor": getattr(model, "map_floor_", None),
         "value_range": None if model.value_range_ is None else list(model.value_range_),
         "value_kind": model.value_kind_,
+        "auto": (None if not getattr(model, "auto_table_", None) else
+                 {"choice": model.auto_choice_, "table": model.auto_table_}),
     }
     write_model_file(path, tensors, metadata)
     return path
@@ -89,6 +91,8 @@ def load_model(cls, path: str | Path, device: str = "auto", weights: str | None 
         stored_range = meta.get("value_range")
         model.value_range_ = None if stored_range is None else as_value_range(stored_range)
         model.value_kind_ = meta.get("value_kind")
+        auto = meta.get("auto") or {}
+        model.auto_table_, model.auto_choice_ = auto.get("table"), auto.get("choice")
         if meta.get("calibrator"):
             model.calibrator_ = Calibrator.from_dict(meta["calibrator"])
     except (KeyError, TypeError, ValueError) as exc:

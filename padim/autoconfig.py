@@ -1,0 +1,262 @@
+"""Choosing a configuration from the user's good images alone (``PaDiM(config="auto")``, ``padim fit --auto``).
+
+A few plain PaDiM configurations (:func:`candidates`) are each fitted, without calibration, on a
+seeded part of the good images and validated on the rest: the held-out good images and synthetic
+defects made from them (:mod:`padim.synthetic`, exact masks), plus real defect images when given.
+No candidate is validated on an image it was fitted on. The winner is refitted on every image with
+its normal calibration; the table of candidates (metrics, seconds, skipped) is kept in the model.
+
+Selection score (higher is better)::
+
+    (image AUROC + pixel AUROC + PRO) / 3  −  0.05 · min(1, CV of the held-out good scores)
+
+where CV = std/mean of the good images' scores: a configuration whose good scores scatter widely
+will need a high threshold. With real defect images, their image AUROC against the held-out good
+images is averaged with the synthetic one.
+
+Budget: ``"Nx"`` (default ``"4x"``) is N times the estimated time of one plain fit (the default
+candidate's time on the selection split, scaled to all images, plus calibration), covering the
+selection and the final fit; or a number of seconds. A candidate whose estimated cost would pass
+the budget is skipped and marked so; the default candidate always runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .data import as_sources
+from .io import ImageReadError, load_image
+from .metrics import image_auroc, pixel_auroc, pro_score
+from .synthetic import make_defects
+
+MAX_FIT_IMAGES = 40  # selection fits on at most this many good images ...
+MAX_VALIDATION_IMAGES = 20  # ... and validates on at most this many (each also gives one synthetic defect)
+VALIDATION_MAX_SIDE = 512  # synthetic defects are made at most this large (the model resizes anyway)
+CALIBRATION_SHARE = 0.15  # what calibration adds to a fit (benchmarks/RESULTS.md §11)
+STABILITY_WEIGHT = 0.05
+
+# Other hook-point sets per backbone: one stage deeper than the defaults, and the two shallow stages.
+DEEP_LAYERS = {
+    "efficientnet_lite0": ("_blocks.4", "_blocks.10", "_blocks.14"),
+    "efficientnet_lite1": ("_blocks.6", "_blocks.14", "_blocks.19"),
+    "efficientnet_lite2": ("_blocks.6", "_blocks.14", "_blocks.19"),
+    "resnet18": ("layer2", "layer3", "layer4"),
+    "wide_resnet50_2": ("layer2", "layer3", "layer4"),
+}
+SHALLOW_LAYERS = {
+    "efficientnet_lite0": ("_blocks.2", "_blocks.4"),
+    "efficientnet_lite1": ("_blocks.3", "_blocks.6"),
+    "efficientnet_lite2": ("_blocks.3", "_blocks.6"),
+    "resnet18": ("layer1", "layer2"),
+    "wide_resnet50_2": ("layer1", "layer2"),
+}
+
+
+@dataclass
+class Candidate:
+    """A configuration to try: PaDiM parameters over the user's, and its relative cost."""
+
+    name: str
+    params: dict
+    cost: float = 1.0  # estimated fit time relative to the default candidate
+
+
+@dataclass
+class CandidateResult:
+    name: str
+    params: dict
+    seconds: float | None = None
+    image_auroc: float | None = None
+    pixel_auroc: float | None = None
+    pro: float | None = None
+    good_cv: float | None = None
+    selection: float | None = None
+    skipped: str | None = None  # why it did not run
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def candidates(backbone: str, image_size: Any) -> list[Candidate]:
+    """The configurations tried for ``backbone``: default first, then hook points, granularity, resolution."""
+    out = [Candidate("default", {})]
+    if backbone in DEEP_LAYERS:
+        out.append(Candidate("deep", {"layers": list(DEEP_LAYERS[backbone])}))
+        out.append(Candidate("shallow", {"layers": list(SHALLOW_LAYERS[backbone])}))
+    out.append(Candidate("shared", {"cell": "image"}))
+    if isinstance(image_size, int):
+        out.append(Candidate("larger", {"image_size": int(round(image_size * 1.5 / 32) * 32)}, cost=2.25))
+    return out
+
+
+def parse_budget(budget: str | float | int) -> tuple[str, float]:
+    """``"4x"`` → ("factor", 4.0); ``120`` or ``"120"`` → ("seconds", 120.0)."""
+    text = str(budget).strip().lower()
+    try:
+        if text.endswith("x"):
+            value, kind = float(text[:-1]), "factor"
+        else:
+            value, kind = float(text), "seconds"
+    except ValueError:
+        raise ValueError(f"budget must be like 4x (times one fit) or a number of seconds, got {budget!r}") from None
+    if not value > 0:
+        raise ValueError(f"budget must be positive, got {budget!r}")
+    return kind, value
+
+
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    return image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def _validation_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> list[np.ndarray]:
+    """The validation images as 8-bit RGB arrays, at most ``max_side`` on the longer side."""
+    import cv2
+
+    out = []
+    for source in sources:
+        try:
+            image = _as_uint8(load_image(source, keep_uint8=True))
+        except ImageReadError:
+            continue
+        h, w = image.shape[:2]
+        factor = min(1.0, max_side / max(h, w))
+        if factor < 1:
+            image = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
+                               interpolation=cv2.INTER_AREA)
+        out.append(image)
+    return out
+
+
+def synthetic_validation(goods: list[np.ndarray], seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One synthetic defect per validation image (families in turn): 8-bit images and exact masks."""
+    defects = make_defects([g.astype(np.float32) / 255 for g in goods], seed=seed)
+    images, masks = [], []
+    for defect, good in zip(defects, goods):
+        image = _as_uint8(defect.image)
+        images.append(image)
+        masks.append((image != good).any(axis=-1))  # exact after rounding to 8 bits
+    return images, masks
+
+
+def validate(model, goods: list[np.ndarray], defects: list[np.ndarray], masks: list[np.ndarray],
+             real_defects: list | None = None) -> dict:
+    """Validation metrics of a fitted candidate (see the module docstring for the selection score)."""
+    results = list(model.iter_results(goods + defects, maps=True))
+    scores = np.array([r.score for r in results], dtype=np.float64)
+    maps = [r.anomaly_map for r in results]
+    n = len(goods)
+    labels = np.r_[np.zeros(n), np.ones(len(defects))]
+    image = image_auroc(labels, scores)
+    if real_defects:
+        real = np.asarray(model.score_samples(real_defects), dtype=np.float64)
+        image = 0.5 * (image + image_auroc(np.r_[np.zeros(n), np.ones(len(real))], np.r_[scores[:n], real]))
+    good_masks = [np.zeros(m.shape[:2], bool) for m in maps[:n]]
+    pixel = pixel_auroc(good_masks + masks, maps)
+    pro = pro_score(good_masks + masks, maps)
+    good = scores[:n]
+    cv = float(good.std() / good.mean()) if good.mean() > 0 else 1.0
+    selection = (image + pixel + pro) / 3 - STABILITY_WEIGHT * min(1.0, cv)
+    return {"image_auroc": float(image), "pixel_auroc": float(pixel), "pro": float(pro), "good_cv": cv,
+            "selection": float(selection)}
+
+
+@dataclass
+class Selection:
+    choice: str
+    params: dict
+    table: list[CandidateResult] = field(default_factory=list)
+    budget_seconds: float = 0.0
+
+
+def select(model_factory, sources: list, backbone: str, image_size: Any, *, budget="4x", seed: int = 0,
+           val_defects: Any = None, log=None) -> Selection:
+    """Fit every candidate on a seeded part of ``sources`` and validate on the rest; the best one.
+
+    ``model_factory(**params)`` builds an unfitted PaDiM with the user's parameters overridden by
+    ``params``. Needs at least 6 readable good images (4 to fit, 2 to validate).
+    """
+    if len(sources) < 6:
+        raise ValueError(f"auto-configuration needs at least 6 good images, got {len(sources)}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(sources))
+    n_val = min(MAX_VALIDATION_IMAGES, max(2, len(sources) // 4))
+    val_idx = np.sort(order[:n_val])
+    fit_idx = np.sort(order[n_val:n_val + MAX_FIT_IMAGES])
+    fit_sources = [sources[i] for i in fit_idx]
+    goods = _validation_arrays([sources[i] for i in val_idx])
+    if len(goods) < 2:
+        raise ValueError("auto-configuration: fewer than 2 readable validation images")
+    defects, masks = synthetic_validation(goods, seed)
+    real = None if val_defects is None else as_sources(val_defects)
+    kind, value = parse_budget(budget)
+    table: list[CandidateResult] = []
+    started = time.perf_counter()
+    allowed = reference = None
+    for candidate in candidates(backbone, image_size):
+        row = CandidateResult(candidate.name, candidate.params)
+        table.append(row)
+        if reference is not None:
+            spent = time.perf_counter() - started
+            if spent + candidate.cost * reference > allowed:
+                row.skipped = f"budget: needs ~{candidate.cost * reference:.1f} s, {max(0.0, allowed - spent):.1f} s left"
+                continue
+        t0 = time.perf_counter()
+        try:
+            model = model_factory(**candidate.params).fit(fit_sources, calibrate=False)
+        except (ValueError, MemoryError) as exc:
+            row.skipped = f"cannot fit: {exc}"
+            if reference is None:
+                raise
+            continue
+        row.__dict__.update(validate(model, goods, defects, masks, real))
+        row.seconds = time.perf_counter() - t0
+        if reference is None:  # the default candidate: it sets the budget's unit
+            reference = row.seconds
+            one_fit = reference * max(1.0, len(sources) / len(fit_sources)) * (1 + CALIBRATION_SHARE)
+            total = value * one_fit if kind == "factor" else value
+            allowed = total - one_fit  # the final refit on every image comes out of the budget too
+        if log:
+            log(f"auto: {row.name:8s} image {row.image_auroc:.3f} pixel {row.pixel_auroc:.3f} PRO {row.pro:.3f} "
+                f"cv {row.good_cv:.3f} → {row.selection:.4f} ({row.seconds:.1f} s)")
+    ran = [r for r in table if r.selection is not None]
+    best = max(ran, key=lambda r: r.selection)  # the first (default) wins ties
+    return Selection(best.name, best.params, table, float(total))
+
+
+def format_table(table: list[dict], choice: str) -> str:
+    """The candidate table as text (what ``padim fit --auto`` prints and ``padim info`` shows)."""
+    lines = ["candidate  image AUROC  pixel AUROC  PRO    good CV  selection  seconds"]
+    for row in table:
+        mark = "*" if row["name"] == choice else " "
+        if row.get("skipped"):
+            lines.append(f"{mark}{row['name']:9s}  skipped: {row['skipped']}")
+            continue
+        lines.append(f"{mark}{row['name']:9s}  {row['image_auroc']:11.4f}  {row['pixel_auroc']:11.4f}  "
+                     f"{row['pro']:.4f}  {row['good_cv']:7.4f}  {row['selection']:9.4f}  {row['seconds']:7.1f}")
+    return "\n".join(lines)
+
+
+def auto_fit(model, images: Any, calibrate: bool | None = None, log=None):
+    """Choose a configuration for ``model`` (a PaDiM with ``config="auto"``) from ``images``, set its
+    parameters to the winner's, fit it on every image; the table goes to ``auto_table_``."""
+    from .model import PaDiM
+
+    sources = as_sources(images)
+    base = model.get_params()
+    base.update(config="default", progress=False)
+
+    def factory(**params):
+        return PaDiM(**{**base, **params})
+
+    chosen = select(factory, sources, model.backbone, model.image_size, budget=model.budget, seed=model.seed,
+                    val_defects=model.val_defects, log=log)
+    for key, value in chosen.params.items():
+        setattr(model, key, value)
+    model._fit_plain(sources, calibrate)
+    model.auto_table_ = [row.as_dict() for row in chosen.table]
+    model.auto_choice_ = chosen.choice
+    return model

@@ -1,0 +1,145 @@
+"""padim.autoconfig: budget parsing and enforcement, the choice on a constructed case, and that the
+stored choice and candidate table reload with the model."""
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from padim import PaDiM
+from padim.image_result import ImageResult
+from padim.autoconfig import candidates, format_table, parse_budget
+
+SIZE = 64
+COMMON = dict(image_size=SIZE, d=24, device="cpu", workers=0, batch_size=8, calibration_folds=3, seed=0)
+
+
+def shifted_texture_folder(root, n=16, seed=0):
+    """Good images: one random texture, shifted at random in each image (unaligned: position-wise
+    Gaussians see a different part of it everywhere, one shared Gaussian sees the same texture)."""
+    rng = np.random.default_rng(seed)
+    tile = cv2.resize(rng.uniform(0, 1, size=(12, 12, 3)).astype(np.float32), (48, 48), interpolation=cv2.INTER_CUBIC)
+    texture = np.tile(np.clip(tile, 0, 1), (4, 4, 1))  # periodic, 192×192
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        y, x = rng.integers(0, 96, size=2)
+        image = (texture[y:y + SIZE, x:x + SIZE] * 255).astype(np.uint8)
+        Image.fromarray(image).save(root / f"{i:02d}.png")
+    return root
+
+
+@pytest.mark.parametrize("text, expected", [("4x", ("factor", 4.0)), ("2.5X", ("factor", 2.5)),
+                                            ("90", ("seconds", 90.0)), (30, ("seconds", 30.0))])
+def test_parse_budget(text, expected):
+    assert parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("text", ["fast", "0x", "-3", ""])
+def test_parse_budget_refuses_nonsense(text):
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget(text)
+
+
+def test_candidates_start_with_the_default_and_cover_layers_granularity_resolution():
+    names = [c.name for c in candidates("efficientnet_lite0", 256)]
+    assert names[0] == "default" and {"deep", "shallow", "shared", "larger"} <= set(names)
+    assert [c.name for c in candidates("efficientnet_lite0", (200, 300))] == ["default", "deep", "shallow", "shared"]
+
+
+@pytest.fixture(scope="module")
+def auto_model(tmp_path_factory):
+    train = shifted_texture_folder(tmp_path_factory.mktemp("texture") / "good")
+    return train, PaDiM(config="auto", budget="1000x", **COMMON).fit(train)
+
+
+def test_the_real_fit_applies_the_chosen_parameters_and_calibrates(auto_model):
+    _, model = auto_model
+    table = {row["name"]: row for row in model.auto_table_}
+    assert all(row["skipped"] is None for row in table.values())  # a generous budget: everything ran
+    best = max(model.auto_table_, key=lambda row: row["selection"])
+    assert model.auto_choice_ == best["name"]
+    for key, value in best["params"].items():
+        assert getattr(model, key) == value  # the chosen parameters were applied
+    assert model.calibrator_ is not None  # and the final fit calibrated as usual
+
+
+class PixelModel:
+    """A stand-in candidate: per-pixel mean of the (resized) training images; its map is the
+    distance to that mean, or, with ``blind``, noise that ignores the image."""
+
+    def __init__(self, blind=False, **_):
+        self.blind = blind
+
+    def fit(self, sources, calibrate=None):
+        images = [np.asarray(Image.open(s).convert("RGB"), np.float32) / 255 for s in sources]
+        self.mean = np.mean(images, axis=0)
+        return self
+
+    def iter_results(self, images, maps=True):
+        rng = np.random.default_rng(0)
+        for i, image in enumerate(images):
+            x = image.astype(np.float32) / 255
+            amap = (rng.uniform(size=x.shape[:2]) if self.blind else np.abs(x - self.mean).sum(-1)).astype(np.float32)
+            yield ImageResult(index=i, score=float(amap.max()), anomaly_map=amap)
+
+
+def test_selection_picks_the_candidate_that_sees_the_synthetic_defects(tmp_path, monkeypatch):
+    """Aligned images (one fixed pattern plus faint noise): the pixel model finds every synthetic
+    defect, the blind one none; the selection must rank them so, whatever the order."""
+    import padim.autoconfig as auto
+
+    rng = np.random.default_rng(0)
+    pattern = cv2.resize(rng.uniform(0.2, 0.8, size=(8, 8, 3)).astype(np.float32), (SIZE, SIZE))
+    paths = []
+    for i in range(16):
+        image = np.clip(pattern + rng.normal(0, 0.01, size=pattern.shape), 0, 1)
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray((image * 255).astype(np.uint8)).save(paths[-1])
+    monkeypatch.setattr(auto, "candidates", lambda backbone, size: [
+        auto.Candidate("default", {"blind": True}), auto.Candidate("sighted", {"blind": False})])
+    chosen = auto.select(lambda **params: PixelModel(**params), paths, "any", SIZE, budget="1000x")
+    rows = {row.name: row for row in chosen.table}
+    assert chosen.choice == "sighted"
+    assert rows["sighted"].image_auroc > 0.9 and rows["sighted"].pixel_auroc > 0.9
+    assert rows["default"].pixel_auroc < 0.7
+
+
+def test_stored_choice_and_table_reload(auto_model, tmp_path):
+    train, model = auto_model
+    path = model.save(tmp_path / "auto.padim")
+    loaded = PaDiM.load(path, device="cpu", workers=0)
+    assert loaded.auto_choice_ == model.auto_choice_
+    assert loaded.auto_table_ == model.auto_table_
+    images = sorted(train.iterdir())[:4]
+    np.testing.assert_array_equal(loaded.score_samples(images), model.score_samples(images))
+    assert model.auto_choice_ in format_table(loaded.auto_table_, loaded.auto_choice_)
+
+
+def test_a_tight_budget_runs_only_the_default(tmp_path):
+    train = shifted_texture_folder(tmp_path / "good", n=12, seed=1)
+    model = PaDiM(config="auto", budget="1x", **COMMON).fit(train)  # 1× one fit leaves nothing to select with
+    rows = model.auto_table_
+    assert rows[0]["name"] == "default" and rows[0]["skipped"] is None
+    assert all(row["skipped"] and row["skipped"].startswith("budget") for row in rows[1:])
+    assert model.auto_choice_ == "default"
+
+
+def test_too_few_images_for_auto_is_one_line(tmp_path):
+    train = shifted_texture_folder(tmp_path / "good", n=5)
+    with pytest.raises(ValueError, match="at least 6 good images"):
+        PaDiM(config="auto", **COMMON).fit(train)
+
+
+def test_cli_fit_auto_prints_the_table_and_info_shows_it(tmp_path):
+    from test_cli import RUNTIME, cli
+
+    train = shifted_texture_folder(tmp_path / "good", n=12, seed=2)
+    model = tmp_path / "auto.padim"
+    rc, out, err = cli("fit", train, "-o", model, "--auto", "--budget", "1000x", "--image-size", SIZE,
+                       "--d", 24, "--folds", 3, *RUNTIME)
+    assert rc == 0, err
+    assert "candidate  image AUROC" in err and "shared" in err
+    rc, info, _ = cli("info", model)
+    assert rc == 0 and "auto-configuration: chose" in info and "candidate  image AUROC" in info
+    rc, _, err = cli("fit", train, "-o", tmp_path / "x.padim", "--auto", "--budget", "soon", *RUNTIME)
+    assert rc == 2 and "--budget" in err and len(err.strip().splitlines()) == 1
