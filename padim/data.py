@@ -121,7 +121,7 @@ def collate(items) -> Batch:
 def decoding_workers(workers: int | str, n_images: int, batch_size: int, device_type: str = "cpu",
                      cores: int | None = None, threads: int | None = None) -> int:
     """Decoding processes for ``n_images`` file images: ``workers``, or for ``"auto"`` the rule
-    measured in benchmarks/RESULTS.md §17 — none on the CPU unless cores are left over by
+    measured in benchmarks/RESULTS.md §18 — none on the CPU unless cores are left over by
     PyTorch's threads (on 2 cores, two decoding processes next to two compute threads made the
     BSData fit 1.35× slower), up to 4 for a GPU; none for at most two batches either way (starting
     a worker cost ~1.5 s before the first result, more than decoding 32 images inline)."""

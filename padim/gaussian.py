@@ -82,7 +82,7 @@ def position_major(x: torch.Tensor) -> torch.Tensor | None:
 
     One 2-D transpose of the contiguous ``[B·d, P]`` rows (cache-blocked in PyTorch) leaves each
     position's ``B × d`` samples contiguous, so the per-chunk swap to ``[p, d, B]`` is cheap. The
-    3-D permute copy of each chunk it replaces ran 3× slower (benchmarks/RESULTS.md §17)."""
+    3-D permute copy of each chunk it replaces ran 3× slower (benchmarks/RESULTS.md §18)."""
     if not x.is_contiguous() or x.numel() * x.element_size() > TRANSPOSE_MAX_BYTES:
         return None
     batch, dim, positions = x.shape
