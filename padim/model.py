@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backbones import DEFAULT_BACKBONE, build_backbone, get_spec
 from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
@@ -336,8 +337,12 @@ class PaDiM:
         folds = self.calibration_folds if calibrate in (None, True) else 0
         cache = _EmbeddingCache(self._fold_cache_bytes if folds and folds >= 2 else 0, self._held_out_sources)
         sums = GroupedUpdates(stats)
-        loader = self._loader(sources, self.input_size_)
+        # In a process group each rank reads its block of the sorted list (padim.distributed).
+        shard = distributed.shard_range(len(sources))
+        loader = self._loader([sources[i] for i in shard], self.input_size_)
         for batch in self._progress(loader, len(loader), "fit"):
+            batch.indices = [shard.start + i for i in batch.indices]
+            batch.errors = [(shard.start + i, message) for i, message in batch.errors]
             self._record_errors(batch, sources)
             if batch.indices:
                 self._check_sizes(batch)
@@ -346,6 +351,10 @@ class PaDiM:
                 cache.add(batch.indices, embedding)
                 used.extend(batch.indices)
         sums.close()
+        if distributed.active():  # global sums, used images and skipped ones, in one process's order
+            distributed.all_reduce_stats_(stats)
+            used = [i for part in distributed.all_gather(used) for i in part]
+            self.skipped_ = [s for part in distributed.all_gather(self.skipped_) for s in part]
         if len(used) < 2:
             raise ValueError(f"need at least 2 readable training images, got {len(used)}")
         self.n_train_ = len(used)
@@ -361,6 +370,8 @@ class PaDiM:
         if not calibrating:
             self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)
             return self
+        if distributed.active():
+            cache = cache.gathered()
         # The held-out images: the cached ones (all, or a seeded subset of many), else all, extracted again.
         held = cache.members if cache.store is not None and len(cache.members) >= max(folds, 5) else used
         if held is used:
@@ -643,6 +654,21 @@ class _EmbeddingCache:
             return
         self.store[self.filled:self.filled + len(picks)] = block
         self.members.extend(int(indices[k]) for k in picks)
+
+    def gathered(self) -> "_EmbeddingCache":
+        """The union of every rank's cache (a distributed fit's shards are contiguous blocks, so
+        rank order is source order); full on every rank when any rank's is."""
+        parts = distributed.all_gather((self.full, self.members,
+                                        None if self.store is None else self.store[:self.filled].cpu()))
+        union = _EmbeddingCache(self.capacity, self.slots)
+        if any(full for full, _, _ in parts):
+            union.full = True
+            return union
+        device = self.store.device if self.store is not None else "cpu"
+        for _, members, store in parts:
+            if members:
+                union.add(members, store.to(device))
+        return union
 
     def has_all(self, members) -> bool:
         """True when the cache holds block positions ``members`` (0 … filled − 1)."""

@@ -1,0 +1,100 @@
+"""Fit and score under torchrun: 2 gloo processes on the CPU against one process."""
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from padim import PaDiM
+from padim import distributed
+from padim.gaussian import GaussianStats
+
+ROOT = Path(__file__).resolve().parents[1]
+# No --d: Python 3.11 torchrun takes it for an abbreviation of its own --duplicate-* options.
+FIT_OPTIONS = ["--image-size", "64", "--folds", "3", "--device", "cpu", "--workers", "0",
+               "--batch-size", "4", "--quiet"]
+
+
+def image(seed: int) -> np.ndarray:
+    """A smooth product (gradient, dark square) with sensor noise, uint8 64×64×3."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    img = np.stack([0.3 + 0.4 * x, 0.6 - 0.3 * y, 0.4 + 0.2 * x * y], axis=2)
+    img[16:28, 36:48] = (0.15, 0.2, 0.25)
+    img += rng.normal(0, 0.02, size=img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist_data")
+    train, test = root / "train", root / "test"
+    train.mkdir()
+    test.mkdir()
+    for i in range(11):
+        Image.fromarray(image(i)).save(train / f"good_{i:02d}.png")
+    (train / "good_05b.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # skipped by whichever rank reads it
+    for i in range(9):
+        Image.fromarray(image(100 + i)).save(test / f"t_{i:02d}.png")
+    return root
+
+
+def launch(args, nproc=2, env_extra=None, check=True):
+    """``python -m torch.distributed.run --nproc-per-node N -m padim ARGS`` with this worktree first."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env_extra or {}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(29500 + os.getpid() % 1000), "-m", "padim", *map(str, args)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if check and done.returncode not in (0, 1):
+        raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    return done
+
+
+def single_fit(train, cell):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unreadable image
+        return PaDiM(image_size=64, calibration_folds=3, device="cpu", workers=0, batch_size=4,
+                     cell=cell).fit(train)
+
+
+def test_without_a_process_group_nothing_is_sharded():
+    assert not distributed.active()
+    assert distributed.shard(list(range(5))) == [0, 1, 2, 3, 4]
+    assert distributed.all_gather("x") == ["x"]
+
+
+def test_reshift_keeps_the_moments():
+    """Sums re-expressed about another shift give the same mean and covariance (numpy reference)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(5, 2, size=(30, 4, 3))
+    stats = GaussianStats(3, 4).update(torch.from_numpy(x))
+    before = stats.covariance().numpy()
+    stats.reshift_(stats.shift + 1.5)
+    np.testing.assert_allclose(stats.covariance().numpy(), before, rtol=1e-10)  # float64 re-expression
+    for p in range(3):
+        np.testing.assert_allclose(stats.mean()[p].numpy(), x[:, :, p].mean(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(stats.covariance()[p].numpy(), np.cov(x[:, :, p].T), atol=1e-6)  # float32 products
+
+
+@pytest.mark.parametrize("cell", [1, 8])
+def test_two_process_fit_equals_one_process(data, tmp_path, cell):
+    """cell 1 downdates the folds; cell 8 (4 images × 64 samples per Gaussian per fold > d) refits them."""
+    out = tmp_path / "model.padim"
+    done = launch(["fit", data / "train", "-o", out, "--cell", cell, *FIT_OPTIONS])
+    # rank 1 reads the unreadable image (index 6 of 12), rank 0 knows of it: the global skipped list
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.count("skipped unreadable training image") == 1  # read by one rank only: sharded
+    assert out.exists()
+    two = PaDiM.load(out, device="cpu", workers=0)
+    one = single_fit(data / "train", cell)
+    assert two.n_train_ == one.n_train_ == 11
+    np.testing.assert_allclose(two.calibration_scores_, one.calibration_scores_, rtol=1e-4)
+    assert two.calibrator_.threshold_ == pytest.approx(one.calibrator_.threshold_, rel=1e-4)
+    tests = sorted((data / "test").glob("*.png"))
+    np.testing.assert_allclose(two.score_samples(tests), one.score_samples(tests), rtol=1e-4)
