@@ -291,6 +291,8 @@ def cmd_score(args) -> int:
                            **{k: v for k, v in _runtime(args).items() if k != "device"})
     summary = score_folder(model, args.input, args.output, fmt=args.format, heatmaps=args.heatmaps,
                            save_maps=args.save_maps, resume=args.resume, threshold=args.threshold)
+    if not _main_rank():  # under torchrun rank 0 reports for all
+        return 0
     print(f"scored {summary.scored} images" + (f", {summary.skipped} already done" if summary.skipped else "")
           + f" → {summary.out}")
     if summary.failed:

@@ -12,22 +12,28 @@ uses whatever group the caller initialised.
 from __future__ import annotations
 
 import os
+import sys
 
-import torch
-import torch.distributed as dist
+
+def _dist():
+    import torch.distributed
+
+    return torch.distributed
 
 
 def active() -> bool:
-    """True inside an initialised process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True inside an initialised process group of more than one rank (torch-free when torch
+    was never imported: then there is none, and padim.runtime's scoring stays without torch)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    return _dist().get_rank() if active() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if active() else 1
+    return _dist().get_world_size() if active() else 1
 
 
 def is_main() -> bool:
@@ -42,6 +48,9 @@ def init_from_env(device: str = "auto") -> bool:
     the GPU of LOCAL_RANK, else gloo."""
     if active():
         return True
+    import torch
+
+    dist = _dist()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
         return False
     cuda = torch.cuda.is_available() and str(device) in ("auto", "cuda")
@@ -63,34 +72,36 @@ def shard(items: list) -> list:
     return [items[i] for i in shard_range(len(items))]
 
 
-def _comm_device(tensor: torch.Tensor) -> torch.device:
+def _comm_device(tensor):
     """Where the backend wants tensors: CUDA for NCCL, the CPU for gloo."""
-    if dist.get_backend() == "nccl":
+    import torch
+
+    if _dist().get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
-def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum_(tensor):
     """Sum ``tensor`` over all ranks, in place (a no-op in one process)."""
     if not active():
         return tensor
     device = _comm_device(tensor)
     if tensor.device == device:
-        dist.all_reduce(tensor)
+        _dist().all_reduce(tensor)
         return tensor
     moved = tensor.to(device)
-    dist.all_reduce(moved)
+    _dist().all_reduce(moved)
     tensor.copy_(moved)
     return tensor
 
 
-def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+def broadcast_(tensor, src: int = 0):
     """Overwrite ``tensor`` with rank ``src``'s, in place (a no-op in one process)."""
     if not active():
         return tensor
     device = _comm_device(tensor)
     moved = tensor if tensor.device == device else tensor.to(device)
-    dist.broadcast(moved, src)
+    _dist().broadcast(moved, src)
     if moved is not tensor:
         tensor.copy_(moved)
     return tensor
@@ -101,7 +112,7 @@ def all_gather(obj) -> list:
     if not active():
         return [obj]
     gathered = [None] * world_size()
-    dist.all_gather_object(gathered, obj)
+    _dist().all_gather_object(gathered, obj)
     return gathered
 
 
@@ -110,13 +121,13 @@ def broadcast_object(obj, src: int = 0):
     if not active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src)
+    _dist().broadcast_object_list(box, src)
     return box[0]
 
 
 def barrier() -> None:
     if active():
-        dist.barrier()
+        _dist().barrier()
 
 
 def all_reduce_stats_(stats) -> None:
@@ -131,6 +142,8 @@ def all_reduce_stats_(stats) -> None:
     holders = [r for r, c in enumerate(counts) if c > 0]
     if not holders:
         return
+    import torch
+
     shift = stats.shift if stats.shift is not None else torch.zeros(stats.num_positions, stats.dim,
                                                                     dtype=torch.float64, device=stats.device)
     shift = broadcast_(shift.clone(), holders[0])

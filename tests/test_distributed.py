@@ -1,5 +1,6 @@
 """Fit and score under torchrun: 2 gloo processes on the CPU against one process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -14,6 +16,8 @@ from PIL import Image
 from padim import PaDiM
 from padim import distributed
 from padim.gaussian import GaussianStats
+from padim.results import read_journal
+from padim.workflows import score_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 # No --d: Python 3.11 torchrun takes it for an abbreviation of its own --duplicate-* options.
@@ -98,3 +102,65 @@ def test_two_process_fit_equals_one_process(data, tmp_path, cell):
     assert two.calibrator_.threshold_ == pytest.approx(one.calibrator_.threshold_, rel=1e-4)
     tests = sorted((data / "test").glob("*.png"))
     np.testing.assert_allclose(two.score_samples(tests), one.score_samples(tests), rtol=1e-4)
+
+
+SCORE_OPTIONS = ["--device", "cpu", "--workers", "0", "--batch-size", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def scored_once(data, tmp_path_factory):
+    """A model, and one process's TSV, heatmaps and maps of the test images."""
+    root = tmp_path_factory.mktemp("scored_once")
+    model = single_fit(data / "train", 1)
+    model.save(root / "model.padim")
+    model = PaDiM.load(root / "model.padim", device="cpu", workers=0, batch_size=2)
+    score_folder(model, data / "test", root / "one.tsv", heatmaps=root / "heat", save_maps=root / "maps")
+    return root
+
+
+def test_two_process_score_equals_one_process(data, scored_once, tmp_path):
+    out = tmp_path / "two.tsv"
+    done = launch(["score", scored_once / "model.padim", data / "test", "-o", out, "--heatmaps", tmp_path / "heat",
+                   "--save-maps", tmp_path / "maps", *SCORE_OPTIONS])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "scored 9 images" in done.stdout  # rank 0 reports every rank's images
+    one = pd.read_csv(scored_once / "one.tsv", sep="\t")
+    two = pd.read_csv(out, sep="\t")
+    assert list(two["path"]) == sorted(p.name for p in (data / "test").glob("*.png"))
+    pd.testing.assert_frame_equal(two, one, rtol=1e-5)
+    assert out.read_bytes() == (scored_once / "one.tsv").read_bytes()  # the same model file: the same bytes
+    assert sorted(p.name for p in (tmp_path / "heat").iterdir()) == sorted(p.name for p in (scored_once / "heat").iterdir())
+    for path in sorted((scored_once / "maps").iterdir()):
+        np.testing.assert_allclose(np.load(tmp_path / "maps" / path.name), np.load(path), rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "two.tsv.meta.json").read_text())["rows"] == 9
+    assert not list(tmp_path.glob("two.tsv.partial*"))
+
+
+@pytest.mark.parametrize("resume_ranks", [2, 1])
+def test_resume_after_a_killed_rank(data, scored_once, tmp_path, resume_ranks):
+    """A 2-rank run whose rank 1 is SIGKILLed resumes, with 2 ranks or with one process."""
+    out = tmp_path / "scores.tsv"
+    args = ["score", scored_once / "model.padim", data / "test", "-o", out, *SCORE_OPTIONS]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    killed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", str(29600 + os.getpid() % 1000),
+                             str(ROOT / "tests" / "distributed_killed_rank.py"), *map(str, args)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0
+    assert not out.exists()
+    journals = sorted(p.name for p in tmp_path.glob("scores.tsv.partial.rank*"))
+    assert journals == ["scores.tsv.partial.rank0", "scores.tsv.partial.rank1"]
+    kept = read_journal(tmp_path / "scores.tsv.partial.rank1")[1]
+    assert len(kept) == 2  # rank 1 died after its first batch of 2 rows
+    if resume_ranks == 2:
+        done = launch([*args, "--resume"])
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "already done" in done.stdout
+    else:
+        model = PaDiM.load(scored_once / "model.padim", device="cpu", workers=0, batch_size=2)
+        summary = score_folder(model, data / "test", out, resume=True)
+        assert summary.skipped >= 2 and summary.scored + summary.skipped == 9
+    one = pd.read_csv(scored_once / "one.tsv", sep="\t")
+    pd.testing.assert_frame_equal(pd.read_csv(out, sep="\t"), one, rtol=1e-5)
+    assert out.read_bytes() == (scored_once / "one.tsv").read_bytes()
+    assert not list(tmp_path.glob("scores.tsv.partial*"))
