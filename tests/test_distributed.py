@@ -164,3 +164,47 @@ def test_resume_after_a_killed_rank(data, scored_once, tmp_path, resume_ranks):
     pd.testing.assert_frame_equal(pd.read_csv(out, sep="\t"), one, rtol=1e-5)
     assert out.read_bytes() == (scored_once / "one.tsv").read_bytes()
     assert not list(tmp_path.glob("scores.tsv.partial*"))
+
+
+def _fit_in_group(rank, world, init_file, train, params, result_file):
+    """One rank of an API fit inside a process group its caller initialised (gloo, file rendezvous)."""
+    import pickle
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = PaDiM(**params).fit(train)
+        if rank == 0:
+            Path(result_file).write_bytes(pickle.dumps(
+                (model.n_train_, model.skipped_, model.held_out_, model.calibration_scores_,
+                 model.calibrator_.threshold_, model.gaussian_.mean.numpy())))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("extra", [dict(cell="image"), dict(cell=2, tile=48, overlap=8)],
+                         ids=["shared-gaussian", "tiled"])
+def test_api_fit_in_an_initialised_group(data, tmp_path, extra):
+    import pickle
+
+    import torch.multiprocessing as mp
+
+    params = dict(image_size=64, calibration_folds=3, device="cpu", workers=0, batch_size=4, **extra)
+    result = tmp_path / "rank0.pickle"
+    mp.spawn(_fit_in_group, args=(2, str(tmp_path / "rendezvous"), data / "train", params, str(result)),
+             nprocs=2, join=True)
+    n_train, skipped, held_out, scores, threshold, mean = pickle.loads(result.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = PaDiM(**params).fit(data / "train")
+    assert one.geometry_.tiled == ("tile" in extra)
+    assert n_train == one.n_train_ == 11
+    assert skipped == one.skipped_  # rank 1 read the bad file; rank 0 knows it
+    assert held_out == one.held_out_
+    np.testing.assert_allclose(scores, one.calibration_scores_, rtol=1e-4)
+    assert threshold == pytest.approx(one.calibrator_.threshold_, rel=1e-4)
+    np.testing.assert_allclose(mean, one.gaussian_.mean.numpy(), rtol=1e-4, atol=1e-5)
