@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_image_size, default=256, help="N: base of the size rule (area N×N for images up to 768² px, growing beyond; aspect kept) "
                         "or HxW (fixed)")
     p.add_argument("--squash", action="store_true", help="with --image-size N, resize to N×N ignoring aspect")
-    p.add_argument("--d", type=int, default=None, help="random feature channels kept (0: all)")
+    # --channels: the same under torchrun, whose Python 3.11 parser takes --d for its --duplicate-*
+    p.add_argument("--d", "--channels", dest="d", type=int, default=None, help="random feature channels kept (0: all)")
     p.add_argument("--eps", type=float, default=None, help="covariance regulariser relative to feature variance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5, help="k-fold held-out scoring for calibration")

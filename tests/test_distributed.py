@@ -20,8 +20,8 @@ from padim.results import read_journal
 from padim.workflows import score_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-# No --d: Python 3.11 torchrun takes it for an abbreviation of its own --duplicate-* options.
-FIT_OPTIONS = ["--image-size", "64", "--folds", "3", "--device", "cpu", "--workers", "0",
+# --channels, not --d: Python 3.11 torchrun takes --d for an abbreviation of its --duplicate-* options.
+FIT_OPTIONS = ["--image-size", "64", "--channels", "24", "--folds", "3", "--device", "cpu", "--workers", "0",
                "--batch-size", "4", "--quiet"]
 
 
@@ -63,7 +63,7 @@ def launch(args, nproc=2, env_extra=None, check=True):
 def single_fit(train, cell):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unreadable image
-        return PaDiM(image_size=64, calibration_folds=3, device="cpu", workers=0, batch_size=4,
+        return PaDiM(image_size=64, d=24, calibration_folds=3, device="cpu", workers=0, batch_size=4,
                      cell=cell).fit(train)
 
 
