@@ -326,6 +326,11 @@ class PaDiM:
         images calibrate probabilities and the OK/NG threshold (``calibrator_``): all of them, or
         for many images a seeded subset of at most FIT_CACHE_MAX_BYTES of embeddings (~119 at
         256 px; ``held_out_``: their input positions, in the order of ``calibration_scores_``).
+
+        Inside a torch.distributed process group of more than one rank (``torchrun``, or one the
+        caller initialised) every rank passes the same ``images``, reads its contiguous block of
+        them and all-reduces the sums (padim.distributed); every rank ends with the same model,
+        equal to one process's up to summation order. Only rank 0 need save it.
         """
         self._apply_threads()
         sources = as_sources(images)
