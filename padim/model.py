@@ -183,7 +183,8 @@ class PaDiM:
                            value_kind=getattr(self, "value_kind_", None), keep_original=keep_original)
 
     def _progress(self, iterable, total: int, desc: str, unit: str = "batch"):
-        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not self.progress or not distributed.is_main(),
+                    leave=False)  # under torchrun, rank 0's bars only
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` in [0, 1] → embedding ``[B, d, h, w]`` on the model's device."""
