@@ -128,7 +128,8 @@ def test_two_process_score_equals_one_process(data, scored_once, tmp_path):
     two = pd.read_csv(out, sep="\t")
     assert list(two["path"]) == sorted(p.name for p in (data / "test").glob("*.png"))
     pd.testing.assert_frame_equal(two, one, rtol=1e-5)
-    assert out.read_bytes() == (scored_once / "one.tsv").read_bytes()  # the same model file: the same bytes
+    # the same model file and, for 9 images in batches of 2 split 4 + 5, the same batches: the same bytes
+    assert out.read_bytes() == (scored_once / "one.tsv").read_bytes()
     assert sorted(p.name for p in (tmp_path / "heat").iterdir()) == sorted(p.name for p in (scored_once / "heat").iterdir())
     for path in sorted((scored_once / "maps").iterdir()):
         np.testing.assert_allclose(np.load(tmp_path / "maps" / path.name), np.load(path), rtol=1e-5, atol=1e-6)
@@ -161,8 +162,8 @@ def test_resume_after_a_killed_rank(data, scored_once, tmp_path, resume_ranks):
         summary = score_folder(model, data / "test", out, resume=True)
         assert summary.skipped >= 2 and summary.scored + summary.skipped == 9
     one = pd.read_csv(scored_once / "one.tsv", sep="\t")
+    # values, not bytes: the resumed images go through the backbone in other batches (other rounding)
     pd.testing.assert_frame_equal(pd.read_csv(out, sep="\t"), one, rtol=1e-5)
-    assert out.read_bytes() == (scored_once / "one.tsv").read_bytes()
     assert not list(tmp_path.glob("scores.tsv.partial*"))
 
 
