@@ -337,6 +337,8 @@ class PaDiM:
         sources = as_sources(images)
         self._prepare_fit(sources)
         self.value_range_, self.value_kind_ = self._decide_value_range(sources)
+        if distributed.active():
+            self._check_ranks_agree(len(sources))
         stats = GaussianStats(self.n_gaussians_, self.n_features_, self._device())
         self.skipped_: list[tuple[str, str]] = []
         used: list[int] = []
@@ -397,6 +399,15 @@ class PaDiM:
             self._calibrate([sources[i] for i in held], cache, folds, self.gaussian_, stats)
         self.held_out_ = [int(i) for i in held]
         return self
+
+    def _check_ranks_agree(self, n_images: int) -> None:
+        """Every rank of a distributed fit must have decided the same model shape from the same
+        images (a per-node memory budget could differ); else one clear error, before any all-reduce."""
+        decided = (n_images, tuple(self.input_size_), str(self.cell_), self.n_gaussians_, self.n_features_)
+        seen = distributed.all_gather(decided)
+        if any(other != seen[0] for other in seen):
+            raise ValueError(f"the ranks decided different models (images, input size, cell, Gaussians, d): "
+                             f"{seen}; pass every rank the same images and an explicit max_memory (--max-memory)")
 
     def _record_errors(self, batch: Batch, sources) -> None:
         for index, message in batch.errors:

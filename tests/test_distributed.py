@@ -167,7 +167,7 @@ def test_resume_after_a_killed_rank(data, scored_once, tmp_path, resume_ranks):
     assert not list(tmp_path.glob("scores.tsv.partial*"))
 
 
-def _fit_in_group(rank, world, init_file, train, params, result_file):
+def _fit_in_group(rank, world, init_file, train, params, result_file, rank1_params=None):
     """One rank of an API fit inside a process group its caller initialised (gloo, file rendezvous)."""
     import pickle
 
@@ -178,7 +178,7 @@ def _fit_in_group(rank, world, init_file, train, params, result_file):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = PaDiM(**params).fit(train)
+            model = PaDiM(**(rank1_params if rank1_params and rank == 1 else params)).fit(train)
         if rank == 0:
             Path(result_file).write_bytes(pickle.dumps(
                 (model.n_train_, model.skipped_, model.held_out_, model.calibration_scores_,
@@ -209,3 +209,12 @@ def test_api_fit_in_an_initialised_group(data, tmp_path, extra):
     np.testing.assert_allclose(scores, one.calibration_scores_, rtol=1e-4)
     assert threshold == pytest.approx(one.calibrator_.threshold_, rel=1e-4)
     np.testing.assert_allclose(mean, one.gaussian_.mean.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_ranks_that_decide_different_models_are_refused(data, tmp_path):
+    import torch.multiprocessing as mp
+
+    params = dict(image_size=64, calibration_folds=0, device="cpu", workers=0, batch_size=4, cell=1)
+    with pytest.raises(mp.ProcessRaisedException, match="ranks decided different models"):
+        mp.spawn(_fit_in_group, args=(2, str(tmp_path / "rendezvous"), data / "train", params,
+                                      str(tmp_path / "unused"), dict(params, image_size=96)), nprocs=2, join=True)
