@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import distributed
 from .data import as_sources
 from .io import ImageReadError, load_image
 from .metrics import image_auroc, pixel_auroc, pro_score
@@ -201,7 +202,10 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
         table.append(row)
         if reference is not None:
             spent = time.perf_counter() - started
-            if spent + candidate.cost * reference > allowed:
+            over = spent + candidate.cost * reference > allowed
+            if distributed.active():  # rank 0's clock decides, so every rank fits the same candidates
+                over, spent = distributed.broadcast_object((over, spent))
+            if over:
                 row.skipped = f"budget: needs ~{candidate.cost * reference:.1f} s, {max(0.0, allowed - spent):.1f} s left"
                 continue
         t0 = time.perf_counter()
@@ -214,8 +218,8 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
             continue
         row.__dict__.update(validate(model, goods, defects, masks, real))
         row.seconds = time.perf_counter() - t0
-        if reference is None:  # the default candidate: it sets the budget's unit
-            reference = row.seconds
+        if reference is None:  # the default candidate: it sets the budget's unit (rank 0's, under torchrun)
+            reference = distributed.broadcast_object(row.seconds) if distributed.active() else row.seconds
             one_fit = reference * max(1.0, len(sources) / len(fit_sources)) * (1 + CALIBRATION_SHARE)
             total = value * one_fit if kind == "factor" else value
             allowed = total - one_fit  # the final refit on every image comes out of the budget too

@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_image_size, default=256, help="N: base of the size rule (area N×N for images up to 768² px, growing beyond; aspect kept) "
                         "or HxW (fixed)")
     p.add_argument("--squash", action="store_true", help="with --image-size N, resize to N×N ignoring aspect")
-    p.add_argument("--d", type=int, default=None, help="random feature channels kept (0: all)")
+    # --channels: the same under torchrun, whose Python 3.11 parser takes --d for its --duplicate-*
+    p.add_argument("--d", "--channels", dest="d", type=int, default=None, help="random feature channels kept (0: all)")
     p.add_argument("--eps", type=float, default=None, help="covariance regulariser relative to feature variance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5, help="k-fold held-out scoring for calibration")
@@ -252,7 +253,9 @@ def cmd_fit(args) -> int:
     if args.folds < 2 and (args.threshold is not None or args.val_defects is not None):
         raise CliError("--threshold and --val-defects calibrate probabilities, which needs --folds 2 or more")
     model = PaDiM(**params)
-    print(model.plan(args.train_dir).describe(), file=sys.stderr)
+    main_rank = _main_rank()
+    if main_rank:
+        print(model.plan(args.train_dir).describe(), file=sys.stderr)
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -263,11 +266,15 @@ def cmd_fit(args) -> int:
         print(f"padim: warning: {w.message}", file=sys.stderr)
     if args.val_defects is not None or args.threshold is not None:
         model.recalibrate(args.val_defects, threshold=args.threshold, threshold_method=args.threshold_method)
+    if not main_rank:  # under torchrun rank 0 writes the model; the others wait for it, quietly
+        _barrier()
+        return 0
     if model.auto_table_:
         from .autoconfig import format_table
 
         print(format_table(model.auto_table_, model.auto_choice_), file=sys.stderr)
     model.save(args.output)
+    _barrier()
     cal = model.calibrator_
     print(f"fitted on {model.n_train_} images in {time.time() - started:.1f} s → {args.output}"
           + (f" (threshold {cal.threshold_:.4g}, {cal.method_} calibration)" if cal else ""))
@@ -276,6 +283,30 @@ def cmd_fit(args) -> int:
               "(Python API) but no probabilities or OK/NG labels; `padim score` needs a calibrated model",
               file=sys.stderr)
     return 1 if model.skipped_ else 0
+
+
+def _main_rank() -> bool:
+    """True in one process and on rank 0 of a torchrun launch."""
+    if "WORLD_SIZE" not in os.environ:
+        return True
+    from . import distributed
+
+    return distributed.is_main()
+
+
+def _barrier() -> None:
+    if "WORLD_SIZE" in os.environ:
+        from . import distributed
+
+        distributed.barrier()
+
+
+def _start_distributed(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1) fit and score join the process group it describes."""
+    if args.command in ("fit", "score") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from . import distributed
+
+        distributed.init_from_env(getattr(args, "device", "auto"))
 
 
 def cmd_score(args) -> int:
@@ -291,6 +322,8 @@ def cmd_score(args) -> int:
                            **{k: v for k, v in _runtime(args).items() if k != "device"})
     summary = score_folder(model, args.input, args.output, fmt=args.format, heatmaps=args.heatmaps,
                            save_maps=args.save_maps, resume=args.resume, threshold=args.threshold)
+    if not _main_rank():  # under torchrun rank 0 reports for all
+        return 0
     print(f"scored {summary.scored} images" + (f", {summary.skipped} already done" if summary.skipped else "")
           + f" → {summary.out}")
     if summary.failed:
@@ -371,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
 
     debug = getattr(args, "debug", False) or os.environ.get("PADIM_DEBUG", "") not in ("", "0")
     try:
+        _start_distributed(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print(f"padim {args.command}: interrupted", file=sys.stderr)

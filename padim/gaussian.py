@@ -181,6 +181,20 @@ class GaussianStats:
         empty.shift = self.shift
         return empty
 
+    def reshift_(self, shift: torch.Tensor) -> "GaussianStats":
+        """Re-express the sums about ``shift`` ``[P, d]`` (float64), in place: x − a = (x − b) + (b − a).
+
+        Ranks of a distributed fit agree on one shift this way, so their sums add exactly."""
+        shift = shift.to(self.device, torch.float64)
+        if self.count and self.shift is not None and not torch.equal(shift, self.shift):
+            delta = self.shift - shift  # [P, d]
+            rows, cols = torch.tril_indices(self.dim, self.dim, device=self.device)
+            self.sum_outer += (self.sum[:, rows] * delta[:, cols] + delta[:, rows] * self.sum[:, cols]
+                               + self.count * delta[:, rows] * delta[:, cols])
+            self.sum += self.count * delta
+        self.shift = shift
+        return self
+
     def merge(self, other: "GaussianStats") -> "GaussianStats":
         """Statistics of both sets of samples together (e.g. shards fitted apart)."""
         return self._combine(other, +1)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backbones import DEFAULT_BACKBONE, build_backbone, get_spec
 from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
@@ -196,7 +197,8 @@ class PaDiM:
                            device_type=self._device().type)
 
     def _progress(self, iterable, total: int, desc: str, unit: str = "batch"):
-        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not self.progress or not distributed.is_main(),
+                    leave=False)  # under torchrun, rank 0's bars only
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` in [0, 1] → embedding ``[B, d, h, w]`` on the model's device."""
@@ -355,19 +357,30 @@ class PaDiM:
         images calibrate probabilities and the OK/NG threshold (``calibrator_``): all of them, or
         for many images a seeded subset of at most FIT_CACHE_MAX_BYTES of embeddings (~119 at
         256 px; ``held_out_``: their input positions, in the order of ``calibration_scores_``).
+
+        Inside a torch.distributed process group of more than one rank (``torchrun``, or one the
+        caller initialised) every rank passes the same ``images``, reads its contiguous block of
+        them and all-reduces the sums (padim.distributed); every rank ends with the same model,
+        equal to one process's up to summation order. Only rank 0 need save it.
         """
         self._apply_threads()
         sources = as_sources(images)
         self._prepare_fit(sources)
         self.value_range_, self.value_kind_ = self._decide_value_range(sources)
+        if distributed.active():
+            self._check_ranks_agree(len(sources))
         stats = GaussianStats(self.n_gaussians_, self.n_features_, self._device())
         self.skipped_: list[tuple[str, str]] = []
         used: list[int] = []
         folds = self.calibration_folds if calibrate in (None, True) else 0
         cache = _EmbeddingCache(self._fold_cache_bytes if folds and folds >= 2 else 0, self._held_out_sources)
         sums = GroupedUpdates(stats)
-        loader = self._loader(sources, self.input_size_)
+        # In a process group each rank reads its block of the sorted list (padim.distributed).
+        shard = distributed.shard_range(len(sources))
+        loader = self._loader([sources[i] for i in shard], self.input_size_)
         for batch in self._progress(loader, len(loader), "fit"):
+            batch.indices = [shard.start + i for i in batch.indices]
+            batch.errors = [(shard.start + i, message) for i, message in batch.errors]
             self._record_errors(batch, sources)
             if batch.indices:
                 self._check_sizes(batch)
@@ -376,6 +389,10 @@ class PaDiM:
                 cache.add(batch.indices, embedding)
                 used.extend(batch.indices)
         sums.close()
+        if distributed.active():  # global sums, used images and skipped ones, in one process's order
+            distributed.all_reduce_stats_(stats)
+            used = [i for part in distributed.all_gather(used) for i in part]
+            self.skipped_ = [s for part in distributed.all_gather(self.skipped_) for s in part]
         if len(used) < 2:
             raise ValueError(f"need at least 2 readable training images, got {len(used)}")
         self.n_train_ = len(used)
@@ -391,6 +408,8 @@ class PaDiM:
         if not calibrating:
             self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)
             return self
+        if distributed.active():
+            cache = cache.gathered()
         # The held-out images: the cached ones (all, or a seeded subset of many), else all, extracted again.
         held = cache.members if cache.store is not None and len(cache.members) >= max(folds, 5) else used
         if held is used:
@@ -410,6 +429,15 @@ class PaDiM:
             self._calibrate([sources[i] for i in held], cache, folds, self.gaussian_, stats)
         self.held_out_ = [int(i) for i in held]
         return self
+
+    def _check_ranks_agree(self, n_images: int) -> None:
+        """Every rank of a distributed fit must have decided the same model shape from the same
+        images (a per-node memory budget could differ); else one clear error, before any all-reduce."""
+        decided = (n_images, tuple(self.input_size_), str(self.cell_), self.n_gaussians_, self.n_features_)
+        seen = distributed.all_gather(decided)
+        if any(other != seen[0] for other in seen):
+            raise ValueError(f"the ranks decided different models (images, input size, cell, Gaussians, d): "
+                             f"{seen}; pass every rank the same images and an explicit max_memory (--max-memory)")
 
     def _record_errors(self, batch: Batch, sources) -> None:
         for index, message in batch.errors:
@@ -675,6 +703,21 @@ class _EmbeddingCache:
             return
         self.store[self.filled:self.filled + len(picks)] = block
         self.members.extend(int(indices[k]) for k in picks)
+
+    def gathered(self) -> "_EmbeddingCache":
+        """The union of every rank's cache (a distributed fit's shards are contiguous blocks, so
+        rank order is source order); full on every rank when any rank's is."""
+        parts = distributed.all_gather((self.full, self.members,
+                                        None if self.store is None else self.store[:self.filled].cpu()))
+        union = _EmbeddingCache(self.capacity, self.slots)
+        if any(full for full, _, _ in parts):
+            union.full = True
+            return union
+        device = self.store.device if self.store is not None else "cpu"
+        for _, members, store in parts:
+            if members:
+                union.add(members, store.to(device))
+        return union
 
     def has_all(self, members) -> bool:
         """True when the cache holds block positions ``members`` (0 … filled − 1)."""

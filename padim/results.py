@@ -23,6 +23,7 @@ model, threshold and format as this run, and refuses otherwise, changing nothing
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
@@ -252,6 +253,20 @@ def read_journal(path: Path) -> tuple[Provenance | None, list[Row]]:
     return provenance, rows
 
 
+def journal_path(out: Path, rank: int | None = None) -> Path:
+    """``OUT.partial``, or ``OUT.partial.rank{r}`` for rank r of a distributed run."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial" + ("" if rank is None else f".rank{rank}"))
+
+
+def journal_paths(out: Path) -> list[Path]:
+    """Every journal of ``OUT`` present: one process's, then the ranks' in rank order."""
+    single = journal_path(out)
+    ranks = sorted(Path(out).parent.glob(glob.escape(single.name) + ".rank*"),
+                   key=lambda p: (len(p.name), p.name))
+    return ([single] if single.is_file() else []) + [p for p in ranks if p.name[len(single.name) + 5:].isdigit()]
+
+
 class ResultJournal:
     """Rows are appended (and flushed) to ``OUT.partial`` as they come; ``finish`` writes ``OUT``.
 
@@ -262,12 +277,15 @@ class ResultJournal:
     ValueError before a file is touched.
     """
 
-    def __init__(self, out: Path, provenance: Provenance, resume: bool, names: Iterable[str] | None = None):
+    def __init__(self, out: Path, provenance: Provenance, resume: bool, names: Iterable[str] | None = None,
+                 rank: int | None = None, before_write=None):
         self.out = Path(out)
         self.provenance = provenance
         self.fmt = provenance.fmt
-        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.partial = journal_path(self.out, rank)
         self.rows: dict[str, Row] = self._earlier_rows(names) if resume else {}
+        if before_write is not None:  # e.g. a barrier: every rank has read the journals before any is rewritten
+            before_write()
         with atomic_output(self.partial, "wb") as handle:  # the journal starts with what is already done
             handle.write(_journal_header(provenance).encode())
             handle.writelines(_journal_line(r).encode() for r in self.rows.values())
@@ -278,10 +296,10 @@ class ResultJournal:
         if self.out.is_file():
             check_same_provenance(self.out, read_output_provenance(self.out), self.provenance)
             rows.update((r.path, r) for r in read_rows(self.out))
-        if self.partial.is_file():
-            recorded, journal_rows = read_journal(self.partial)
+        for partial in journal_paths(self.out):  # one process's and every rank's of any world size
+            recorded, journal_rows = read_journal(partial)
             if recorded is not None:
-                check_same_provenance(self.partial, recorded, self.provenance)
+                check_same_provenance(partial, recorded, self.provenance)
                 rows.update((r.path, r) for r in journal_rows)  # later rows win
         if names is not None:
             wanted = set(names)
@@ -298,10 +316,20 @@ class ResultJournal:
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
-    def finish(self) -> Path:
+    def finish(self, ranks: int = 0) -> Path:
+        """Write ``OUT`` from this journal's rows and those of ranks ``0 … ranks − 1`` (a
+        distributed run's, all finished), then remove every journal."""
         self._handle.close()
+        for rank in range(ranks):
+            partial = journal_path(self.out, rank)
+            if partial != self.partial and partial.is_file():
+                recorded, rows = read_journal(partial)
+                if recorded is not None:
+                    check_same_provenance(partial, recorded, self.provenance)
+                    self.rows.update((r.path, r) for r in rows)
         write_output(self.out, list(self.rows.values()), self.provenance)
-        self.partial.unlink(missing_ok=True)
+        for partial in journal_paths(self.out):
+            partial.unlink(missing_ok=True)
         return self.out
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
+from . import distributed
 from .io import atomic_output, list_images, load_image
 from .mvtec import read_labelled_set, load_mask
 from .results import Provenance, ResultJournal, Row, write_error_list
@@ -100,7 +101,12 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     # --resume keeps earlier rows only if this model, threshold and format produced them, and
     # drops the rows of images no longer under the input
     provenance = Provenance(getattr(model, "fingerprint_", None) or _fingerprint(model), calibrator.threshold_, fmt)
-    journal = ResultJournal(Path(out), provenance, resume, names=names)
+    # Under torchrun each rank scores its block of what is left into OUT.partial.rank{r}; rank 0
+    # merges them into OUT (padim.distributed). Every rank reads all journals before any is rewritten.
+    sharded = distributed.active()
+    journal = ResultJournal(Path(out), provenance, resume, names=names,
+                            rank=distributed.rank() if sharded else None,
+                            before_write=distributed.barrier if sharded else None)
     summary = ScoreSummary(out=Path(out))
     todo, todo_names = [], []
     for path, name in zip(paths, names):
@@ -108,6 +114,9 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
             todo.append(path)
             todo_names.append(name)
     summary.skipped = len(paths) - len(todo)
+    if sharded:
+        block = distributed.shard_range(len(todo))
+        todo, todo_names = todo[block.start:block.stop], todo_names[block.start:block.stop]
     want_maps = heatmaps is not None or save_maps is not None
     try:
         pending: list[Row] = []
@@ -137,7 +146,18 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
     except BaseException:
         journal.close()  # keep the journal: `--resume` continues from it
         raise
-    journal.finish()
+    if sharded:  # rank 0 writes OUT, its record and the error list once every rank's journal is complete
+        journal.close()
+        failed = [f for part in distributed.all_gather(summary.failed) for f in part]
+        summary.scored = sum(distributed.all_gather(summary.scored))
+        summary.failed = failed
+        if distributed.is_main():
+            journal.finish(ranks=distributed.world_size())
+        distributed.barrier()
+        if not distributed.is_main():
+            return summary
+    else:
+        journal.finish()
     errors_file = Path(str(out) + ".errors.tsv")
     if summary.failed:
         summary.errors_file = errors_file
