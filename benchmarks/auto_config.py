@@ -68,10 +68,12 @@ def evaluate(model: PaDiM, root: Path) -> dict:
     return {k: float(metrics[k]) for k in METRICS}
 
 
-def run(root: Path, log) -> dict:
+def run(root: Path, log, reuse: dict | None = None) -> dict:
     train = root / "train" / "good"
-    real = {}
+    real = dict(reuse or {})
     for candidate in candidates("efficientnet_lite0", 256):
+        if candidate.name in real:
+            continue
         started = time.perf_counter()
         model = PaDiM(**candidate.params).fit(train)
         seconds = time.perf_counter() - started
@@ -97,10 +99,13 @@ def main() -> None:
     parser.add_argument("--synthetic", type=Path, default=None, help="write a synthetic dataset here and include it")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the full results")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier --out file: reuse its per-candidate real metrics, rerun only auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     roots = list(args.datasets) + ([write_synthetic(args.synthetic)] if args.synthetic else [])
-    results = [run(root, lambda line: print(line, flush=True)) for root in roots]
+    earlier = {r["dataset"]: r["real"] for r in json.loads(args.reuse.read_text())} if args.reuse else {}
+    results = [run(root, lambda line: print(line, flush=True), earlier.get(root.name)) for root in roots]
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=float))
     print("\n| dataset | config | image AUROC | pixel AUROC | PRO | fit s |\n|---|---|---|---|---|---|")

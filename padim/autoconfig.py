@@ -109,6 +109,15 @@ def parse_budget(budget: str | float | int) -> tuple[str, float]:
     return kind, value
 
 
+def estimate_full_fit(fit_s: float, per_image_s: float, n_fit: int, n_all: int) -> float:
+    """Seconds of one calibrated fit on ``n_all`` images, from a fit on ``n_fit`` (``fit_s``) and
+    the per-image cost of scoring (``per_image_s``, about a fit's per-image backbone and sums):
+    the fixed part (finalize, set-up) stays, the per-image part grows, calibration adds its share."""
+    per_image = min(per_image_s, fit_s / max(1, n_fit))
+    fixed = fit_s - per_image * n_fit
+    return (fixed + per_image * n_all) * (1 + CALIBRATION_SHARE)
+
+
 def _as_uint8(image: np.ndarray) -> np.ndarray:
     return image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
@@ -216,11 +225,14 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
             if reference is None:
                 raise
             continue
+        fitted = time.perf_counter()
         row.__dict__.update(validate(model, goods, defects, masks, real))
         row.seconds = time.perf_counter() - t0
         if reference is None:  # the default candidate: it sets the budget's unit (rank 0's, under torchrun)
-            reference = distributed.broadcast_object(row.seconds) if distributed.active() else row.seconds
-            one_fit = reference * max(1.0, len(sources) / len(fit_sources)) * (1 + CALIBRATION_SHARE)
+            timing = (row.seconds, fitted - t0, time.perf_counter() - fitted)
+            reference, fit_s, validate_s = distributed.broadcast_object(timing) if distributed.active() else timing
+            one_fit = estimate_full_fit(fit_s, validate_s / (len(goods) + len(defects)), len(fit_sources),
+                                        len(sources))
             total = value * one_fit if kind == "factor" else value
             allowed = total - one_fit  # the final refit on every image comes out of the budget too
         if log:

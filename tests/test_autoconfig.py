@@ -143,3 +143,12 @@ def test_cli_fit_auto_prints_the_table_and_info_shows_it(tmp_path):
     assert rc == 0 and "auto-configuration: chose" in info and "candidate  image AUROC" in info
     rc, _, err = cli("fit", train, "-o", tmp_path / "x.padim", "--auto", "--budget", "soon", *RUNTIME)
     assert rc == 2 and "--budget" in err and len(err.strip().splitlines()) == 1
+
+
+def test_full_fit_estimate_keeps_the_fixed_part_and_scales_the_per_image_part():
+    from padim.autoconfig import CALIBRATION_SHARE, estimate_full_fit
+
+    # 40 images in 10 s, 0.1 s per image: 6 s fixed + 0.1 s × 200, plus calibration
+    assert estimate_full_fit(10.0, 0.1, 40, 200) == pytest.approx((6.0 + 20.0) * (1 + CALIBRATION_SHARE))
+    # a per-image cost above the fit's own average is capped by it (no negative fixed part)
+    assert estimate_full_fit(4.0, 0.5, 40, 80) == pytest.approx(8.0 * (1 + CALIBRATION_SHARE))
