@@ -182,13 +182,14 @@ def _fit_in_group(rank, world, init_file, train, params, result_file, rank1_para
         if rank == 0:
             Path(result_file).write_bytes(pickle.dumps(
                 (model.n_train_, model.skipped_, model.held_out_, model.calibration_scores_,
-                 model.calibrator_.threshold_, model.gaussian_.mean.numpy())))
+                 model.calibrator_.threshold_, model.gaussian_.mean.numpy(), model.auto_choice_)))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("extra", [dict(cell="image"), dict(cell=2, tile=48, overlap=8)],
-                         ids=["shared-gaussian", "tiled"])
+@pytest.mark.parametrize("extra", [dict(cell="image"), dict(cell=2, tile=48, overlap=8),
+                                   dict(d=24, config="auto", budget="1000x")],
+                         ids=["shared-gaussian", "tiled", "auto-configuration"])
 def test_api_fit_in_an_initialised_group(data, tmp_path, extra):
     import pickle
 
@@ -198,11 +199,12 @@ def test_api_fit_in_an_initialised_group(data, tmp_path, extra):
     result = tmp_path / "rank0.pickle"
     mp.spawn(_fit_in_group, args=(2, str(tmp_path / "rendezvous"), data / "train", params, str(result)),
              nprocs=2, join=True)
-    n_train, skipped, held_out, scores, threshold, mean = pickle.loads(result.read_bytes())
+    n_train, skipped, held_out, scores, threshold, mean, choice = pickle.loads(result.read_bytes())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         one = PaDiM(**params).fit(data / "train")
     assert one.geometry_.tiled == ("tile" in extra)
+    assert choice == one.auto_choice_  # None unless auto: then the same candidate on 2 ranks as on 1
     assert n_train == one.n_train_ == 11
     assert skipped == one.skipped_  # rank 1 read the bad file; rank 0 knows it
     assert held_out == one.held_out_
