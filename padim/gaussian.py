@@ -14,6 +14,7 @@ rounded values, so a saved and reloaded model scores bit-identically.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -56,6 +57,19 @@ def _machine_load() -> tuple[int | None, float | None]:
         return os.cpu_count(), os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this platform
         return os.cpu_count(), None
+
+
+def finalize_workers(device: torch.device) -> int:
+    """Python threads that factorise chunks of positions side by side in :meth:`GaussianStats.finalize`.
+
+    Where :func:`cholesky_threads` holds the batched Cholesky to one OpenMP thread (small or busy
+    machines), chunks still run on every thread PyTorch was given, each in its own Python thread
+    with one OpenMP thread: the ops release the GIL, and a thread that waits for a core sleeps
+    instead of spinning, so a busy machine slows down no more than its load says."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads <= 1 or cholesky_threads(threads, *_machine_load()) > 1:
+        return 1
+    return threads
 
 
 @contextmanager
@@ -324,15 +338,20 @@ class GaussianStats:
         scale = torch.ones(self.num_positions, dtype=torch.float32, device=self.device)
         eye = torch.eye(d, dtype=torch.float64, device=self.device)
         starts = range(0, self.num_positions, finalize_chunk(d))
-        with cholesky_thread_limit(self.device):
-            for start in (progress(starts, len(starts)) if progress else starts):
-                stop = min(start + finalize_chunk(d), self.num_positions)
-                inverse = self._inverse_factor(centred_mean, start, stop, lam, eps, eye)
-                if storage is None:
-                    packed[start:stop] = inverse.flatten(1).index_select(1, lower)
-                else:
-                    packed[start:stop], scale[start:stop] = round_packed(inverse.flatten(1).index_select(1, lower),
-                                                                         storage)
+
+        def whiten(start: int) -> None:
+            stop = min(start + finalize_chunk(d), self.num_positions)
+            inverse = self._inverse_factor(centred_mean, start, stop, lam, eps, eye)
+            if storage is None:
+                packed[start:stop] = inverse.flatten(1).index_select(1, lower)
+            else:
+                packed[start:stop], scale[start:stop] = round_packed(inverse.flatten(1).index_select(1, lower), storage)
+
+        workers = min(finalize_workers(self.device), len(starts))
+        with cholesky_thread_limit(self.device), ThreadPoolExecutor(workers) as pool:
+            done = pool.map(whiten, starts) if workers > 1 else map(whiten, starts)
+            for _ in (progress(done, len(starts)) if progress else done):
+                pass
         return GaussianModel(mean=self.mean().to(torch.float32).contiguous(), reg=lam, packed=packed,
                              scale=None if storage is None else scale, count=self.count)
 

@@ -393,3 +393,56 @@ def test_strided_and_contiguous_updates_give_the_same_sums(monkeypatch):
     strided_stats = GaussianStats(P, D).update(strided, position_chunk=3)
     np.testing.assert_array_equal(contiguous_stats.sum_outer.numpy(), strided_stats.sum_outer.numpy())
     np.testing.assert_allclose(contiguous_stats.covariance().numpy(), reference_cov(feats), rtol=1e-5, atol=1e-6)
+
+
+def test_finalize_in_parallel_threads_equals_one_thread_and_the_reference(monkeypatch):
+    """Chunks of positions factorised side by side (gaussian.finalize_workers) give the very same
+    whitener as one after the other, and it inverts the reference Σ + λI; every chunk is counted."""
+    import padim.gaussian as gaussian
+
+    feats = make_features(n=40, p=23)
+    stats = fit(feats)
+    monkeypatch.setattr(gaussian, "FINALIZE_CHUNK_BYTES", 8 * D * D * 3)  # 3 positions a chunk: 8 chunks
+    results = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(gaussian, "finalize_workers", lambda device, w=workers: w)
+        steps = []
+
+        def progress(iterable, total):
+            steps.append(total)
+            for item in iterable:
+                steps.append(item)
+                yield item
+
+        results[workers] = stats.finalize(progress=progress), stats.finalize(storage=None)
+        assert steps[0] == 8 and len(steps) == 9
+    (stored_1, exact_1), (stored_3, exact_3) = results[1], results[3]
+    assert torch.equal(stored_1.packed, stored_3.packed) and torch.equal(stored_1.scale, stored_3.scale)
+    assert torch.equal(exact_1.packed, exact_3.packed)
+    _, inverses, _ = reference_model(feats)
+    w = exact_3.whitener.double().numpy()
+    np.testing.assert_allclose(np.einsum("pji,pjk->pik", w, w), inverses, rtol=1e-4, atol=1e-5)  # float32 factor
+
+
+def test_a_failing_chunk_in_a_worker_thread_raises_the_one_line_error(monkeypatch):
+    import padim.gaussian as gaussian
+
+    stats = fit(make_features(n=40, p=23))
+    monkeypatch.setattr(gaussian, "FINALIZE_CHUNK_BYTES", 8 * D * D * 3)
+    monkeypatch.setattr(gaussian, "finalize_workers", lambda device: 2)
+    with pytest.raises(ValueError, match="not positive definite"):
+        stats.finalize(reg=-1e9)
+
+
+@pytest.mark.parametrize("threads, cores, device, expected", [
+    (2, 2, "cpu", 2),     # a 2-core machine: OpenMP held to 1, chunks on 2 Python threads
+    (1, 2, "cpu", 1),
+    (8, 64, "cpu", 1),    # an idle large machine: the batched Cholesky uses the 8 OpenMP threads itself
+    (2, 2, "meta", 1),    # not the CPU: one stream of work
+])
+def test_finalize_workers_rule(monkeypatch, threads, cores, device, expected):
+    import padim.gaussian as gaussian
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(gaussian, "_machine_load", lambda: (cores, 0.0))
+    assert gaussian.finalize_workers(torch.device(device)) == expected
