@@ -2,7 +2,9 @@
 
 A few plain PaDiM configurations (:func:`candidates`) are each fitted, without calibration, on a
 seeded part of the good images and validated on the rest: the held-out good images and synthetic
-defects made from them (:mod:`padim.synthetic`, exact masks), plus real defect images when given.
+defects made from them (:mod:`padim.synthetic`, exact masks) at two sizes (``DEFECT_SCALES``:
+large regions, and pits and short scratches, since the product's defect size is unknown), plus
+real defect images when given.
 No candidate is validated on an image it was fitted on. The winner is refitted on every image with
 its normal calibration; the table of candidates (metrics, seconds, skipped) is kept in the model.
 
@@ -11,8 +13,9 @@ Selection score (higher is better)::
     (image AUROC + pixel AUROC + PRO) / 3  −  0.05 · min(1, CV of the held-out good scores)
 
 where CV = std/mean of the good images' scores: a configuration whose good scores scatter widely
-will need a high threshold. With real defect images, their image AUROC against the held-out good
-images is averaged with the synthetic one.
+will need a high threshold. With real defect images (``val_defects``), each metric is the mean of
+the synthetic one and the real one (pixel AUROC and PRO only from real images with masks); with
+``synthetic=False`` the real ones alone decide.
 
 Budget: ``"Nx"`` (default ``"4x"``) is N times the estimated time of one plain fit (the default
 candidate's time on the selection split, scaled to all images, plus calibration), covering the
@@ -24,14 +27,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import distributed
 from .data import as_sources
-from .io import ImageReadError, load_image
+from .io import IMAGE_EXTENSIONS, ImageReadError, load_image
 from .metrics import image_auroc, pixel_auroc, pro_score
+from .mvtec import find_mask as find_mvtec_mask
+from .mvtec import load_mask
 from .synthetic import make_defects
 
 MAX_FIT_IMAGES = 40  # selection fits on at most this many good images ...
@@ -39,6 +45,9 @@ MAX_VALIDATION_IMAGES = 20  # ... and validates on at most this many (each also 
 VALIDATION_MAX_SIDE = 512  # synthetic defects are made at most this large (the model resizes anyway)
 CALIBRATION_SHARE = 0.15  # what calibration adds to a fit (benchmarks/RESULTS.md §11)
 STABILITY_WEIGHT = 0.05
+# Synthetic defect extents (padim.synthetic's scale), one defect per validation image at each:
+# about 5–35 % of the image side, and pits and short scratches of 2–10 % (RESULTS.md §20).
+DEFECT_SCALES = (1.0, 0.3)
 
 # Other hook-point sets per backbone: one stage deeper than the defaults, and the two shallow stages.
 DEEP_LAYERS = {
@@ -141,37 +150,103 @@ def _validation_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> li
     return out
 
 
-def synthetic_validation(goods: list[np.ndarray], seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """One synthetic defect per validation image (families in turn): 8-bit images and exact masks."""
-    defects = make_defects([g.astype(np.float32) / 255 for g in goods], seed=seed)
+def synthetic_validation(goods: list[np.ndarray], seed: int, scales=DEFECT_SCALES) -> list["DefectSet"]:
+    """Synthetic defects on the validation images, one set per scale (padim.synthetic: one defect
+    per image, families in turn): 8-bit images and exact masks. A defect that rounding to 8 bits
+    erased is left out."""
+    floats = [g.astype(np.float32) / 255 for g in goods]
+    sets = []
+    for scale in scales:
+        images, masks = [], []
+        for defect in make_defects(floats, seed=seed, scales=(scale,)):
+            image = _as_uint8(defect.image)
+            mask = (image != goods[defect.source]).any(axis=-1)  # exact after rounding to 8 bits
+            if mask.any():
+                images.append(image)
+                masks.append(mask)
+        sets.append(DefectSet(images, masks))
+    return sets
+
+
+@dataclass
+class DefectSet:
+    """Validation defect images (8-bit RGB) and their masks (None where a real defect has none)."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray | None]
+
+
+def find_defect_mask(path: Path) -> Path | None:
+    """The mask of a labelled defect image: ``<stem>_mask.*`` beside it, or in MVTec AD layout
+    (``ROOT/test/<type>/<stem>.*`` → ``ROOT/ground_truth/<type>/<stem>_mask.*``)."""
+    for ext in IMAGE_EXTENSIONS:
+        candidate = path.with_name(f"{path.stem}_mask{ext}")
+        if candidate.is_file():
+            return candidate
+    if len(path.parents) >= 3 and path.parents[1].name == "test":
+        return find_mvtec_mask(path.parents[2], path.parent.name, path.stem)
+    return None
+
+
+def real_validation(val_defects: Any, max_side: int = VALIDATION_MAX_SIDE) -> DefectSet:
+    """``--val-defects`` images as 8-bit arrays at most ``max_side`` large, with the masks found for
+    them (:func:`find_defect_mask`; files named ``*_mask.*`` are masks, not defect images)."""
+    sources = [s for s in as_sources(val_defects) if not (isinstance(s, Path) and s.stem.endswith("_mask"))]
     images, masks = [], []
-    for defect, good in zip(defects, goods):
-        image = _as_uint8(defect.image)
+    for source in sources:
+        arrays = _validation_arrays([source], max_side)
+        if not arrays:
+            continue
+        image = arrays[0]
+        mask_path = find_defect_mask(source) if isinstance(source, Path) else None
         images.append(image)
-        masks.append((image != good).any(axis=-1))  # exact after rounding to 8 bits
-    return images, masks
+        masks.append(None if mask_path is None else load_mask(mask_path, image.shape[:2]))
+    if not images:
+        raise ValueError(f"--val-defects: no readable defect images in {val_defects}")
+    return DefectSet(images, masks)
 
 
-def validate(model, goods: list[np.ndarray], defects: list[np.ndarray], masks: list[np.ndarray],
-             real_defects: list | None = None) -> dict:
-    """Validation metrics of a fitted candidate (see the module docstring for the selection score)."""
-    results = list(model.iter_results(goods + defects, maps=True))
+def _defect_metrics(good_scores, good_maps, scores, maps, masks) -> tuple[float, float | None, float | None]:
+    """Image AUROC of the defects against the good images; pixel AUROC and PRO where masks exist."""
+    n = len(good_scores)
+    image = image_auroc(np.r_[np.zeros(n), np.ones(len(scores))], np.r_[good_scores, scores])
+    with_mask = [(m, a) for m, a in zip(masks, maps) if m is not None]
+    if not with_mask:
+        return image, None, None
+    all_masks = [np.zeros(a.shape[:2], bool) for a in good_maps] + [m for m, _ in with_mask]
+    all_maps = list(good_maps) + [a for _, a in with_mask]
+    return image, pixel_auroc(all_masks, all_maps), pro_score(all_masks, all_maps)
+
+
+def validate(model, goods: list[np.ndarray], synthetic: list[DefectSet] | None, real: DefectSet | None = None) -> dict:
+    """Validation metrics of a fitted candidate (see the module docstring for the selection score).
+
+    Each synthetic scale counts equally (its metrics are averaged over the scales, so that large
+    defects' many pixels do not outweigh small ones); with real defects each metric is the mean of
+    the synthetic and the real one, where the real set gives it."""
+    sets = [s for s in (synthetic or []) + ([real] if real is not None else []) if s.images]
+    results = list(model.iter_results(goods + [image for s in sets for image in s.images], maps=True))
     scores = np.array([r.score for r in results], dtype=np.float64)
     maps = [r.anomaly_map for r in results]
     n = len(goods)
-    labels = np.r_[np.zeros(n), np.ones(len(defects))]
-    image = image_auroc(labels, scores)
-    if real_defects:
-        real = np.asarray(model.score_samples(real_defects), dtype=np.float64)
-        image = 0.5 * (image + image_auroc(np.r_[np.zeros(n), np.ones(len(real))], np.r_[scores[:n], real]))
-    good_masks = [np.zeros(m.shape[:2], bool) for m in maps[:n]]
-    pixel = pixel_auroc(good_masks + masks, maps)
-    pro = pro_score(good_masks + masks, maps)
+    per_set, start = [], n
+    for defect_set in sets:
+        stop = start + len(defect_set.images)
+        per_set.append(_defect_metrics(scores[:n], maps[:n], scores[start:stop], maps[start:stop], defect_set.masks))
+        start = stop
+    n_synthetic = len(sets) - (real is not None and bool(real.images))
+    groups = [per_set[:n_synthetic], per_set[n_synthetic:]]
+
+    def mean_metric(i: int) -> float:
+        means = [np.mean([m[i] for m in g if m[i] is not None]) for g in groups
+                 if any(m[i] is not None for m in g)]
+        return float(np.mean(means))
+
+    image, pixel, pro = (mean_metric(i) for i in range(3))
     good = scores[:n]
     cv = float(good.std() / good.mean()) if good.mean() > 0 else 1.0
     selection = (image + pixel + pro) / 3 - STABILITY_WEIGHT * min(1.0, cv)
-    return {"image_auroc": float(image), "pixel_auroc": float(pixel), "pro": float(pro), "good_cv": cv,
-            "selection": float(selection)}
+    return {"image_auroc": image, "pixel_auroc": pixel, "pro": pro, "good_cv": cv, "selection": float(selection)}
 
 
 @dataclass
@@ -183,11 +258,13 @@ class Selection:
 
 
 def select(model_factory, sources: list, backbone: str, image_size: Any, *, budget="4x", seed: int = 0,
-           val_defects: Any = None, log=None) -> Selection:
+           val_defects: Any = None, synthetic: bool = True, log=None) -> Selection:
     """Fit every candidate on a seeded part of ``sources`` and validate on the rest; the best one.
 
     ``model_factory(**params)`` builds an unfitted PaDiM with the user's parameters overridden by
-    ``params``. Needs at least 6 readable good images (4 to fit, 2 to validate).
+    ``params``. Needs at least 6 readable good images (4 to fit, 2 to validate). Validation
+    defects: synthetic ones made from the held-out images (``synthetic``) and/or the labelled
+    ``val_defects`` (their masks count where :func:`find_defect_mask` finds them).
     """
     if len(sources) < 6:
         raise ValueError(f"auto-configuration needs at least 6 good images, got {len(sources)}")
@@ -200,8 +277,10 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     goods = _validation_arrays([sources[i] for i in val_idx])
     if len(goods) < 2:
         raise ValueError("auto-configuration: fewer than 2 readable validation images")
-    defects, masks = synthetic_validation(goods, seed)
-    real = None if val_defects is None else as_sources(val_defects)
+    defects = synthetic_validation(goods, seed) if synthetic else None
+    real = None if val_defects is None else real_validation(val_defects)
+    if defects is None and real is None:
+        raise ValueError("auto-configuration without synthetic defects needs val_defects (labelled defect images)")
     kind, value = parse_budget(budget)
     table: list[CandidateResult] = []
     started = time.perf_counter()
@@ -226,13 +305,13 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
                 raise
             continue
         fitted = time.perf_counter()
-        row.__dict__.update(validate(model, goods, defects, masks, real))
+        row.__dict__.update(validate(model, goods, defects, real))
         row.seconds = time.perf_counter() - t0
         if reference is None:  # the default candidate: it sets the budget's unit (rank 0's, under torchrun)
             timing = (row.seconds, fitted - t0, time.perf_counter() - fitted)
             reference, fit_s, validate_s = distributed.broadcast_object(timing) if distributed.active() else timing
-            one_fit = estimate_full_fit(fit_s, validate_s / (len(goods) + len(defects)), len(fit_sources),
-                                        len(sources))
+            n_validated = len(goods) + sum(len(s.images) for s in (defects or []) + [real] if s is not None)
+            one_fit = estimate_full_fit(fit_s, validate_s / n_validated, len(fit_sources), len(sources))
             total = value * one_fit if kind == "factor" else value
             allowed = total - one_fit  # the final refit on every image comes out of the budget too
         if log:
@@ -269,7 +348,7 @@ def auto_fit(model, images: Any, calibrate: bool | None = None, log=None):
         return PaDiM(**{**base, **params})
 
     chosen = select(factory, sources, model.backbone, model.image_size, budget=model.budget, seed=model.seed,
-                    val_defects=model.val_defects, log=log)
+                    val_defects=model.val_defects, synthetic=model.val_synthetic, log=log)
     for key, value in chosen.params.items():
         setattr(model, key, value)
     model._fit_plain(sources, calibrate)

@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choose hook points, Gaussian granularity and resolution from the good images "
                         "(synthetic defects on held-out ones; prints the candidate table)")
     p.add_argument("--budget", default="4x", help="with --auto: time for selection and fit, Nx one fit or seconds")
+    p.add_argument("--no-synthetic", action="store_true",
+                   help="with --auto and --val-defects: select on the real defects alone, no synthetic ones")
     p.add_argument("--threshold-method", choices=("youden", "f1"), default="youden",
                    help="threshold rule when --val-defects is given")
     p.add_argument("--value-range", type=_value_range, default="auto", metavar="LO,HI",
@@ -243,7 +245,10 @@ def cmd_fit(args) -> int:
             parse_budget(args.budget)
         except ValueError as exc:
             raise CliError(f"--budget: {exc}") from None
-        params.update(config="auto", budget=args.budget, val_defects=args.val_defects)
+        if args.no_synthetic and args.val_defects is None:
+            raise CliError("--no-synthetic needs --val-defects: the selection needs defects of some kind")
+        params.update(config="auto", budget=args.budget, val_defects=args.val_defects,
+                      val_synthetic=not args.no_synthetic)
     if args.layers:
         params["layers"] = [s.strip() for s in args.layers.split(",")]
     if args.eps is not None:

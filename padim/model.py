@@ -94,8 +94,9 @@ class PaDiM:
 
     config: "default", or "auto" to choose hook points, granularity and resolution from the
     training images (padim.autoconfig: synthetic defects on held-out good images, and
-    ``val_defects`` images if given) within ``budget`` ("4x" one fit, or seconds); the chosen
-    parameters replace these ones and the candidate table is kept (``auto_table_``, ``auto_choice_``).
+    ``val_defects`` images if given, with their masks where found; ``val_synthetic=False``: those
+    alone) within ``budget`` ("4x" one fit, or seconds); the chosen parameters replace these ones
+    and the candidate table is kept (``auto_table_``, ``auto_choice_``).
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class PaDiM:
         config: str = "default",
         budget: str | float = "4x",
         val_defects: Any = None,
+        val_synthetic: bool = True,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -153,6 +155,7 @@ class PaDiM:
         self.config = config
         self.budget = budget
         self.val_defects = val_defects
+        self.val_synthetic = val_synthetic
         self._extractor: Embedder | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -346,7 +349,7 @@ class PaDiM:
     def get_params(self) -> dict:
         """The constructor's parameters as set now (model and runtime ones)."""
         runtime = ("device", "batch_size", "workers", "weights", "threads", "progress", "config", "budget",
-                   "val_defects")
+                   "val_defects", "val_synthetic")
         return {key: getattr(self, key) for key in self._PARAMS + runtime}
 
     def _fit_plain(self, images: Any, calibrate: bool | None = None) -> "PaDiM":

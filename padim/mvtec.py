@@ -26,7 +26,7 @@ class LabelledSet:
         return any(m is not None for m, y in zip(self.mask_paths, self.labels) if y == 1)
 
 
-def _find_mask(root: Path, defect: str, stem: str) -> Path | None:
+def find_mask(root: Path, defect: str, stem: str) -> Path | None:
     folder = root / "ground_truth" / defect
     for name in (f"{stem}_mask", stem):
         for ext in IMAGE_EXTENSIONS:
@@ -53,7 +53,7 @@ def read_labelled_set(root: str | Path) -> LabelledSet:
             result.paths.append(path)
             result.labels.append(int(defect))
             result.defect_types.append(folder.name)
-            result.mask_paths.append(_find_mask(root, folder.name, path.stem) if defect else None)
+            result.mask_paths.append(find_mask(root, folder.name, path.stem) if defect else None)
     if not result.paths:
         raise FileNotFoundError(f"'{test}': no test images found")
     return result

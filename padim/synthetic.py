@@ -36,6 +36,7 @@ class SyntheticDefect:
     mask: np.ndarray  # bool [H, W]
     family: str
     source: int  # index of the good image it was made from
+    scale: float = 1.0  # the extent multiplier it was made with
 
 
 def _soft_ellipse(h: int, w: int, rng: np.random.Generator, min_frac: float, max_frac: float) -> np.ndarray:
@@ -77,26 +78,26 @@ def perlin_noise(h: int, w: int, rng: np.random.Generator, cells: int = 4) -> np
     return ((top * (1 - sy) + bottom * sy) * np.sqrt(2)).astype(np.float32)
 
 
-def _paste(image, rng, donor):
+def _paste(image, rng, donor, scale):
     h, w = image.shape[:2]
-    alpha = _soft_ellipse(h, w, rng, 0.12, 0.35)
+    alpha = _soft_ellipse(h, w, rng, 0.12 * scale, 0.35 * scale)
     # the same-sized donor content, shifted by a random offset (another image, or elsewhere in this one)
     shift = (int(rng.integers(h // 4, max(h // 4 + 1, 3 * h // 4))), int(rng.integers(w // 4, max(w // 4 + 1, 3 * w // 4))))
     patch = np.roll(donor, shift, axis=(0, 1))
     return alpha, patch
 
 
-def _perlin(image, rng, donor):
+def _perlin(image, rng, donor, scale):
     h, w = image.shape[:2]
-    shape = perlin_noise(h, w, rng, cells=int(rng.integers(2, 7)))
-    region = (shape > rng.uniform(0.2, 0.45)).astype(np.float32) * _soft_ellipse(h, w, rng, 0.3, 0.7)
+    shape = perlin_noise(h, w, rng, cells=max(2, round(int(rng.integers(2, 7)) / scale)))
+    region = (shape > rng.uniform(0.2, 0.45)).astype(np.float32) * _soft_ellipse(h, w, rng, 0.3 * scale, 0.7 * scale)
     texture = np.stack([perlin_noise(h, w, rng, cells=int(rng.integers(6, 16))) for _ in range(3)], axis=-1)
     texture = np.clip(0.5 + 0.5 * texture * rng.uniform(0.6, 1.0) + rng.uniform(-0.3, 0.3, size=3), 0, 1)
     alpha = cv2.GaussianBlur(region, (0, 0), 1.0) * rng.uniform(0.6, 0.95)
     return alpha, texture.astype(np.float32)
 
 
-def _scratch(image, rng, donor):
+def _scratch(image, rng, donor, scale):
     h, w = image.shape[:2]
     canvas = np.zeros((h, w), np.uint8)
     for _ in range(int(rng.integers(1, 4))):
@@ -104,18 +105,18 @@ def _scratch(image, rng, donor):
         heading = rng.uniform(0, 2 * np.pi)
         for _ in range(int(rng.integers(2, 6))):
             heading += rng.normal(0, 0.5)
-            step = rng.uniform(0.08, 0.25) * min(h, w)
+            step = rng.uniform(0.08, 0.25) * scale * min(h, w)
             points.append(points[-1] + step * np.array([np.cos(heading), np.sin(heading)]))
         cv2.polylines(canvas, [np.round(np.array(points)).astype(np.int32)], False, 255,
-                      thickness=int(rng.integers(1, 3)), lineType=cv2.LINE_8)
+                      thickness=int(rng.integers(1, 3)) if scale >= 0.5 else 1, lineType=cv2.LINE_8)
     alpha = (canvas > 0).astype(np.float32)
     level = rng.choice([rng.uniform(0.0, 0.15), rng.uniform(0.85, 1.0)])
     colour = np.clip(level + rng.uniform(-0.05, 0.05, size=3), 0, 1).astype(np.float32)
     return alpha, np.broadcast_to(colour, image.shape)
 
 
-def _blob(image, rng, donor):
-    alpha = _soft_ellipse(*image.shape[:2], rng, 0.08, 0.3)
+def _blob(image, rng, donor, scale):
+    alpha = _soft_ellipse(*image.shape[:2], rng, 0.08 * scale, 0.3 * scale)
     if rng.random() < 0.5:  # brightness
         altered = np.clip(image * rng.choice([rng.uniform(0.3, 0.7), rng.uniform(1.4, 2.0)]), 0, 1)
     else:  # colour
@@ -123,16 +124,16 @@ def _blob(image, rng, donor):
     return alpha, altered.astype(np.float32)
 
 
-def _blur(image, rng, donor):
-    alpha = _soft_ellipse(*image.shape[:2], rng, 0.15, 0.4)
-    sigma = rng.uniform(2.0, 6.0)
+def _blur(image, rng, donor, scale):
+    alpha = _soft_ellipse(*image.shape[:2], rng, 0.15 * scale, 0.4 * scale)
+    sigma = rng.uniform(2.0, 6.0) * min(1.0, 2 * scale)
     return alpha, cv2.GaussianBlur(image, (0, 0), sigma).astype(np.float32)
 
 
-def _hole(image, rng, donor):
+def _hole(image, rng, donor, scale):
     h, w = image.shape[:2]
-    ellipse = _soft_ellipse(h, w, rng, 0.08, 0.25)
-    ragged = perlin_noise(h, w, rng, cells=8) * 0.35
+    ellipse = _soft_ellipse(h, w, rng, 0.08 * scale, 0.25 * scale)
+    ragged = perlin_noise(h, w, rng, cells=max(8, round(8 / scale))) * 0.35
     alpha = ((ellipse + ragged) > 0.6).astype(np.float32)
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     fill = np.median(border, axis=0) if rng.random() < 0.5 else np.full(3, rng.uniform(0.0, 0.1))
@@ -144,12 +145,17 @@ _MAKERS: dict[str, Callable] = {"paste": _paste, "perlin": _perlin, "scratch": _
 
 
 def make_defect(image: np.ndarray, family: str, rng: np.random.Generator,
-                donor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                donor: np.ndarray | None = None, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """``image`` with one defect of ``family`` → (defect image, mask of exactly the altered pixels).
+
+    ``scale`` multiplies the defect's extent (region radii, scratch lengths): 1 makes defects of
+    about 5–35 % of the image side, 0.25 pits and short scratches of a few per cent.
 
     ``donor`` (same shape) is where ``paste`` cuts its patch from (default: ``image`` itself, at
     another position). Retries with new parameters (at most MAX_TRIES) while nothing changed;
     the mask may then be empty (a flat image blurred)."""
+    if not 0 < scale <= 2:
+        raise ValueError(f"synthetic defect scale must be in (0, 2], got {scale}")
     if family not in _MAKERS:
         raise ValueError(f"unknown synthetic defect family {family!r}; expected one of {', '.join(FAMILIES)}")
     original = np.ascontiguousarray(image, dtype=np.float32)
@@ -159,7 +165,7 @@ def make_defect(image: np.ndarray, family: str, rng: np.random.Generator,
     if donor.shape != original.shape:
         raise ValueError(f"donor image has shape {donor.shape}, expected {original.shape}")
     for _ in range(MAX_TRIES):
-        alpha, altered = _MAKERS[family](original, rng, donor)
+        alpha, altered = _MAKERS[family](original, rng, donor, scale)
         a = alpha[..., None]
         blended = np.where(a > 0, np.clip(a * altered + (1 - a) * original, 0, 1), original).astype(np.float32)
         mask = (blended != original).any(axis=-1)
@@ -169,22 +175,24 @@ def make_defect(image: np.ndarray, family: str, rng: np.random.Generator,
 
 
 def make_defects(images: Sequence[np.ndarray], seed: int = 0, families: Sequence[str] = FAMILIES,
-                 per_image: int = 1) -> list[SyntheticDefect]:
-    """``per_image`` defects for each good image, families in turn (image i, defect j gets family
-    ``(i·per_image + j) mod len(families)``), ``paste`` donors drawn from the other images.
+                 per_image: int = 1, scales: Sequence[float] = (1.0,)) -> list[SyntheticDefect]:
+    """``per_image`` defects for each good image. Defect number k = i·per_image + j (image i, defect
+    j) gets family ``families[k mod F]`` and scale ``scales[(k // F) mod S]``, so every family is
+    made at every scale in turn; ``paste`` donors are drawn from the other images.
     Deterministic for a given ``seed``."""
     if not images:
         raise ValueError("no good images to make synthetic defects from")
-    families = list(families)
+    families, scales = list(families), list(scales)
     rng = np.random.default_rng(seed)
     out = []
     for i, image in enumerate(images):
         for j in range(per_image):
-            family = families[(i * per_image + j) % len(families)]
+            k = i * per_image + j
+            family, scale = families[k % len(families)], scales[(k // len(families)) % len(scales)]
             donor = None
             if family == "paste" and len(images) > 1:
                 other = int(rng.integers(0, len(images) - 1))
                 donor = images[other + (other >= i)]
-            defect, mask = make_defect(image, family, rng, donor)
-            out.append(SyntheticDefect(defect, mask, family, i))
+            defect, mask = make_defect(image, family, rng, donor, scale)
+            out.append(SyntheticDefect(defect, mask, family, i, scale))
     return out

@@ -152,3 +152,129 @@ def test_full_fit_estimate_keeps_the_fixed_part_and_scales_the_per_image_part():
     assert estimate_full_fit(10.0, 0.1, 40, 200) == pytest.approx((6.0 + 20.0) * (1 + CALIBRATION_SHARE))
     # a per-image cost above the fit's own average is capped by it (no negative fixed part)
     assert estimate_full_fit(4.0, 0.5, 40, 80) == pytest.approx(8.0 * (1 + CALIBRATION_SHARE))
+
+
+def test_defect_masks_are_found_beside_the_image_and_in_mvtec_layout(tmp_path):
+    from padim.autoconfig import find_defect_mask, real_validation
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    image = np.full((40, 60, 3), 120, np.uint8)
+    image[10:20, 30:45] = 250
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 30:45] = 255
+    Image.fromarray(image).save(flat / "a.png")
+    Image.fromarray(mask).save(flat / "a_mask.png")
+    Image.fromarray(image).save(flat / "b.jpg")  # no mask
+    mvtec = tmp_path / "product"
+    (mvtec / "test" / "crack").mkdir(parents=True)
+    (mvtec / "ground_truth" / "crack").mkdir(parents=True)
+    Image.fromarray(image).save(mvtec / "test" / "crack" / "000.png")
+    Image.fromarray(mask).save(mvtec / "ground_truth" / "crack" / "000_mask.png")
+    assert find_defect_mask(flat / "a.png") == flat / "a_mask.png"
+    assert find_defect_mask(flat / "b.jpg") is None
+    assert find_defect_mask(mvtec / "test" / "crack" / "000.png") == mvtec / "ground_truth" / "crack" / "000_mask.png"
+    found = real_validation(flat)
+    assert len(found.images) == 2  # a_mask.png is a mask, not a defect image
+    np.testing.assert_array_equal(found.masks[0], mask > 0)
+    assert found.masks[1] is None
+    found = real_validation(mvtec / "test" / "crack")
+    np.testing.assert_array_equal(found.masks[0], mask > 0)
+
+
+def aligned_pattern_folder(root, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    pattern = cv2.resize(rng.uniform(0.2, 0.8, size=(8, 8, 3)).astype(np.float32), (SIZE, SIZE))
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        image = np.clip(pattern + rng.normal(0, 0.01, size=pattern.shape), 0, 1)
+        paths.append(root / f"{i:02d}.png")
+        Image.fromarray((image * 255).astype(np.uint8)).save(paths[-1])
+    return paths, pattern
+
+
+def test_real_defects_alone_decide_with_their_masks(tmp_path, monkeypatch):
+    """``synthetic=False``: only the labelled defects (and their masks) score the candidates. The
+    pixel model finds the real square defects; pixel AUROC and PRO come from their masks."""
+    import padim.autoconfig as auto
+
+    paths, pattern = aligned_pattern_folder(tmp_path / "good")
+    real = tmp_path / "defects"
+    real.mkdir()
+    for i in range(4):
+        image = (pattern * 255).astype(np.uint8)
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        y, x = 8 + 10 * i, 40 - 8 * i
+        image[y:y + 8, x:x + 8] = 255 - image[y:y + 8, x:x + 8]
+        mask[y:y + 8, x:x + 8] = 255
+        Image.fromarray(image).save(real / f"{i}.png")
+        Image.fromarray(mask).save(real / f"{i}_mask.png")
+    monkeypatch.setattr(auto, "candidates", lambda backbone, size: [
+        auto.Candidate("default", {"blind": True}), auto.Candidate("sighted", {"blind": False})])
+    made = []
+    monkeypatch.setattr(auto, "synthetic_validation", lambda *a, **k: made.append(1))
+    chosen = auto.select(lambda **params: PixelModel(**params), paths, "any", SIZE, budget="1000x",
+                         val_defects=real, synthetic=False)
+    rows = {row.name: row for row in chosen.table}
+    assert not made  # no synthetic defects were made
+    assert chosen.choice == "sighted"
+    assert rows["sighted"].image_auroc == 1.0 and rows["sighted"].pixel_auroc > 0.99 and rows["sighted"].pro > 0.9
+    assert rows["default"].pixel_auroc < 0.8
+    with pytest.raises(ValueError, match="needs val_defects"):
+        auto.select(lambda **params: PixelModel(**params), paths, "any", SIZE, synthetic=False)
+
+
+def test_cli_no_synthetic_needs_val_defects(tmp_path):
+    from test_cli import RUNTIME, cli
+
+    train = shifted_texture_folder(tmp_path / "good", n=8, seed=3)
+    rc, _, err = cli("fit", train, "-o", tmp_path / "m.padim", "--auto", "--no-synthetic", *RUNTIME)
+    assert rc == 2 and "--val-defects" in err and len(err.strip().splitlines()) == 1
+
+
+def layer_case(root, case, size, n_good=24, n_defects=8, seed=0):
+    """Good images: one smooth aligned pattern plus pixel noise. ``faint_blobs``: strong noise
+    (σ 0.15) and large discs (radius 0.3·size) brightened by 0.2, visible only averaged over a wide
+    field, which deep layers see; ``pits``: faint noise and discs of radius 2 px inverted, which
+    only the fine shallow layers resolve. Labelled defects get their masks beside them."""
+    rng = np.random.default_rng(seed)
+    noise = 0.15 if case == "faint_blobs" else 0.02
+    pattern = cv2.resize(rng.uniform(0.2, 0.8, size=(16, 16, 3)).astype(np.float32), (size, size),
+                         interpolation=cv2.INTER_CUBIC)
+    good, defects = root / "good", root / "defects"
+    good.mkdir(parents=True)
+    defects.mkdir()
+
+    def sample():
+        return np.clip(pattern + rng.normal(0, noise, size=pattern.shape), 0, 1)
+
+    for i in range(n_good):
+        Image.fromarray((sample() * 255).astype(np.uint8)).save(good / f"{i:02d}.png")
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n_defects):
+        image = sample()
+        cy, cx = rng.integers(size // 4, 3 * size // 4, size=2)
+        radius = 0.3 * size if case == "faint_blobs" else 2.0
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+        image[mask] = np.clip(image[mask] + 0.2, 0, 1) if case == "faint_blobs" else 1 - image[mask]
+        Image.fromarray((image * 255).astype(np.uint8)).save(defects / f"{i:02d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(defects / f"{i:02d}_mask.png")
+    return sorted(good.iterdir()), defects
+
+
+@pytest.mark.parametrize("case, size, expected", [("faint_blobs", 256, "deep"), ("pits", 128, "shallow")])
+def test_selection_picks_the_layers_the_defects_need(tmp_path, monkeypatch, case, size, expected):
+    """Constructed cases with labelled defects (real only): deep hook points for large faint blobs
+    under strong noise, shallow ones for pits, among the three hook-point sets of Lite0."""
+    import padim.autoconfig as auto
+
+    goods, defects = layer_case(tmp_path, case, size)
+    real_candidates = auto.candidates
+    monkeypatch.setattr(auto, "candidates", lambda backbone, image_size: [
+        c for c in real_candidates(backbone, image_size) if c.name in ("default", "deep", "shallow")])
+    params = {**COMMON, "image_size": size, "progress": False}
+    chosen = auto.select(lambda **p: PaDiM(**{**params, **p}), goods, "efficientnet_lite0", size, budget="1000x",
+                         val_defects=defects, synthetic=False)
+    rows = {row.name: row.selection for row in chosen.table}
+    assert chosen.choice == expected, rows

@@ -79,6 +79,30 @@ def test_perlin_noise_is_smooth_and_bounded():
     assert np.abs(np.diff(noise, axis=1)).max() < 0.2  # smooth: neighbours are close
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_smaller_scale_makes_smaller_defects_with_exact_masks(family):
+    image, donor = textured(), textured(9)
+    areas = {}
+    for scale in (1.0, 0.25):
+        masks = []
+        for seed in range(6):
+            defect, mask = make_defect(image, family, np.random.default_rng(seed), donor=donor, scale=scale)
+            np.testing.assert_array_equal(mask, np.abs(defect - image).max(axis=-1) > 0)
+            masks.append(mask)
+        assert all(m.any() for m in masks), (family, scale)  # small defects still alter something
+        areas[scale] = np.mean([m.mean() for m in masks])
+    # radii (or scratch lengths) shrink 4×: areas by well over 2× (scratch: length only)
+    assert areas[0.25] < areas[1.0] / 2.5, (family, areas)
+
+
+def test_make_defects_gives_every_family_every_scale():
+    images = [textured(s) for s in range(6)]
+    defects = make_defects(images, seed=0, per_image=2, scales=(1.0, 0.3))
+    assert len(defects) == 12 and [d.source for d in defects] == [i for i in range(6) for _ in range(2)]
+    made = {(d.family, d.scale) for d in defects}
+    assert made == {(f, s) for f in FAMILIES for s in (1.0, 0.3)}
+
+
 def test_bad_input_is_refused_with_one_line():
     with pytest.raises(ValueError, match="unknown synthetic defect family 'dent'"):
         make_defect(textured(), "dent", np.random.default_rng(0))
@@ -86,3 +110,5 @@ def test_bad_input_is_refused_with_one_line():
         make_defect(np.zeros((H, W), np.float32), "blob", np.random.default_rng(0))
     with pytest.raises(ValueError, match="no good images"):
         make_defects([])
+    with pytest.raises(ValueError, match="scale must be in"):
+        make_defect(textured(), "blob", np.random.default_rng(0), scale=0)
