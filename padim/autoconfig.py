@@ -19,8 +19,10 @@ the synthetic one and the real one (pixel AUROC and PRO only from real images wi
 
 Budget: ``"Nx"`` (default ``"4x"``) is N times the estimated time of one plain fit (the default
 candidate's time on the selection split, scaled to all images, plus calibration), covering the
-selection and the final fit; or a number of seconds. A candidate whose estimated cost would pass
-the budget is skipped and marked so; the default candidate always runs.
+selection and the final fit; or a number of seconds. A candidate whose estimated cost (trying
+it, plus its own final fit on every image should it win) would pass the budget is skipped and
+marked so; one whose final fit no longer fits what is left is not chosen (noted in the table);
+the default candidate always runs and is always affordable.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ class CandidateResult:
     good_cv: float | None = None
     selection: float | None = None
     skipped: str | None = None  # why it did not run
+    cost: float = 1.0  # declared fit time relative to the default candidate
+    fit_seconds: float | None = None  # its selection fit alone
+    note: str | None = None  # why a better-scoring candidate was not chosen
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -284,17 +289,19 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     kind, value = parse_budget(budget)
     table: list[CandidateResult] = []
     started = time.perf_counter()
-    allowed = reference = None
+    allowed = reference = one_fit = None
     for candidate in candidates(backbone, image_size):
-        row = CandidateResult(candidate.name, candidate.params)
+        row = CandidateResult(candidate.name, candidate.params, cost=candidate.cost)
         table.append(row)
         if reference is not None:
             spent = time.perf_counter() - started
-            over = spent + candidate.cost * reference > allowed
+            # trying it, and its own final fit should it win (the default's is already reserved)
+            needs = candidate.cost * reference + (candidate.cost - 1) * one_fit
+            over = spent + needs > allowed
             if distributed.active():  # rank 0's clock decides, so every rank fits the same candidates
                 over, spent = distributed.broadcast_object((over, spent))
             if over:
-                row.skipped = f"budget: needs ~{candidate.cost * reference:.1f} s, {max(0.0, allowed - spent):.1f} s left"
+                row.skipped = f"budget: needs ~{needs:.1f} s, {max(0.0, allowed - spent):.1f} s left"
                 continue
         t0 = time.perf_counter()
         try:
@@ -307,6 +314,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
         fitted = time.perf_counter()
         row.__dict__.update(validate(model, goods, defects, real))
         row.seconds = time.perf_counter() - t0
+        row.fit_seconds = fitted - t0
         if reference is None:  # the default candidate: it sets the budget's unit (rank 0's, under torchrun)
             timing = (row.seconds, fitted - t0, time.perf_counter() - fitted)
             reference, fit_s, validate_s = distributed.broadcast_object(timing) if distributed.active() else timing
@@ -317,9 +325,27 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
         if log:
             log(f"auto: {row.name:8s} image {row.image_auroc:.3f} pixel {row.pixel_auroc:.3f} PRO {row.pro:.3f} "
                 f"cv {row.good_cv:.3f} → {row.selection:.4f} ({row.seconds:.1f} s)")
-    ran = [r for r in table if r.selection is not None]
-    best = max(ran, key=lambda r: r.selection)  # the first (default) wins ties
+    best = _affordable_best(table, one_fit, total - (time.perf_counter() - started))
     return Selection(best.name, best.params, table, float(total))
+
+
+def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) -> CandidateResult:
+    """The best-scoring candidate whose final fit fits in the ``left`` seconds: a default fit
+    (``one_fit``) times the larger of its declared cost and its measured fit time relative to the
+    default's; the default is always affordable and wins ties. Rank 0 decides under torchrun."""
+    default = table[0]
+    ranked = sorted((r for r in table if r.selection is not None), key=lambda r: -r.selection)
+    choice = default
+    for row in ranked:
+        ratio = max(row.cost, row.fit_seconds / max(default.fit_seconds, 1e-9))
+        if row is default or ratio * one_fit <= left:
+            choice = row
+            break
+        row.note = f"not chosen: its final fit needs ~{ratio * one_fit:.0f} s, {max(0.0, left):.0f} s left"
+    if distributed.active():
+        name = distributed.broadcast_object(choice.name)
+        choice = next(r for r in table if r.name == name)
+    return choice
 
 
 def format_table(table: list[dict], choice: str) -> str:
@@ -331,7 +357,8 @@ def format_table(table: list[dict], choice: str) -> str:
             lines.append(f"{mark}{row['name']:9s}  skipped: {row['skipped']}")
             continue
         lines.append(f"{mark}{row['name']:9s}  {row['image_auroc']:11.4f}  {row['pixel_auroc']:11.4f}  "
-                     f"{row['pro']:.4f}  {row['good_cv']:7.4f}  {row['selection']:9.4f}  {row['seconds']:7.1f}")
+                     f"{row['pro']:.4f}  {row['good_cv']:7.4f}  {row['selection']:9.4f}  {row['seconds']:7.1f}"
+                     + (f"  ({row['note']})" if row.get("note") else ""))
     return "\n".join(lines)
 
 

@@ -337,17 +337,21 @@ class GaussianStats:
         packed = torch.empty(self.num_positions, lower.numel(), dtype=storage or torch.float32, device=self.device)
         scale = torch.ones(self.num_positions, dtype=torch.float32, device=self.device)
         eye = torch.eye(d, dtype=torch.float64, device=self.device)
-        starts = range(0, self.num_positions, finalize_chunk(d))
+        # with several worker threads each takes a share of one chunk's size: the temporaries
+        # (and so the peak memory) stay those of one thread
+        workers = finalize_workers(self.device)
+        chunk = max(1, finalize_chunk(d) // workers)
+        starts = range(0, self.num_positions, chunk)
 
         def whiten(start: int) -> None:
-            stop = min(start + finalize_chunk(d), self.num_positions)
+            stop = min(start + chunk, self.num_positions)
             inverse = self._inverse_factor(centred_mean, start, stop, lam, eps, eye)
             if storage is None:
                 packed[start:stop] = inverse.flatten(1).index_select(1, lower)
             else:
                 packed[start:stop], scale[start:stop] = round_packed(inverse.flatten(1).index_select(1, lower), storage)
 
-        workers = min(finalize_workers(self.device), len(starts))
+        workers = min(workers, len(starts))
         with cholesky_thread_limit(self.device), ThreadPoolExecutor(workers) as pool:
             done = pool.map(whiten, starts) if workers > 1 else map(whiten, starts)
             for _ in (progress(done, len(starts)) if progress else done):

@@ -12,8 +12,6 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Sequence, Union
 
-import torch
-
 from .gaussian import TRANSPOSE_MAX_BYTES, finalize_chunk, group_rows, update_chunk
 
 GIB = 2**30
@@ -108,8 +106,9 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
     triangle = gaussians * d * (d + 1) // 2
     statistics = 8 * (triangle + 2 * gaussians * d)  # Σxxᵀ packed (symmetric), Σx, shift
     # GaussianStats.finalize works through chunks of positions: a float64 covariance, its
-    # Cholesky factor and the solved inverse of a chunk per worker thread, into a packed result.
-    finalize = 8 * 3 * min(gaussians, finalize_chunk(d) * torch.get_num_threads()) * d * d + 4 * triangle
+    # Cholesky factor and the solved inverse of one chunk at a time (or of a share of one chunk
+    # per worker thread), into a packed result.
+    finalize = 8 * 3 * min(gaussians, finalize_chunk(d)) * d * d + 4 * triangle
     model = 4 * (square + gaussians * d) + 2 * triangle + 4 * gaussians
     batch_features = batch_size * feature_positions * d * (4 + 8)
     per_image = max(1, math.ceil(feature_positions / max(1, gaussians)))

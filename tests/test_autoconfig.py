@@ -278,3 +278,18 @@ def test_selection_picks_the_layers_the_defects_need(tmp_path, monkeypatch, case
                          val_defects=defects, synthetic=False)
     rows = {row.name: row.selection for row in chosen.table}
     assert chosen.choice == expected, rows
+
+
+def test_a_winner_whose_final_fit_does_not_fit_the_budget_left_is_not_chosen():
+    from padim.autoconfig import CandidateResult, _affordable_best
+
+    def row(name, selection, fit_seconds, cost=1.0):
+        return CandidateResult(name, {}, seconds=fit_seconds + 1, selection=selection, cost=cost, fit_seconds=fit_seconds)
+
+    table = [row("default", 0.80, 2.0), row("larger", 0.90, 9.0, cost=2.25), row("deep", 0.85, 2.4),
+             CandidateResult("shared", {}, skipped="budget: needs ~9 s, 1 s left")]
+    # one fit 10 s, 30 s left: larger's final fit ≈ max(2.25, 9/2) × 10 = 45 s does not fit; deep's 12 s does
+    assert _affordable_best(table, one_fit=10.0, left=30.0).name == "deep"
+    assert "45 s" in table[1].note and table[2].note is None
+    assert _affordable_best(table, one_fit=10.0, left=50.0).name == "larger"
+    assert _affordable_best(table, one_fit=10.0, left=5.0).name == "default"  # always affordable

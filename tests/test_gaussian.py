@@ -396,15 +396,16 @@ def test_strided_and_contiguous_updates_give_the_same_sums(monkeypatch):
 
 
 def test_finalize_in_parallel_threads_equals_one_thread_and_the_reference(monkeypatch):
-    """Chunks of positions factorised side by side (gaussian.finalize_workers) give the very same
-    whitener as one after the other, and it inverts the reference Σ + λI; every chunk is counted."""
+    """Chunks of positions factorised side by side (gaussian.finalize_workers; each worker a share
+    of one chunk's size, so the temporaries stay those of one thread) give the very same whitener
+    as one after the other, and it inverts the reference Σ + λI; every chunk is counted."""
     import padim.gaussian as gaussian
 
     feats = make_features(n=40, p=23)
     stats = fit(feats)
-    monkeypatch.setattr(gaussian, "FINALIZE_CHUNK_BYTES", 8 * D * D * 3)  # 3 positions a chunk: 8 chunks
+    monkeypatch.setattr(gaussian, "FINALIZE_CHUNK_BYTES", 8 * D * D * 6)  # 6 positions a chunk: 4 chunks
     results = {}
-    for workers in (1, 3):
+    for workers, chunks in ((1, 4), (3, 12)):  # 3 workers: 2 positions each, 12 chunks
         monkeypatch.setattr(gaussian, "finalize_workers", lambda device, w=workers: w)
         steps = []
 
@@ -415,7 +416,7 @@ def test_finalize_in_parallel_threads_equals_one_thread_and_the_reference(monkey
                 yield item
 
         results[workers] = stats.finalize(progress=progress), stats.finalize(storage=None)
-        assert steps[0] == 8 and len(steps) == 9
+        assert steps[0] == chunks and len(steps) == chunks + 1
     (stored_1, exact_1), (stored_3, exact_3) = results[1], results[3]
     assert torch.equal(stored_1.packed, stored_3.packed) and torch.equal(stored_1.scale, stored_3.scale)
     assert torch.equal(exact_1.packed, exact_3.packed)
