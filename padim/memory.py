@@ -77,17 +77,26 @@ def held_out_images(n_images: int, image_bytes: int, cache_bytes: int = FIT_CACH
     """How many training images calibration holds out (scores under Gaussians fitted without them).
 
     All of them while their float16 embeddings (``image_bytes`` each) fit ``cache_bytes``; beyond,
-    as many as fit (a seeded subset, at least :data:`HELD_OUT_MIN_IMAGES`): the folds are dealt
-    from that subset and removed from the model of all images, so calibration costs a bounded time
-    and memory however many images are fitted, without a second backbone pass. When not even that
-    many fit (huge images), all are held out and extracted again fold by fold. 160 MiB holds
-    ~119 images at 256 px (d 176): plenty for the calibrator's Gumbel fit by L-moments (see
+    as many as fit, but at least :data:`HELD_OUT_MIN_IMAGES` (a seeded subset, or all when there
+    are no more): the folds are dealt from that subset and removed from the model of all images,
+    so calibration costs a bounded time and memory however many images are fitted. Held-out
+    images that do not fit the cache are extracted again fold by fold (huge images). 160 MiB
+    holds ~119 images at 256 px (d 176): plenty for the calibrator's Gumbel fit by L-moments (see
     padim.calibration), and their downdate and maps cost ~1.5 s on 2 cores, whatever the n.
     """
     fitting = int(cache_bytes // max(1, image_bytes))
-    if fitting >= n_images or fitting < HELD_OUT_MIN_IMAGES:
+    if fitting >= n_images:
         return int(n_images)
-    return fitting
+    return int(min(n_images, max(fitting, HELD_OUT_MIN_IMAGES)))
+
+
+def held_out_cache_bytes(n_images: int, image_bytes: int) -> int:
+    """The most the held-out embeddings may take: FIT_CACHE_MAX_BYTES, or enough for the
+    HELD_OUT_MIN_IMAGES subset when more images than that are fitted (so that a larger model
+    holds out that subset without a second backbone pass, where the memory budget allows)."""
+    if n_images > HELD_OUT_MIN_IMAGES:
+        return max(FIT_CACHE_MAX_BYTES, HELD_OUT_MIN_IMAGES * int(image_bytes))
+    return FIT_CACHE_MAX_BYTES
 
 
 def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
@@ -123,11 +132,12 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
                           + 4 * chunk * (d * d + d * (d + 1) // 2))
     calibration, cache, downdate = 0, 0, True
     if calibration_folds >= 2:
-        # Training embeddings (float16) are kept through the fit up to FIT_CACHE_MAX_BYTES, so the
+        # Training embeddings (float16) are kept through the fit up to held_out_cache_bytes, so the
         # folds need no second backbone pass; beyond that they are extracted again (flat memory).
         image_bytes = feature_positions * d * 2
-        held = held_out_images(n_images, image_bytes) if n_images else 0
-        cache = min(held * image_bytes, FIT_CACHE_MAX_BYTES) if n_images else FOLD_CACHE_BYTES
+        limit = held_out_cache_bytes(n_images, image_bytes)
+        held = held_out_images(n_images, image_bytes, limit) if n_images else 0
+        cache = min(held * image_bytes, limit) if n_images else FOLD_CACHE_BYTES
         fold_samples = math.ceil((held or calibration_folds) / calibration_folds) * per_image
         downdate = fold_samples <= d
         if downdate:  # unrounded packed float32 model + embeddings + a whitened chunk (and its whitener)

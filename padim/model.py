@@ -27,8 +27,8 @@ from .geometry import (Geometry, activation_floats_per_pixel, decide_geometry, d
                        typical_size)
 from .maps import resize_map
 from .folds import held_out_scores, uses_downdate
-from .memory import (CACHE_RESERVE_BYTES, FIT_CACHE_MAX_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity,
-                     fmt_bytes, held_out_images, parse_memory, plan_memory)
+from .memory import (CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes,
+                     held_out_cache_bytes, held_out_images, parse_memory, plan_memory)
 from .tiling import cell_grid, extract_tiled, samples_per_image, to_cells
 from .modelfile import ModelFileError
 
@@ -302,11 +302,11 @@ class PaDiM:
         self.n_gaussians_ = cell_count(*self.feature_size_, self.cell_)
         # A refitted fold keeps its own embeddings in what the budget leaves after the plan and a
         # reserve for the backbone's activations and image decoding; the downdate keeps every
-        # held-out image's, at most FIT_CACHE_MAX_BYTES: beyond, a seeded subset is held out
-        # (padim.memory.held_out_images), or, if too few fit, all are extracted again.
+        # held-out image's, at most held_out_cache_bytes: beyond, a seeded subset is held out
+        # (padim.memory.held_out_images), extracted again if even its minimum does not fit.
         self._refit_cache_bytes = max(FOLD_CACHE_BYTES, budget - self.plan_.peak - CACHE_RESERVE_BYTES)
-        self._fold_cache_bytes = min(FIT_CACHE_MAX_BYTES, self._refit_cache_bytes)
         image_bytes = 2 * self.n_features_ * self.feature_size_[0] * self.feature_size_[1]
+        self._fold_cache_bytes = min(held_out_cache_bytes(len(sources), image_bytes), self._refit_cache_bytes)
         held = held_out_images(len(sources), image_bytes, self._fold_cache_bytes)
         self._held_out_sources = (np.arange(len(sources)) if held == len(sources) else
                                   np.sort(np.random.default_rng(self.seed).choice(len(sources), held, replace=False)))
@@ -413,9 +413,14 @@ class PaDiM:
             return self
         if distributed.active():
             cache = cache.gathered()
-        # The held-out images: the cached ones (all, or a seeded subset of many), else all, extracted again.
-        held = cache.members if cache.store is not None and len(cache.members) >= max(folds, 5) else used
-        if held is used:
+        # The held-out images: the cached ones (all, or a seeded subset of many), else that seeded
+        # subset (or all, if too few of it are readable), extracted again.
+        enough = max(folds, 5)
+        chosen = {int(i) for i in self._held_out_sources}
+        subset = [i for i in used if i in chosen]
+        held = cache.members if cache.store is not None and len(cache.members) >= enough else (
+            subset if len(subset) >= enough else used)
+        if held is not cache.members:
             cache = _EmbeddingCache(0, [])
         fold_samples = -(-len(held) // folds) * samples_per_image(*self.feature_size_, self.cell_)
         if uses_downdate(fold_samples, self.n_features_):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -49,11 +50,19 @@ def data(tmp_path_factory):
     return root
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now: each torchrun gets its own rendezvous port, so a run never
+    meets the lingering socket of the one before it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(args, nproc=2, env_extra=None, check=True):
     """``python -m torch.distributed.run --nproc-per-node N -m padim ARGS`` with this worktree first."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env_extra or {}))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(29500 + os.getpid() % 1000), "-m", "padim", *map(str, args)]
+               "--master-port", str(free_port()), "-m", "padim", *map(str, args)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if check and done.returncode not in (0, 1):
         raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
@@ -144,7 +153,7 @@ def test_resume_after_a_killed_rank(data, scored_once, tmp_path, resume_ranks):
     args = ["score", scored_once / "model.padim", data / "test", "-o", out, *SCORE_OPTIONS]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     killed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", str(29600 + os.getpid() % 1000),
+                             "--master-port", str(free_port()),
                              str(ROOT / "tests" / "distributed_killed_rank.py"), *map(str, args)],
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode != 0

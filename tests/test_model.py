@@ -404,7 +404,7 @@ def test_many_images_hold_out_a_bounded_subset_scored_without_its_fold(data, mon
     probe = PaDiM(**params)
     probe.plan(files)
     image_bytes = 2 * probe.n_features_ * probe.feature_size_[0] * probe.feature_size_[1]
-    monkeypatch.setattr(padim.model, "FIT_CACHE_MAX_BYTES", 9 * image_bytes + 1)
+    monkeypatch.setattr(padim.memory, "FIT_CACHE_MAX_BYTES", 9 * image_bytes + 1)
     monkeypatch.setattr(padim.memory, "HELD_OUT_MIN_IMAGES", 3)
     embedded = []
     original_embed = PaDiM._embed
@@ -424,6 +424,33 @@ def test_many_images_hold_out_a_bounded_subset_scored_without_its_fold(data, mon
     refit = PaDiM(**dict(PARAMS, eps=lam_fold / variance)).fit(rest)
     expected = refit.score_samples([files[i] for i in fold]) * np.sqrt(alpha)
     np.testing.assert_allclose(np.asarray(model.calibration_scores_)[local], expected, rtol=3e-3)
+
+
+def test_when_fewer_than_the_minimum_fit_the_cache_only_that_minimum_is_held_out(data, monkeypatch):
+    # Larger models (e.g. a 1.5× input on many images): the 160 MiB cache holds fewer than
+    # HELD_OUT_MIN_IMAGES. A subset of that minimum is held out (not every image, which once cost
+    # a second backbone pass over all of them), and the cache grows to hold it: one pass per image.
+    _calibrator_or_skip()
+    import padim.memory
+    import padim.model
+
+    files = sorted(data["train"].glob("good_*.png"))
+    monkeypatch.setattr(padim.memory, "FIT_CACHE_MAX_BYTES", 1)  # not even one image fits
+    monkeypatch.setattr(padim.memory, "HELD_OUT_MIN_IMAGES", 6)
+    embedded = []
+    original_embed = PaDiM._embed
+    monkeypatch.setattr(PaDiM, "_embed", lambda self, images: embedded.append(len(images)) or original_embed(self, images))
+    model = PaDiM(**dict(PARAMS, calibration_folds=2)).fit(files)
+    assert len(model.held_out_) == 6 and len(model.calibration_scores_) == 6
+    assert model.held_out_ == np.sort(np.random.default_rng(model.seed).choice(12, 6, replace=False)).tolist()
+    assert np.isfinite(model.calibration_scores_).all()
+    assert sum(embedded) == 12  # the 6 held-out embeddings came from the cache
+    # no room for them at all (the memory budget): the same subset, extracted again
+    monkeypatch.setattr(padim.model, "held_out_cache_bytes", lambda n, image_bytes: 1)
+    embedded.clear()
+    again = PaDiM(**dict(PARAMS, calibration_folds=2)).fit(files)
+    assert again.held_out_ == model.held_out_ and sum(embedded) == 12 + 6
+    np.testing.assert_allclose(again.calibration_scores_, model.calibration_scores_, rtol=1e-4)
 
 
 def test_originals_are_the_decoded_images_and_heatmaps_decode_once(calibrated, data, tmp_path, monkeypatch):
