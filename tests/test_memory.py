@@ -85,15 +85,15 @@ def test_held_out_images_all_while_they_fit_then_a_bounded_subset():
     assert held_out_images(300, 1000, 512_000) == 300  # 300 kB of 512 kB
     assert held_out_images(600, 1000, 512_000) == 512  # a subset of what fits
     assert held_out_images(10**6, 1000, 512_000) == 512  # flat in the number of images
-    assert held_out_images(600, 1000, 63_000) == 64  # < 64 images fit: 64 held out (extracted again)
-    assert held_out_images(600, 1000, 64_000) == 64
+    assert held_out_images(600, 1000, 63_000) == 100  # < 100 images fit: 100 held out (extracted again)
+    assert held_out_images(600, 1000, 100_000) == 100
     assert held_out_images(40, 1000, 10_000) == 40  # few images, none fit: all held out, extracted again
 
 
 def test_held_out_cache_grows_to_the_minimum_subset_only_beyond_it():
     from padim.memory import FIT_CACHE_MAX_BYTES, HELD_OUT_MIN_IMAGES, held_out_cache_bytes
 
-    large = 4 * 2**20  # 64 × 4 MiB = 256 MiB > 160 MiB
+    large = 4 * 2**20  # 100 × 4 MiB = 400 MiB > 160 MiB
     assert held_out_cache_bytes(568, large) == HELD_OUT_MIN_IMAGES * large
     assert held_out_cache_bytes(568, 1000) == FIT_CACHE_MAX_BYTES
     assert held_out_cache_bytes(10, 50 * 2**20) == FIT_CACHE_MAX_BYTES  # few huge images: unchanged
