@@ -32,10 +32,9 @@ METRICS = ("image_auroc", "pixel_auroc", "pro")
 def per_scale_selection(root: Path, scales, seeds=(0, 1)) -> dict:
     """{candidate: {(scale, seed): validation metrics}} on auto's seed-0 split of ``root``."""
     sources = sorted((root / "train" / "good").iterdir())
-    order = np.random.default_rng(0).permutation(len(sources))
-    n_val = min(ac.MAX_VALIDATION_IMAGES, max(2, len(sources) // 4))
-    fit_sources = [sources[i] for i in np.sort(order[n_val:n_val + ac.MAX_FIT_IMAGES])]
-    goods = ac._validation_arrays([sources[i] for i in np.sort(order[:n_val])])
+    val_idx, fit_idx = ac.selection_split(len(sources), seed=0)
+    fit_sources = [sources[i] for i in fit_idx]
+    goods = ac._validation_arrays([sources[i] for i in val_idx])
     sets = {(s, seed): ac.synthetic_validation(goods, seed, (s,)) for s in scales for seed in seeds}
     base = PaDiM().get_params()
     base.update(config="default", progress=False)

@@ -36,10 +36,10 @@ import numpy as np
 
 from . import distributed
 from .data import as_sources
-from .io import IMAGE_EXTENSIONS, ImageReadError, load_image
+from .io import ImageReadError, load_image
 from .metrics import image_auroc, pixel_auroc, pro_score
+from .mvtec import find_image, load_mask
 from .mvtec import find_mask as find_mvtec_mask
-from .mvtec import load_mask
 from .synthetic import make_defects
 
 MAX_FIT_IMAGES = 40  # selection fits on at most this many good images ...
@@ -184,13 +184,10 @@ class DefectSet:
 def find_defect_mask(path: Path) -> Path | None:
     """The mask of a labelled defect image: ``<stem>_mask.*`` beside it, or in MVTec AD layout
     (``ROOT/test/<type>/<stem>.*`` → ``ROOT/ground_truth/<type>/<stem>_mask.*``)."""
-    for ext in IMAGE_EXTENSIONS:
-        candidate = path.with_name(f"{path.stem}_mask{ext}")
-        if candidate.is_file():
-            return candidate
-    if len(path.parents) >= 3 and path.parents[1].name == "test":
+    beside = find_image(path.parent, (f"{path.stem}_mask",))
+    if beside is None and len(path.parents) >= 3 and path.parents[1].name == "test":
         return find_mvtec_mask(path.parents[2], path.parent.name, path.stem)
-    return None
+    return beside
 
 
 def real_validation(val_defects: Any, max_side: int = VALIDATION_MAX_SIDE) -> DefectSet:
@@ -262,6 +259,14 @@ class Selection:
     budget_seconds: float = 0.0
 
 
+def selection_split(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, disjoint indices (sorted) of the validation images (a quarter, 2 to
+    MAX_VALIDATION_IMAGES) and of the images the candidates are fitted on (at most MAX_FIT_IMAGES)."""
+    order = np.random.default_rng(seed).permutation(n_images)
+    n_val = min(MAX_VALIDATION_IMAGES, max(2, n_images // 4))
+    return np.sort(order[:n_val]), np.sort(order[n_val:n_val + MAX_FIT_IMAGES])
+
+
 def select(model_factory, sources: list, backbone: str, image_size: Any, *, budget="4x", seed: int = 0,
            val_defects: Any = None, synthetic: bool = True, log=None) -> Selection:
     """Fit every candidate on a seeded part of ``sources`` and validate on the rest; the best one.
@@ -273,11 +278,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     """
     if len(sources) < 6:
         raise ValueError(f"auto-configuration needs at least 6 good images, got {len(sources)}")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(sources))
-    n_val = min(MAX_VALIDATION_IMAGES, max(2, len(sources) // 4))
-    val_idx = np.sort(order[:n_val])
-    fit_idx = np.sort(order[n_val:n_val + MAX_FIT_IMAGES])
+    val_idx, fit_idx = selection_split(len(sources), seed)
     fit_sources = [sources[i] for i in fit_idx]
     goods = _validation_arrays([sources[i] for i in val_idx])
     if len(goods) < 2:

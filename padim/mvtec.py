@@ -26,14 +26,19 @@ class LabelledSet:
         return any(m is not None for m, y in zip(self.mask_paths, self.labels) if y == 1)
 
 
-def find_mask(root: Path, defect: str, stem: str) -> Path | None:
-    folder = root / "ground_truth" / defect
-    for name in (f"{stem}_mask", stem):
+def find_image(folder: Path, names) -> Path | None:
+    """The first existing ``folder/NAME.EXT`` for NAME in ``names``, EXT in IMAGE_EXTENSIONS."""
+    for name in names:
         for ext in IMAGE_EXTENSIONS:
             candidate = folder / f"{name}{ext}"
             if candidate.is_file():
                 return candidate
     return None
+
+
+def find_mask(root: Path, defect: str, stem: str) -> Path | None:
+    """The mask of ``test/<defect>/<stem>.*``: ``ground_truth/<defect>/<stem>_mask.*`` (or ``<stem>.*``)."""
+    return find_image(root / "ground_truth" / defect, (f"{stem}_mask", stem))
 
 
 def read_labelled_set(root: str | Path) -> LabelledSet:
