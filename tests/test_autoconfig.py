@@ -40,10 +40,23 @@ def test_parse_budget_refuses_nonsense(text):
         parse_budget(text)
 
 
-def test_candidates_start_with_the_default_and_cover_layers_granularity_resolution():
-    names = [c.name for c in candidates("efficientnet_lite0", 256)]
-    assert names[0] == "default" and {"deep", "shallow", "shared", "larger"} <= set(names)
-    assert [c.name for c in candidates("efficientnet_lite0", (200, 300))] == ["default", "deep", "shallow", "shared"]
+def test_candidates_start_with_the_default_and_cover_what_the_issue_lists(monkeypatch):
+    """Hook points, granularity (shared, cells), resolution, ε, d, the other offline backbones."""
+    import padim.autoconfig as auto
+
+    lite = candidates("efficientnet_lite0", 256)
+    params = {c.name: c.params for c in lite}
+    assert lite[0].name == "default" and lite[0].params == {}
+    assert {"deep", "shallow", "shared", "cells", "larger", "eps=0.01", "eps=1", "d=88"} <= set(params)
+    assert params["larger"] == {"image_size": 384} and params["d=88"] == {"d": 88}
+    assert params["eps=0.01"]["eps"] < 0.1 < params["eps=1"]["eps"]
+    assert params["lite1"]["backbone"] == "efficientnet_lite1"  # the lite12 extra is installed for the tests
+    assert "larger" not in {c.name for c in candidates("efficientnet_lite0", (200, 300))}  # an explicit size stays
+    resnet = {c.name: c.params for c in candidates("resnet18", 256)}
+    assert resnet["d=448"] == {"d": 0}  # ResNet18 keeps 100 of 448 channels by default: try them all
+    assert not any(p.get("backbone") for p in resnet.values())  # the Lite models are offered for Lite only
+    monkeypatch.setattr(auto, "weights_installed", lambda backbone: False)
+    assert not any(c.params.get("backbone") for c in candidates("efficientnet_lite0", 256))
 
 
 @pytest.fixture(scope="module")

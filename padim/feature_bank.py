@@ -1,0 +1,105 @@
+"""One backbone pass shared by several candidate models (padim.autoconfig).
+
+Candidates that differ only in hook points, channels (d), Gaussian granularity or ε, at the same
+backbone, weights and input size, see the same layer outputs: a :class:`FeatureBank` runs the
+backbone once over the selection's images, hooking the union of their layers, and keeps each
+layer's output (float16, on its own grid, a few hundred kB per image at 256 px). Each candidate's
+embedding is then assembled from it exactly as its own extractor would (``embedding_concat`` of its
+layers and channels), so it is fitted and scored without a backbone pass of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import torch
+
+from .backbones import build_backbone
+from .features import embedding_concat
+from .net import Embedder, backbone_stages
+
+BANK_MAX_BYTES = 768 * 2**20  # larger banks (huge or tiled inputs) are not built: each candidate extracts its own
+
+
+def bank_key(model) -> tuple | None:
+    """What a model's features depend on besides its hook points (after ``_prepare_fit``);
+    None when a bank cannot serve it (a tiled geometry: its features come tile by tile)."""
+    if model.geometry_.tiled:
+        return None
+    return (model.backbone, None if model.weights is None else str(model.weights), tuple(model.input_size_))
+
+
+def bank_bytes(model, layers, n_images: int) -> int:
+    """Bytes of a bank of ``layers`` at ``model``'s input size for ``n_images`` images."""
+    h, w = model.input_size_
+    per_image = 0
+    for name in layers:
+        point = model.spec.hook_point(name)
+        per_image += point.channels * (-(-h // point.stride)) * (-(-w // point.stride))
+    return 2 * per_image * n_images
+
+
+class FeatureBank:
+    """Every hooked layer's output for ``sources`` at ``reference``'s input size (``reference``:
+    a PaDiM after ``_prepare_fit`` and its value-range decision, whose loader reads the images).
+    ``split``: the first ``split`` sources (the fit images, files decoded by worker processes) and
+    the rest (in-memory validation images) are read by two loaders and timed apart (``seconds``).
+    Unreadable images are left out (``indices``: the sources that are in, in order)."""
+
+    def __init__(self, reference, layers, sources, backbone: torch.nn.Module | None = None,
+                 split: int | None = None):
+        self.key = bank_key(reference)
+        if self.key is None:
+            raise ValueError("a feature bank cannot hold a tiled model's features")
+        self.backbone = backbone if backbone is not None else build_backbone(reference.backbone, reference.weights)
+        order = {name: i for i, (name, _) in enumerate(backbone_stages(self.backbone))}
+        self.layers = sorted(set(layers), key=order.__getitem__)
+        embedder = Embedder(self.backbone, reference.spec, self.layers).to(reference._device())
+        parts: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        self.indices: list[int] = []
+        self.sizes: list[tuple[int, int]] = []
+        split = len(sources) if split is None else split
+        seconds = []
+        for offset, run in ((0, sources[:split]), (split, sources[split:])):
+            started = time.perf_counter()
+            for batch in reference._loader(run, reference.input_size_) if run else ():
+                if not batch.indices:
+                    continue
+                reference._check_sizes(batch)
+                # float16 as the fit's sums take them, unless a layer's values exceed its range
+                for store, fmap in zip(parts, embedder.feature_maps(batch.images.to(reference._device()))):
+                    half = fmap.half()
+                    store.append(half if bool(torch.isfinite(half).all()) else fmap)
+                self.indices.extend(offset + i for i in batch.indices)
+                self.sizes.extend(batch.original_sizes)
+            seconds.append(time.perf_counter() - started)
+        self.seconds = tuple(seconds)  # the backbone pass over the first split sources, and over the rest
+        self.maps = {name: _joined(store) for name, store in zip(self.layers, parts)}
+        self._row = {source: row for row, source in enumerate(self.indices)}
+
+    def serves(self, model) -> bool:
+        """True when ``model`` (after ``_prepare_fit``) sees exactly these features."""
+        return bank_key(model) == self.key and set(model.layers_) <= set(self.layers)
+
+    def embeddings(self, model, sources, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """``(source indices, embedding [b, d, h, w])`` of ``sources`` (indices into the bank's
+        sources; unreadable ones are skipped) as ``model``'s extractor makes them."""
+        rows = [(s, self._row[s]) for s in sources if s in self._row]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            index = torch.tensor([row for _, row in chunk])
+            # assembled in float32 (CPUs are slow at float16 arithmetic), as the extractor does
+            maps = [self.maps[name].index_select(0, index).float() for name in model.layers_]
+            yield [s for s, _ in chunk], embedding_concat(maps, model.channel_index_)
+
+    def size_of(self, source: int) -> tuple[int, int]:
+        return self.sizes[self._row[source]]
+
+
+def _joined(batches: list[torch.Tensor]) -> torch.Tensor | None:
+    """One tensor of a layer's batches: float16, or float32 if any batch had to stay so."""
+    if not batches:
+        return None
+    dtype = torch.float32 if any(b.dtype != torch.float16 for b in batches) else torch.float16
+    return torch.cat([b.to(dtype) for b in batches])
