@@ -59,15 +59,16 @@ def perlin_noise(h: int, w: int, rng: np.random.Generator, cells: int = 4) -> np
     gy = max(1, round(cells * h / min(h, w)))
     gx = max(1, round(cells * w / min(h, w)))
     angles = rng.uniform(0, 2 * np.pi, size=(gy + 1, gx + 1))
-    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
-    y = np.linspace(0, gy, h, endpoint=False)
-    x = np.linspace(0, gx, w, endpoint=False)
+    grad_x, grad_y = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    y = np.linspace(0, gy, h, endpoint=False, dtype=np.float32)
+    x = np.linspace(0, gx, w, endpoint=False, dtype=np.float32)
     yi, xi = np.floor(y).astype(int), np.floor(x).astype(int)
-    fy, fx = (y - yi)[:, None], (x - xi)[None, :]
+    fy, fx = (y - np.floor(y))[:, None], (x - np.floor(x))[None, :]
 
     def corner(dy: int, dx: int) -> np.ndarray:
-        g = grads[(yi + dy)[:, None], (xi + dx)[None, :]]
-        return g[..., 0] * (fx - dx) + g[..., 1] * (fy - dy)
+        # the lattice gradients, gathered rows first (a small array) then columns
+        rows_x, rows_y = grad_x[yi + dy], grad_y[yi + dy]
+        return rows_x[:, xi + dx] * (fx - dx) + rows_y[:, xi + dx] * (fy - dy)
 
     def fade(t):
         return t * t * t * (t * (t * 6 - 15) + 10)
@@ -75,7 +76,7 @@ def perlin_noise(h: int, w: int, rng: np.random.Generator, cells: int = 4) -> np
     sy, sx = fade(fy), fade(fx)
     top = corner(0, 0) * (1 - sx) + corner(0, 1) * sx
     bottom = corner(1, 0) * (1 - sx) + corner(1, 1) * sx
-    return ((top * (1 - sy) + bottom * sy) * np.sqrt(2)).astype(np.float32)
+    return (top * (1 - sy) + bottom * sy) * np.float32(np.sqrt(2))
 
 
 def _paste(image, rng, donor, scale):
