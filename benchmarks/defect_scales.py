@@ -30,9 +30,9 @@ METRICS = ("image_auroc", "pixel_auroc", "pro")
 
 
 def per_scale_selection(root: Path, scales, seeds=(0, 1)) -> dict:
-    """{candidate: {(scale, seed): validation metrics}} on auto's seed-0 split of ``root``."""
+    """{candidate: {(scale, seed): validation metrics}} on the first fold of auto's seed-0 folds of ``root``."""
     sources = sorted((root / "train" / "good").iterdir())
-    val_idx, fit_idx = ac.selection_split(len(sources), seed=0)
+    val_idx, fit_idx = ac.selection_folds(len(sources), seed=0)[0]
     fit_sources = [sources[i] for i in fit_idx]
     goods = ac._validation_arrays([sources[i] for i in val_idx])
     sets = {(s, seed): ac.synthetic_validation(goods, seed, (s,)) for s in scales for seed in seeds}

@@ -1,12 +1,16 @@
 """Choosing a configuration from the user's good images alone (``PaDiM(config="auto")``, ``padim fit --auto``).
 
-A few plain PaDiM configurations (:func:`candidates`) are each fitted, without calibration, on a
-seeded part of the good images and validated on the rest: the held-out good images and synthetic
-defects made from them (:mod:`padim.synthetic`, exact masks) at two sizes (``DEFECT_SCALES``:
-large regions, and pits and short scratches, since the product's defect size is unknown), plus
-real defect images when given.
-No candidate is validated on an image it was fitted on. The winner is refitted on every image with
-its normal calibration; the table of candidates (metrics, seconds, skipped) is kept in the model.
+A few plain PaDiM configurations (:func:`candidates`) are tried on ``FOLDS`` seeded folds of (a
+subset of) the good images: each fold fits on the other folds' images, without calibration, and
+validates on its own held-out good images and synthetic defects made from them
+(:mod:`padim.synthetic`, exact masks) at two sizes (``DEFECT_SCALES``: large regions, and pits and
+short scratches, since the product's defect size is unknown), plus real defect images when given.
+No candidate is validated on an image it was fitted on. Candidates of one backbone and input size
+share one backbone pass over every selection image (:class:`SharedPasses`), and fit with fewer
+images than features in the exact low-rank form (:mod:`padim.low_rank`). A candidate replaces the
+default only if its per-fold gain is clear (``SIGNIFICANCE`` standard errors). The winner is
+refitted on every image with its normal calibration; the table of candidates (metrics, seconds,
+skipped) is kept in the model.
 
 Selection score (higher is better)::
 
@@ -18,8 +22,8 @@ the synthetic one and the real one (pixel AUROC and PRO only from real images wi
 ``synthetic=False`` the real ones alone decide.
 
 Budget: ``"Nx"`` (default ``"4x"``) is N times the estimated time of one plain fit (the default
-candidate's time on the selection split, scaled to all images, plus calibration), covering the
-selection and the final fit; or a number of seconds. A candidate whose estimated cost (trying
+candidate's time on its first fold, scaled to all images, plus calibration), covering everything
+from reading the images to the final fit; or a number of seconds. A candidate whose estimated cost (trying
 it, plus its own final fit on every image should it win) would pass the budget is skipped and
 marked so; one whose final fit no longer fits what is left is not chosen (noted in the table);
 the default candidate always runs and is always affordable.
@@ -46,8 +50,10 @@ from .mvtec import find_mask as find_mvtec_mask
 from .synthetic import make_defects
 from .tiling import samples_per_image
 
-MAX_FIT_IMAGES = 40  # selection fits on at most this many good images ...
-MAX_VALIDATION_IMAGES = 20  # ... and validates on at most this many (each also gives one synthetic defect)
+MAX_SELECTION_IMAGES = 60  # the selection uses a seeded subset of at most this many good images, in
+FOLDS = 4  # folds: each validates on a quarter (and its synthetic defects) and fits on the rest
+SIGNIFICANCE = 1.0  # a candidate replaces the default only if it wins by this many standard errors (folds)
+UNSERVED_FOLDS = 1  # folds validated on where every candidate fits itself (each fold costs a fit)
 VALIDATION_MAX_SIDE = 512  # synthetic defects are made at most this large (the model resizes anyway)
 CALIBRATION_SHARE = 0.15  # what calibration adds to a fit (benchmarks/RESULTS.md §11)
 STABILITY_WEIGHT = 0.05
@@ -102,6 +108,7 @@ class CandidateResult:
     fit_seconds: float | None = None
     note: str | None = None  # why a better-scoring candidate was not chosen
     shared_pass: bool = False  # fitted and scored from a shared backbone pass (padim.feature_bank)
+    fold_selections: list | None = None  # its selection score in each fold (the metrics are their means)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -176,11 +183,16 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def _validation_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> list[np.ndarray]:
-    """The validation images as 8-bit RGB arrays, at most ``max_side`` on the longer side."""
+    """The readable ``sources`` as 8-bit RGB arrays, at most ``max_side`` on the longer side."""
+    return [image for _, image in _readable_arrays(sources, max_side)]
+
+
+def _readable_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> list[tuple[int, np.ndarray]]:
+    """``(index, 8-bit RGB array at most max_side large)`` of each readable source, in order."""
     import cv2
 
     out = []
-    for source in sources:
+    for index, source in enumerate(sources):
         try:
             image = _as_uint8(load_image(source, keep_uint8=True))
         except ImageReadError:
@@ -190,7 +202,7 @@ def _validation_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> li
         if factor < 1:
             image = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
                                interpolation=cv2.INTER_AREA)
-        out.append(image)
+        out.append((index, image))
     return out
 
 
@@ -311,38 +323,58 @@ class Selection:
     budget_seconds: float = 0.0
 
 
-def selection_split(n_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, disjoint indices (sorted) of the validation images (a quarter, 2 to
-    MAX_VALIDATION_IMAGES) and of the images the candidates are fitted on (at most MAX_FIT_IMAGES)."""
-    order = np.random.default_rng(seed).permutation(n_images)
-    n_val = min(MAX_VALIDATION_IMAGES, max(2, n_images // 4))
-    return np.sort(order[:n_val]), np.sort(order[n_val:n_val + MAX_FIT_IMAGES])
+def selection_folds(n_images: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded folds over a subset of at most MAX_SELECTION_IMAGES images: up to FOLDS disjoint
+    validation parts (at least 2 images each; together the whole subset) and for each the rest of
+    the subset, to fit on. Sorted indices ``(validation, fit)`` per fold."""
+    order = np.random.default_rng(seed).permutation(n_images)[:MAX_SELECTION_IMAGES]
+    parts = np.array_split(order, max(1, min(FOLDS, len(order) // 2)))
+    return [(np.sort(part), np.sort(np.setdiff1d(order, part))) for part in parts]
+
+
+@dataclass
+class Fold:
+    """One fold of the selection. ``fit``: the images it fits on, as indices into the selection's
+    files (for a candidate that fits itself) and as ``fit_rows``, the rows of the same images'
+    8-bit arrays in the selection's validation list (for a shared pass: the good images are passed
+    through the backbone once, fitted on in the other folds and validated on in their own).
+    ``validation``: its rows of that list, its ``n_goods`` good images first, then its defect
+    sets' images in :func:`_defect_sets` order."""
+
+    fit: list[int]
+    fit_rows: list[int]
+    validation: list[int]
+    n_goods: int
+    synthetic: list[DefectSet] | None
+    real: DefectSet | None
 
 
 class SharedPasses:
     """The selection's shared backbone passes (padim.feature_bank): one bank per backbone, weights
-    and input size, built when its first candidate runs, hooking the union of the layers of every
-    candidate it can serve, released when no candidate left needs it. A served candidate's fit
-    time (``fit_seconds``) counts the pass's share, and for a low-rank fit the d×d
-    factorisations a plain fit would make (the dense default's, scaled by Gaussians × d^2.5),
-    so that it still measures the candidate's final fit.
+    and input size over the selection's validation images (the good images' 8-bit arrays, which the
+    folds also fit on, and the defects), built when its first candidate runs, hooking the union of
+    the layers of every candidate it can serve, released when no candidate left needs it. A served
+    candidate's fit time (``fit_seconds``) counts the pass's share, decoding its files
+    (``decode_s`` per image), and for a low-rank fit the d×d factorisations a plain fit would make
+    (the dense default's, scaled by Gaussians × d^2.5), so that it still measures the candidate's
+    final fit.
 
     A candidate is served when it is a PaDiM (not a stand-in), outside torchrun (there each fit
     shards its images over the ranks), untiled, and its bank would hold at most BANK_MAX_BYTES.
-    Bank sources: the fit images, then the validation images."""
+    Its geometry is decided from the files' headers, as its final fit will; its value range from
+    the 8-bit arrays it sees here."""
 
-    def __init__(self, models: list, fit_sources: list, validation: list[np.ndarray]):
-        self.fit_sources, self.validation = list(fit_sources), list(validation)
-        self.n_fit = len(self.fit_sources)
+    def __init__(self, models: list, files: list, validation: list[np.ndarray], decode_s: float = 0.0):
+        self.files, self.validation, self.decode_s = list(files), list(validation), decode_s
+        self.n_images = len(self.validation)
         self.keys = {id(m): self._prepared_key(m) for m in models}
         layers: dict[tuple, set] = {}
         for model in models:
             if self.keys[id(model)] is not None:
                 layers.setdefault(self.keys[id(model)], set()).update(model.layers_)
-        n_images = self.n_fit + len(self.validation)
         for model in models:  # a bank too large for memory serves nobody
             key = self.keys[id(model)]
-            if key is not None and bank_bytes(model, layers[key], n_images) > BANK_MAX_BYTES:
+            if key is not None and bank_bytes(model, layers[key], self.n_images) > BANK_MAX_BYTES:
                 self.keys[id(model)] = None
         self.layers = layers
         self.banks: dict[tuple, FeatureBank] = {}
@@ -351,13 +383,13 @@ class SharedPasses:
         self.dense = None  # the dense (default) trial's Gaussian seconds and _factor_work
 
     def _prepared_key(self, model) -> tuple | None:
-        """The candidate's decisions (geometry, layers, channels, cell), made from the fit images'
+        """The candidate's decisions (geometry, layers, channels, cell), made from the files'
         headers as its own fit would make them, and its bank key; None if no bank can serve it."""
         if distributed.active() or not hasattr(model, "_fit_from_embeddings"):
             return None
         try:
-            model._prepare_fit(self.fit_sources)
-            model.value_range_, model.value_kind_ = model._decide_value_range(self.fit_sources)
+            model._prepare_fit(self.files)
+            model.value_range_, model.value_kind_ = model._decide_value_range(self.validation)
         except (ValueError, MemoryError):
             return None  # its own fit reports why
         return bank_key(model)
@@ -373,8 +405,7 @@ class SharedPasses:
         key = self.keys.get(id(model))
         if key is None or self.own is None:
             return cost * reference
-        pixels = len(self.fit_sources + self.validation) * model.input_size_[0] * model.input_size_[1]
-        pass_s = 0.0 if key in self.banks else self.pass_rate * pixels
+        pass_s = 0.0 if key in self.banks else self.pass_rate * self.n_images * model.input_size_[0] * model.input_size_[1]
         own_s, work = self.own
         return pass_s + own_s * max(1.0, _work(model) / work)
 
@@ -382,29 +413,28 @@ class SharedPasses:
         """What :meth:`trial_estimate` goes by, from a bank-served trial: its own part's seconds
         (fitting, scoring, metrics) and work, and its pass's if it built one."""
         if built_s > 0:
-            self.pass_rate = built_s / (len(self.fit_sources + self.validation) * model.input_size_[0]
-                                        * model.input_size_[1])
+            self.pass_rate = built_s / (self.n_images * model.input_size_[0] * model.input_size_[1])
         self.own = (own_seconds, _work(model))
 
-    def fit_and_score(self, model, dense: bool = False):
-        """Fit ``model`` from its bank and score the validation images: scores, maps at their
-        sizes, the fit's and validation's seconds as if it had extracted its own features (the
-        pass's share plus its own), and the seconds spent building the bank here (0 if it existed).
-        ``dense``: fit as a plain fit does (d×d factorisations), so that its time measures one."""
+    def fit_and_score(self, model, fit: list[int], validation: list[int], dense: bool = False):
+        """Fit ``model`` from its bank on the validation list's rows ``fit`` and score its rows
+        ``validation``: scores, maps at their sizes, the fit's and validation's seconds as if it
+        had decoded and extracted its own features (the pass's share plus its own), and the
+        seconds spent building the bank here (0 if it existed). ``dense``: fit as a plain fit does
+        (d×d factorisations), so that its time measures one."""
         key = self.keys[id(model)]
         built_s = 0.0
         if key not in self.banks:
             t0 = time.perf_counter()
             backbone_key = key[:2]
-            bank = FeatureBank(model, self.layers[key], self.fit_sources + self.validation,
-                               backbone=self.backbones.get(backbone_key), split=self.n_fit)
+            bank = FeatureBank(model, self.layers[key], self.validation, backbone=self.backbones.get(backbone_key))
             self.backbones[backbone_key] = bank.backbone
             self.banks[key] = bank
             built_s = time.perf_counter() - t0
         bank = self.banks[key]
         batch = model.geometry_.images_per_batch(model.batch_size)
         t0 = time.perf_counter()
-        maps_of = self._fit(model, [e for _, e in bank.embeddings(model, range(self.n_fit), batch)], dense)
+        maps_of = self._fit(model, [e for _, e in bank.embeddings(model, fit, batch)], dense)
         fitted = time.perf_counter()
         gaussians_s = fitted - t0
         if dense:
@@ -412,16 +442,21 @@ class SharedPasses:
         elif self.dense is not None:  # a low-rank fit: what its d×d factorisations would cost instead
             gaussians_s = max(gaussians_s, self.dense[0] * _factor_work(model) / self.dense[1])
         scores, maps = [], []
-        wanted = range(self.n_fit, self.n_fit + len(self.validation))
-        for indices, embedding in bank.embeddings(model, wanted, batch):
+        for indices, embedding in bank.embeddings(model, validation, batch):
             batch_scores, batch_maps = model._score_maps(maps_of(embedding.to(model._device())),
                                                          [bank.size_of(i) for i in indices])
             scores.extend(batch_scores.tolist())
             maps.extend(batch_maps)
-        if len(scores) != len(self.validation):
+        if len(scores) != len(validation):
             raise ValueError("a validation image could not be scored")
         scored = time.perf_counter()
-        return (scores, maps, bank.seconds[0] + gaussians_s, bank.seconds[1] + scored - fitted, built_s)
+        pass_per_image = bank.seconds / max(1, self.n_images)
+        fit_s = (pass_per_image + self.decode_s) * len(fit) + gaussians_s
+        return scores, maps, fit_s, pass_per_image * len(validation) + scored - fitted, built_s
+
+    def fit_per_image(self, model) -> float:
+        """A fit's seconds per image for a served ``model``: decoding its file and its share of the pass."""
+        return self.banks[self.keys[id(model)]].seconds / max(1, self.n_images) + self.decode_s
 
     @staticmethod
     def _fit(model, embeddings: list, dense: bool = False):
@@ -462,40 +497,73 @@ def _factor_work(model) -> float:
     return model.n_gaussians_ * model.n_features_ ** 2.5
 
 
+def _folds(sources: list, seed: int, synthetic: bool, real: DefectSet | None) -> tuple[list, list, list[Fold], float]:
+    """The selection's files (a seeded subset of ``sources``), its validation images (each fold's
+    good images as 8-bit arrays and its synthetic defects, then the real defects), the folds, and
+    the seconds per image that decoding the files took."""
+    splits = selection_folds(len(sources), seed)
+    subset = sorted(int(i) for part, _ in splits for i in part)
+    position = {index: k for k, index in enumerate(subset)}
+    started = time.perf_counter()
+    arrays = dict(_readable_arrays([sources[i] for i in subset]))  # position in subset → array
+    decode_s = (time.perf_counter() - started) / len(subset)
+    validation: list[np.ndarray] = []
+    row_of: dict[int, int] = {}  # position in subset → its good image's row in validation
+    folds = []
+    for f, (part, fit) in enumerate(splits):
+        readable = [position[int(i)] for i in part if position[int(i)] in arrays]
+        goods = [arrays[k] for k in readable]
+        row_of.update((k, len(validation) + j) for j, k in enumerate(readable))
+        defects = synthetic_validation(goods, seed + 1000 * f) if synthetic else None
+        start = len(validation)
+        validation += goods + [image for d in _defect_sets(defects, None) for image in d.images]
+        folds.append(Fold([position[int(i)] for i in fit], [], list(range(start, len(validation))), len(goods),
+                          defects, real))
+    for fold in folds:
+        fold.fit_rows = [row_of[k] for k in fold.fit if k in row_of]
+    if real is not None:
+        real_rows = list(range(len(validation), len(validation) + len(real.images)))
+        validation += real.images
+        for fold in folds:
+            fold.validation += real_rows
+    usable = [fold for fold in folds if fold.n_goods >= 2]
+    if not usable:
+        raise ValueError("auto-configuration: fewer than 2 readable validation images")
+    return [sources[i] for i in subset], validation, usable, decode_s
+
+
 def select(model_factory, sources: list, backbone: str, image_size: Any, *, budget="4x", seed: int = 0,
            val_defects: Any = None, synthetic: bool = True, log=None) -> Selection:
-    """Fit every candidate on a seeded part of ``sources`` and validate on the rest; the best one.
+    """Validate every candidate on seeded folds of ``sources`` (fitted on the rest of each); the best one.
 
     ``model_factory(**params)`` builds an unfitted PaDiM with the user's parameters overridden by
-    ``params``. Needs at least 6 readable good images (4 to fit, 2 to validate). Validation
-    defects: synthetic ones made from the held-out images (``synthetic``) and/or the labelled
-    ``val_defects`` (their masks count where :func:`find_defect_mask` finds them). Candidates of
-    one backbone and input size share one backbone pass (:class:`SharedPasses`).
+    ``params``. Needs at least 6 readable good images. Validation defects: synthetic ones made from
+    each fold's held-out images (``synthetic``) and/or the labelled ``val_defects`` (their masks
+    count where :func:`find_defect_mask` finds them), scored in every fold. Candidates of one
+    backbone and input size share one backbone pass (:class:`SharedPasses`); where the default
+    candidate cannot (tiled inputs, torchrun, a stand-in model) every candidate is fitted on its
+    own, on the first UNSERVED_FOLDS folds only. A candidate's metrics are its folds' means; see
+    :func:`_affordable_best` for the choice.
     """
     if len(sources) < 6:
         raise ValueError(f"auto-configuration needs at least 6 good images, got {len(sources)}")
-    val_idx, fit_idx = selection_split(len(sources), seed)
-    fit_sources = [sources[i] for i in fit_idx]
-    goods = _validation_arrays([sources[i] for i in val_idx])
-    if len(goods) < 2:
-        raise ValueError("auto-configuration: fewer than 2 readable validation images")
-    defects = synthetic_validation(goods, seed) if synthetic else None
+    started = time.perf_counter()  # the budget counts everything: reading, synthetic defects, trials
     real = None if val_defects is None else real_validation(val_defects)
-    if defects is None and real is None:
+    if not synthetic and real is None:
         raise ValueError("auto-configuration without synthetic defects needs val_defects (labelled defect images)")
-    validation = goods + [image for s in _defect_sets(defects, real) for image in s.images]
+    files, validation, folds, decode_s = _folds(sources, seed, synthetic, real)
     kind, value = parse_budget(budget)
     trials = [(candidate, model_factory(**candidate.params)) for candidate in candidates(backbone, image_size)]
-    passes = SharedPasses([model for _, model in trials], fit_sources, validation)
+    passes = SharedPasses([model for _, model in trials], files, validation, decode_s)
+    if not passes.serves(trials[0][1]):
+        folds = folds[:UNSERVED_FOLDS]  # each candidate fits itself: one fold keeps the cost of one trial
     table: list[CandidateResult] = []
-    started = time.perf_counter()
     reference = one_fit = total = None
     for k, (candidate, model) in enumerate(trials):
         row = CandidateResult(candidate.name, candidate.params, cost=candidate.cost)
         table.append(row)
         if reference is not None:
             spent = time.perf_counter() - started
-            # trying it (from a shared pass, or with its own), and its own final fit should it win
             # trying it (from a shared pass, or with its own), then the final fit of it or of the
             # best so far, whichever costs more: trying it must not cost the best its final fit
             trial = passes.trial_estimate(model, candidate.cost, reference)
@@ -510,17 +578,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
                 continue
         t0 = time.perf_counter()
         try:
-            built_s = 0.0
-            if passes.serves(model):
-                # the default candidate as a plain fit: its time is the budget's unit
-                scores, maps, fit_s, validate_s, built_s = passes.fit_and_score(model, dense=reference is None)
-                row.shared_pass = True
-            else:
-                model.fit(fit_sources, calibrate=False)
-                fit_s = time.perf_counter() - t0
-                results = list(model.iter_results(validation, maps=True))
-                scores, maps = [r.score for r in results], [r.anomaly_map for r in results]
-                validate_s = time.perf_counter() - t0 - fit_s
+            per_fold, timing, built_s = _try(model, passes, files, validation, folds, dense=reference is None)
         except (ValueError, MemoryError) as exc:
             row.skipped = f"cannot fit: {exc}"
             if reference is None:
@@ -528,16 +586,20 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
             continue
         finally:
             passes.release(model, [m for _, m in trials[k + 1:]])
-        row.__dict__.update(validation_metrics(scores, maps, len(goods), defects, real))
+        row.shared_pass = passes.serves(model)
+        for metric in ("image_auroc", "pixel_auroc", "pro", "good_cv", "selection"):
+            setattr(row, metric, float(np.mean([m[metric] for m in per_fold])))
+        row.fold_selections = [m["selection"] for m in per_fold]
         row.seconds = time.perf_counter() - t0
-        row.fit_seconds = fit_s
+        row.fit_seconds, per_image_s = timing
         if row.shared_pass:
             passes.record(model, row.seconds - built_s, built_s)
         if reference is None:  # the default candidate: it sets the budget's unit (rank 0's, under torchrun)
-            timing = (row.seconds, fit_s, validate_s)
+            timing = (row.seconds, row.fit_seconds, per_image_s)
             timing = distributed.broadcast_object(timing) if distributed.active() else timing
-            reference, fit_s, validate_s = timing
-            one_fit = estimate_full_fit(fit_s, validate_s / len(validation), len(fit_sources), len(sources))
+            reference, fit_s, per_image_s = timing
+            first = folds[0]
+            one_fit = estimate_full_fit(fit_s, per_image_s, len(first.fit), len(sources))
             total = value * one_fit if kind == "factor" else value  # the final fit included
         if log:
             log(f"auto: {row.name:8s} image {row.image_auroc:.3f} pixel {row.pixel_auroc:.3f} PRO {row.pro:.3f} "
@@ -547,23 +609,63 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     return Selection(best.name, best.params, table, float(total))
 
 
+def _try(model, passes: "SharedPasses", files: list, validation: list, folds: list[Fold], dense: bool):
+    """One candidate on every fold: per-fold validation metrics, its first fold's fit seconds and
+    a fit's seconds per image (decoding and the backbone; as if it had extracted its own features),
+    and the seconds spent building a shared pass. ``dense``: the first fold is fitted as a plain fit is (the budget's unit)."""
+    per_fold, timing, built_s = [], None, 0.0
+    for f, fold in enumerate(folds):
+        if passes.serves(model):
+            scores, maps, fit_s, validate_s, built = passes.fit_and_score(model, fold.fit_rows, fold.validation,
+                                                                          dense=dense and f == 0)
+            built_s += built
+            per_image_s = passes.fit_per_image(model)
+        else:
+            t0 = time.perf_counter()
+            model.fit([files[i] for i in fold.fit], calibrate=False)
+            fit_s = time.perf_counter() - t0
+            results = list(model.iter_results([validation[i] for i in fold.validation], maps=True))
+            scores, maps = [r.score for r in results], [r.anomaly_map for r in results]
+            per_image_s = (time.perf_counter() - t0 - fit_s) / len(fold.validation)  # about a fit's, per image
+        per_fold.append(validation_metrics(scores, maps, fold.n_goods, fold.synthetic, fold.real))
+        timing = timing or (fit_s, per_image_s)
+    return per_fold, timing, built_s
+
+
 def _final_fit_ratio(row: CandidateResult, default: CandidateResult) -> float:
     """A candidate's final fit relative to a default fit: its declared cost, or its selection fit's
     time relative to the default's, whichever is larger."""
     return max(row.cost, row.fit_seconds / max(default.fit_seconds, 1e-9))
 
 
+def _clear_gain(row: CandidateResult, default: CandidateResult) -> tuple[bool, float, float]:
+    """Whether ``row`` beats the default clearly: its mean per-fold gain in selection score exceeds
+    SIGNIFICANCE standard errors of those gains (one fold: any gain). Also the gain and its error."""
+    gains = np.subtract(row.fold_selections or [row.selection], default.fold_selections or [default.selection])
+    error = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else 0.0
+    mean = float(gains.mean())
+    return mean > 0 and mean > SIGNIFICANCE * error, mean, error
+
+
 def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) -> CandidateResult:
-    """The best-scoring candidate whose final fit fits in the ``left`` seconds: a default fit
-    (``one_fit``) times the larger of its declared cost and its measured fit time relative to the
-    default's; the default, and any candidate no costlier than it (one fit's time is reserved),
-    is always affordable; the default wins ties. Rank 0 decides under torchrun."""
+    """The best-scoring candidate that beats the default clearly (:func:`_clear_gain`: a small
+    validation set ranks close candidates by chance, and the default is the safe choice) and whose
+    final fit fits in the ``left`` seconds: a default fit (``one_fit``) times the larger of its
+    declared cost and its measured fit time relative to the default's; a candidate no costlier than
+    the default is always affordable (one fit's time is reserved). Otherwise the default. Rank 0
+    decides under torchrun."""
     default = table[0]
     ranked = sorted((r for r in table if r.selection is not None), key=lambda r: -r.selection)
     choice = default
     for row in ranked:
+        if row is default:
+            break
+        clear, gain, error = _clear_gain(row, default)
+        if not clear:
+            row.note = f"not chosen: gain {gain:+.4f} ± {error:.4f} over the default's folds is not clear"
+            continue
         ratio = _final_fit_ratio(row, default)
-        if row is default or ratio <= 1 or ratio * one_fit <= left:  # one fit's time is reserved
+        if ratio <= 1 or ratio * one_fit <= left:
             choice = row
             break
         row.note = f"not chosen: its final fit needs ~{ratio * one_fit:.0f} s, {max(0.0, left):.0f} s left"

@@ -42,13 +42,11 @@ def bank_bytes(model, layers, n_images: int) -> int:
 
 class FeatureBank:
     """Every hooked layer's output for ``sources`` at ``reference``'s input size (``reference``:
-    a PaDiM after ``_prepare_fit`` and its value-range decision, whose loader reads the images).
-    ``split``: the first ``split`` sources (the fit images, files decoded by worker processes) and
-    the rest (in-memory validation images) are read by two loaders and timed apart (``seconds``).
-    Unreadable images are left out (``indices``: the sources that are in, in order)."""
+    a PaDiM after ``_prepare_fit`` and its value-range decision, whose loader reads the images),
+    and the seconds the pass took (``seconds``). Unreadable images are left out (``indices``: the
+    sources that are in, in order)."""
 
-    def __init__(self, reference, layers, sources, backbone: torch.nn.Module | None = None,
-                 split: int | None = None):
+    def __init__(self, reference, layers, sources, backbone: torch.nn.Module | None = None):
         self.key = bank_key(reference)
         if self.key is None:
             raise ValueError("a feature bank cannot hold a tiled model's features")
@@ -59,28 +57,20 @@ class FeatureBank:
         parts: list[list[torch.Tensor]] = [[] for _ in self.layers]
         self.indices: list[int] = []
         self.sizes: list[tuple[int, int]] = []
-        split = len(sources) if split is None else split
-        seconds = []
-        for offset, run in ((0, sources[:split]), (split, sources[split:])):
-            started = time.perf_counter()
-            for batch in reference._loader(run, reference.input_size_) if run else ():
-                if not batch.indices:
-                    continue
-                reference._check_sizes(batch)
-                # float16 as the fit's sums take them, unless a layer's values exceed its range
-                for store, fmap in zip(parts, embedder.feature_maps(batch.images.to(reference._device()))):
-                    half = fmap.half()
-                    store.append(half if bool(torch.isfinite(half).all()) else fmap)
-                self.indices.extend(offset + i for i in batch.indices)
-                self.sizes.extend(batch.original_sizes)
-            seconds.append(time.perf_counter() - started)
-        self.seconds = tuple(seconds)  # the backbone pass over the first split sources, and over the rest
+        started = time.perf_counter()
+        for batch in reference._loader(sources, reference.input_size_) if sources else ():
+            if not batch.indices:
+                continue
+            reference._check_sizes(batch)
+            # float16 as the fit's sums take them, unless a layer's values exceed its range
+            for store, fmap in zip(parts, embedder.feature_maps(batch.images.to(reference._device()))):
+                half = fmap.half()
+                store.append(half if bool(torch.isfinite(half).all()) else fmap)
+            self.indices.extend(batch.indices)
+            self.sizes.extend(batch.original_sizes)
+        self.seconds = time.perf_counter() - started  # the backbone pass, reading the images included
         self.maps = {name: _joined(store) for name, store in zip(self.layers, parts)}
         self._row = {source: row for row, source in enumerate(self.indices)}
-
-    def serves(self, model) -> bool:
-        """True when ``model`` (after ``_prepare_fit``) sees exactly these features."""
-        return bank_key(model) == self.key and set(model.layers_) <= set(self.layers)
 
     def embeddings(self, model, sources, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
         """``(source indices, embedding [b, d, h, w])`` of ``sources`` (indices into the bank's

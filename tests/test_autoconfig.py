@@ -14,16 +14,19 @@ SIZE = 64
 COMMON = dict(image_size=SIZE, d=24, device="cpu", workers=0, batch_size=8, calibration_folds=3, seed=0)
 
 
-def shifted_texture_folder(root, n=16, seed=0):
-    """Good images: one random texture, shifted at random in each image (unaligned: position-wise
-    Gaussians see a different part of it everywhere, one shared Gaussian sees the same texture)."""
+def shifted_texture_folder(root, n=16, seed=0, size=SIZE, cells=12):
+    """Good images: one random texture of ``cells``² cells per period, shifted at random in each
+    image (unaligned: position-wise Gaussians see a different part of it everywhere, one shared
+    Gaussian sees the same texture)."""
     rng = np.random.default_rng(seed)
-    tile = cv2.resize(rng.uniform(0, 1, size=(12, 12, 3)).astype(np.float32), (48, 48), interpolation=cv2.INTER_CUBIC)
-    texture = np.tile(np.clip(tile, 0, 1), (4, 4, 1))  # periodic, 192×192
+    period = size * 3 // 4
+    tile = cv2.resize(rng.uniform(0, 1, size=(cells, cells, 3)).astype(np.float32), (period, period),
+                      interpolation=cv2.INTER_CUBIC)
+    texture = np.tile(np.clip(tile, 0, 1), (4, 4, 1))  # periodic, 3 × size square
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        y, x = rng.integers(0, 96, size=2)
-        image = (texture[y:y + SIZE, x:x + SIZE] * 255).astype(np.uint8)
+        y, x = rng.integers(0, 2 * period, size=2)
+        image = (texture[y:y + size, x:x + size] * 255).astype(np.uint8)
         Image.fromarray(image).save(root / f"{i:02d}.png")
     return root
 
@@ -306,3 +309,85 @@ def test_a_winner_whose_final_fit_does_not_fit_the_budget_left_is_not_chosen():
     assert "45 s" in table[1].note and table[2].note is None
     assert _affordable_best(table, one_fit=10.0, left=50.0).name == "larger"
     assert _affordable_best(table, one_fit=10.0, left=5.0).name == "default"  # always affordable
+
+
+@pytest.mark.parametrize("n_images", [6, 7, 31, 200])
+def test_folds_partition_a_seeded_subset_and_never_fit_on_what_they_validate(n_images):
+    from padim.autoconfig import FOLDS, MAX_SELECTION_IMAGES, selection_folds
+
+    folds = selection_folds(n_images, seed=3)
+    again = selection_folds(n_images, seed=3)  # seeded
+    assert all(np.array_equal(a, b) and np.array_equal(c, d) for (a, c), (b, d) in zip(folds, again))
+    parts = [set(part.tolist()) for part, _ in folds]
+    subset = set().union(*parts)
+    assert len(subset) == min(n_images, MAX_SELECTION_IMAGES) and subset <= set(range(n_images))
+    assert sum(len(p) for p in parts) == len(subset)  # disjoint: every subset image validated once
+    assert len(folds) == min(FOLDS, len(subset) // 2) and min(len(p) for p in parts) >= 2
+    for (part, fit), held_out in zip(folds, parts):
+        assert set(fit.tolist()) == subset - held_out
+
+
+def test_fold_fit_rows_are_the_other_folds_good_images(tmp_path):
+    """A shared pass fits each fold on rows of the validation list: exactly the other folds' good images."""
+    from padim.autoconfig import _folds
+
+    sources = sorted(shifted_texture_folder(tmp_path / "good", n=10, seed=5).iterdir())
+    files, validation, folds, _ = _folds(sources, seed=0, synthetic=True, real=None)
+    goods = [set(fold.validation[:fold.n_goods]) for fold in folds]
+    for k, fold in enumerate(folds):
+        assert set(fold.fit_rows) == set().union(*(g for j, g in enumerate(goods) if j != k))
+        assert len(fold.fit_rows) == len(fold.fit) and not set(fold.fit_rows) & set(fold.validation)
+        # the same images: a fit row's array is its file, read as the selection reads it
+        first = np.asarray(Image.open(files[fold.fit[0]]).convert("RGB"))
+        assert np.array_equal(validation[fold.fit_rows[0]], first)
+
+
+def test_a_candidate_replaces_the_default_only_on_a_clear_per_fold_gain():
+    from padim.autoconfig import SIGNIFICANCE, CandidateResult, _clear_gain
+
+    default = CandidateResult("default", {}, selection=0.80, fold_selections=[0.80, 0.70, 0.90, 0.80])
+    steady = CandidateResult("steady", {}, selection=0.81, fold_selections=[0.81, 0.71, 0.91, 0.81])
+    noisy = CandidateResult("noisy", {}, selection=0.81, fold_selections=[0.90, 0.60, 0.95, 0.79])
+    clear, gain, error = _clear_gain(steady, default)
+    assert clear and gain == pytest.approx(0.01) and error == pytest.approx(0.0, abs=1e-12)
+    clear, gain, error = _clear_gain(noisy, default)
+    gains = np.array([0.10, -0.10, 0.05, -0.01])  # by hand: mean 0.01, standard error 0.0469
+    assert gain == pytest.approx(gains.mean()) and error == pytest.approx(gains.std(ddof=1) / 2)
+    assert not clear and gain < SIGNIFICANCE * error
+
+
+def test_selection_picks_one_shared_gaussian_for_a_randomly_shifted_texture(tmp_path, monkeypatch):
+    """Unaligned texture, 16 images, all 176 channels: a Gaussian per position has a dozen samples
+    for 176 features, the shared one thousands. Real defects (grey squares) confirm that shared is
+    the right answer; the selection, from good images and synthetic defects only, must find it."""
+    import padim.autoconfig as auto
+    from sklearn.metrics import roc_auc_score
+
+    size, params = 128, dict(COMMON, image_size=128, d=0)
+    train = shifted_texture_folder(tmp_path / "good", n=32, seed=0, size=size, cells=4)
+    files = sorted(train.iterdir())
+    fit, held = files[:16], files[16:]
+    defects = []
+    for i, path in enumerate(held):
+        image = np.asarray(Image.open(path)).copy()
+        y, x = 16 + 5 * i, 88 - 5 * i
+        image[y:y + 24, x:x + 24] = 128  # a flat grey square: nothing like the texture
+        defects.append(image)
+    goods = [np.asarray(Image.open(path)) for path in held]
+    labels = [0] * len(goods) + [1] * len(defects)
+
+    def real_auroc(model):
+        return roc_auc_score(labels, [r.score for r in model.iter_results(goods + defects, maps=False)])
+
+    options = {c.name: c.params for c in auto.candidates("efficientnet_lite0", size)}
+    truth = {name: real_auroc(PaDiM(**dict(params, **options[name])).fit(fit, calibrate=False))
+             for name in ("default", "shared")}
+    assert truth["shared"] > truth["default"] + 0.1  # the constructed case has an obvious answer
+
+    original = auto.candidates
+    monkeypatch.setattr(auto, "candidates", lambda backbone, size: [
+        c for c in original(backbone, size) if c.name in ("default", "shared")])
+    model = PaDiM(config="auto", budget="1000x", **params).fit(fit)
+    rows = {row["name"]: row for row in model.auto_table_}
+    assert model.auto_choice_ == "shared", rows
+    assert rows["shared"]["selection"] > rows["default"]["selection"]

@@ -32,11 +32,11 @@ def test_each_candidate_gets_the_embedding_its_own_extractor_makes(images):
     models = {name: prepared(images, layers=layers, d=d) for name, layers in LAYER_SETS.items() for d in (24,)}
     models["all channels"] = prepared(images, d=0)
     union = sorted({layer for m in models.values() for layer in m.layers_})
-    bank = FeatureBank(models["default"], union, images, split=4)
+    bank = FeatureBank(models["default"], union, images)
     assert bank.layers == ["_blocks.2", "_blocks.4", "_blocks.10", "_blocks.14"]  # in the backbone's order
     assert bank.indices == list(range(7)) and all(bank.size_of(i) == (64, 64) for i in range(7))
     for name, model in models.items():
-        assert bank.serves(model), name
+        assert bank_key(model) == bank.key and set(model.layers_) <= set(bank.layers), name
         batch = next(iter(model._loader(images, model.input_size_)))
         own = _as_float16(model._embed(batch.images))  # as the fit's sums take them
         served = torch.cat([e for _, e in bank.embeddings(model, range(7), batch_size=3)])
@@ -48,7 +48,7 @@ def test_a_bank_skips_unreadable_images_and_refuses_tiled_models(images, tmp_pat
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     model = prepared(images)
-    bank = FeatureBank(model, model.layers_, [images[0], broken, images[1]], split=3)
+    bank = FeatureBank(model, model.layers_, [images[0], broken, images[1]])
     assert bank.indices == [0, 2]
     assert [ids for ids, _ in bank.embeddings(model, [0, 1, 2], batch_size=8)] == [[0, 2]]
     big = np.zeros((300, 300, 3), np.uint8)
@@ -74,11 +74,14 @@ def test_selection_from_shared_passes_scores_candidates_as_their_own_fits(tmp_pa
 
     shared = run()
     monkeypatch.setattr(auto.SharedPasses, "_prepared_key", lambda self, model: None)
+    monkeypatch.setattr(auto, "UNSERVED_FOLDS", 99)  # the same folds as the shared run
     alone = run()
     assert [r.shared_pass for r in shared.table] == [True] * 5 and not any(r.shared_pass for r in alone.table)
     for a, b in zip(shared.table, alone.table):
         for metric in ("image_auroc", "pixel_auroc", "pro", "good_cv", "selection"):
-            assert getattr(a, metric) == pytest.approx(getattr(b, metric), abs=2e-3), (a.name, metric)
+            # image AUROC ranks ~100 score pairs per fold: the bank's float16 features may swap one near-tie
+            tolerance = {"image_auroc": 0.01, "selection": 5e-3}.get(metric, 2e-3)
+            assert getattr(a, metric) == pytest.approx(getattr(b, metric), abs=tolerance), (a.name, metric)
     assert shared.choice == alone.choice
 
 
