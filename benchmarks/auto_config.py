@@ -8,7 +8,7 @@ regret (oracle − auto, per metric), and the Spearman rank correlation between 
 selection scores (synthetic defects on held-out good images) and their real mean metric.
 
     python benchmarks/auto_config.py ../shared/data/cookies ../shared/data/bsdata --synthetic /tmp/padim_synth \
-        --seeds 0 1 --ensembles --out auto.json
+        --seeds 0 1 --ensembles --out auto.json [--budget 16x] [--reuse auto.json]
 
 ``--ensembles`` also fits auto's best two and three candidates (by its selection score) and
 evaluates the mean of their scores and maps, each normalised by its held-out good image scores
@@ -120,7 +120,7 @@ def run_ensembles(root: Path, ranking: list[str], log, sizes=(2, 3)) -> dict:
     return out
 
 
-def run(root: Path, log, reuse: dict | None = None, ensembles: bool = False, seeds=(0,)) -> dict:
+def run(root: Path, log, reuse: dict | None = None, ensembles: bool = False, seeds=(0,), budget: str = "4x") -> dict:
     train = root / "train" / "good"
     real = dict(reuse or {})
     for candidate in candidates("efficientnet_lite0", 256):
@@ -136,12 +136,12 @@ def run(root: Path, log, reuse: dict | None = None, ensembles: bool = False, see
     runs = []
     for seed in seeds:
         started = time.perf_counter()
-        auto = PaDiM(config="auto", seed=seed).fit(train)
+        auto = PaDiM(config="auto", seed=seed, budget=budget).fit(train)
         auto_s = time.perf_counter() - started
         selection = {row["name"]: row["selection"] for row in auto.auto_table_ if row["selection"] is not None}
         names = [n for n in real if n in selection]
         rho = spearmanr([selection[n] for n in names], [mean[n] for n in names]).statistic if len(names) > 2 else None
-        runs.append({"seed": seed, "choice": auto.auto_choice_, "metrics": evaluate(auto, root), "fit_s": auto_s,
+        runs.append({"seed": seed, "budget": budget, "choice": auto.auto_choice_, "metrics": evaluate(auto, root), "fit_s": auto_s,
                      "selection": selection, "spearman": rho})
         log(f"  {root.name} auto seed {seed}: {runs[-1]}")
     ranking = sorted(runs[0]["selection"], key=runs[0]["selection"].get, reverse=True)
@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the full results")
     parser.add_argument("--reuse", type=Path, default=None,
                         help="an earlier --out file: reuse its per-candidate real metrics, rerun only auto")
+    parser.add_argument("--budget", default="4x", help="auto's budget (default: PaDiM's default)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="auto's seed (its split and synthetic defects)")
     parser.add_argument("--ensembles", action="store_true",
                         help="also evaluate ensembles of auto's best 2 and 3 candidates (maps normalised by held-out good scores)")
@@ -167,7 +168,8 @@ def main() -> None:
     earlier = {r["dataset"]: r["real"] for r in json.loads(args.reuse.read_text())} if args.reuse else {}
     results = []
     for root in roots:
-        results.append(run(root, lambda line: print(line, flush=True), earlier.get(root.name), args.ensembles, args.seeds))
+        results.append(run(root, lambda line: print(line, flush=True), earlier.get(root.name), args.ensembles, args.seeds,
+                           args.budget))
         if args.out:  # after each dataset, so that a later failure loses nothing
             args.out.write_text(json.dumps(results, indent=1, default=float))
     print("\n| dataset | config | image AUROC | pixel AUROC | PRO | fit s |\n|---|---|---|---|---|---|")
@@ -175,7 +177,7 @@ def main() -> None:
         print(f"| {r['dataset']} | defaults | " + " | ".join(f"{r['real']['default'][k]:.4f}" for k in METRICS)
               + f" | {r['default_fit_s']:.1f} |")
         for a in r["auto_runs"]:
-            print(f"| {r['dataset']} | auto (seed {a['seed']}) → {a['choice']} | "
+            print(f"| {r['dataset']} | auto (seed {a['seed']}, {a['budget']}) → {a['choice']} | "
                   + " | ".join(f"{a['metrics'][k]:.4f}" for k in METRICS) + f" | {a['fit_s']:.1f} |")
         o = r["real"][r["oracle"]]
         print(f"| {r['dataset']} | oracle ({r['oracle']}) | " + " | ".join(f"{o[k]:.4f}" for k in METRICS)
