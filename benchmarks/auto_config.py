@@ -142,7 +142,7 @@ def run(root: Path, log, reuse: dict | None = None, ensembles: bool = False, see
         names = [n for n in real if n in selection]
         rho = spearmanr([selection[n] for n in names], [mean[n] for n in names]).statistic if len(names) > 2 else None
         runs.append({"seed": seed, "budget": budget, "choice": auto.auto_choice_, "metrics": evaluate(auto, root), "fit_s": auto_s,
-                     "selection": selection, "spearman": rho})
+                     "selection": selection, "spearman": rho, "table": auto.auto_table_})
         log(f"  {root.name} auto seed {seed}: {runs[-1]}")
     ranking = sorted(runs[0]["selection"], key=runs[0]["selection"].get, reverse=True)
     return {"dataset": root.name, "real": real, "oracle": oracle, "default_fit_s": real["default"]["fit_s"],

@@ -8,7 +8,8 @@ short scratches, since the product's defect size is unknown), plus real defect i
 No candidate is validated on an image it was fitted on. Candidates of one backbone and input size
 share one backbone pass over every selection image (:class:`SharedPasses`), and fit with fewer
 images than features in the exact low-rank form (:mod:`padim.low_rank`). A candidate replaces the
-default only if its per-fold gain is clear (``SIGNIFICANCE`` standard errors). The winner is
+default only if its per-fold gain is clear (``SIGNIFICANCE`` standard errors) and it misses no
+synthetic defect family that the default finds (``FAMILY_MARGIN``). The winner is
 refitted on every image with its normal calibration; the table of candidates (metrics, seconds,
 skipped) is kept in the model.
 
@@ -53,6 +54,9 @@ from .tiling import samples_per_image
 MAX_SELECTION_IMAGES = 60  # the selection uses a seeded subset of at most this many good images, in
 FOLDS = 4  # folds: each validates on a quarter (and its synthetic defects) and fits on the rest
 SIGNIFICANCE = 1.0  # a candidate replaces the default only if it wins by this many standard errors (folds)
+# ... and only if on no synthetic defect family its image AUROC falls this far below the default's
+# (the product's defect type is unknown: a mean gain must not hide a kind of defect it misses)
+FAMILY_MARGIN = 0.05
 UNSERVED_FOLDS = 1  # folds validated on where every candidate fits itself (each fold costs a fit)
 VALIDATION_MAX_SIDE = 512  # synthetic defects are made at most this large (the model resizes anyway)
 CALIBRATION_SHARE = 0.15  # what calibration adds to a fit (benchmarks/RESULTS.md §11)
@@ -109,6 +113,7 @@ class CandidateResult:
     note: str | None = None  # why a better-scoring candidate was not chosen
     shared_pass: bool = False  # fitted and scored from a shared backbone pass (padim.feature_bank)
     fold_selections: list | None = None  # its selection score in each fold (the metrics are their means)
+    family_auroc: dict | None = None  # synthetic defects' image AUROC per family, mean over the folds
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -213,14 +218,15 @@ def synthetic_validation(goods: list[np.ndarray], seed: int, scales=DEFECT_SCALE
     floats = [g.astype(np.float32) / 255 for g in goods]
     sets = []
     for scale in scales:
-        images, masks = [], []
+        images, masks, families = [], [], []
         for defect in make_defects(floats, seed=seed, scales=(scale,)):
             image = _as_uint8(defect.image)
             mask = (image != goods[defect.source]).any(axis=-1)  # exact after rounding to 8 bits
             if mask.any():
                 images.append(image)
                 masks.append(mask)
-        sets.append(DefectSet(images, masks))
+                families.append(defect.family)
+        sets.append(DefectSet(images, masks, families))
     return sets
 
 
@@ -230,6 +236,7 @@ class DefectSet:
 
     images: list[np.ndarray]
     masks: list[np.ndarray | None]
+    families: list[str] | None = None  # each synthetic defect's family (None for real defects)
 
 
 def find_defect_mask(path: Path) -> Path | None:
@@ -312,7 +319,21 @@ def validation_metrics(scores, maps, n_goods: int, synthetic: list[DefectSet] | 
     good = scores[:n]
     cv = float(good.std() / good.mean()) if good.mean() > 0 else 1.0
     selection = (image + pixel + pro) / 3 - STABILITY_WEIGHT * min(1.0, cv)
-    return {"image_auroc": image, "pixel_auroc": pixel, "pro": pro, "good_cv": cv, "selection": float(selection)}
+    return {"image_auroc": image, "pixel_auroc": pixel, "pro": pro, "good_cv": cv, "selection": float(selection),
+            "families": family_aurocs(good, scores[n:], sets[:n_synthetic])}
+
+
+def family_aurocs(good_scores: np.ndarray, defect_scores: np.ndarray, synthetic: list[DefectSet]) -> dict:
+    """Image AUROC of each synthetic family's defects (every scale together) against the good
+    images. ``defect_scores``: the synthetic sets' images in order."""
+    families = [f for s in synthetic for f in (s.families or [None] * len(s.images))]
+    defect_scores = np.asarray(defect_scores[:len(families)])
+    out = {}
+    for family in sorted({f for f in families if f is not None}):
+        scores = defect_scores[[f == family for f in families]]
+        labels = np.r_[np.zeros(len(good_scores)), np.ones(len(scores))]
+        out[family] = float(image_auroc(labels, np.r_[good_scores, scores]))
+    return out
 
 
 @dataclass
@@ -590,6 +611,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
         for metric in ("image_auroc", "pixel_auroc", "pro", "good_cv", "selection"):
             setattr(row, metric, float(np.mean([m[metric] for m in per_fold])))
         row.fold_selections = [m["selection"] for m in per_fold]
+        row.family_auroc = _fold_means([m["families"] for m in per_fold])
         row.seconds = time.perf_counter() - t0
         row.fit_seconds, per_image_s = timing
         if row.shared_pass:
@@ -632,6 +654,22 @@ def _try(model, passes: "SharedPasses", files: list, validation: list, folds: li
     return per_fold, timing, built_s
 
 
+def _fold_means(per_fold: list[dict]) -> dict:
+    """Each key's mean over the folds that have it."""
+    keys = sorted({k for d in per_fold for k in d})
+    return {k: float(np.mean([d[k] for d in per_fold if k in d])) for k in keys}
+
+
+def _worst_family(row: CandidateResult, default: CandidateResult) -> tuple[str | None, float]:
+    """The synthetic family on which ``row``'s image AUROC falls furthest below the default's, and by how much."""
+    mine, theirs = row.family_auroc or {}, default.family_auroc or {}
+    losses = {f: theirs[f] - mine[f] for f in mine.keys() & theirs.keys()}
+    if not losses:
+        return None, 0.0
+    family = max(sorted(losses), key=losses.get)
+    return family, float(losses[family])
+
+
 def _final_fit_ratio(row: CandidateResult, default: CandidateResult) -> float:
     """A candidate's final fit relative to a default fit: its declared cost, or its selection fit's
     time relative to the default's, whichever is larger."""
@@ -649,7 +687,9 @@ def _clear_gain(row: CandidateResult, default: CandidateResult) -> tuple[bool, f
 
 def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) -> CandidateResult:
     """The best-scoring candidate that beats the default clearly (:func:`_clear_gain`: a small
-    validation set ranks close candidates by chance, and the default is the safe choice) and whose
+    validation set ranks close candidates by chance, and the default is the safe choice), misses
+    no synthetic defect family the default finds (image AUROC at most FAMILY_MARGIN below the
+    default's on every family, :func:`_worst_family`) and whose
     final fit fits in the ``left`` seconds: a default fit (``one_fit``) times the larger of its
     declared cost and its measured fit time relative to the default's; a candidate no costlier than
     the default is always affordable (one fit's time is reserved). Otherwise the default. Rank 0
@@ -663,6 +703,10 @@ def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) 
         clear, gain, error = _clear_gain(row, default)
         if not clear:
             row.note = f"not chosen: gain {gain:+.4f} ± {error:.4f} over the default's folds is not clear"
+            continue
+        family, loss = _worst_family(row, default)
+        if loss > FAMILY_MARGIN:
+            row.note = f"not chosen: image AUROC on {family} defects {loss:.3f} below the default's"
             continue
         ratio = _final_fit_ratio(row, default)
         if ratio <= 1 or ratio * one_fit <= left:

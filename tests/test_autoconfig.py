@@ -391,3 +391,35 @@ def test_selection_picks_one_shared_gaussian_for_a_randomly_shifted_texture(tmp_
     rows = {row["name"]: row for row in model.auto_table_}
     assert model.auto_choice_ == "shared", rows
     assert rows["shared"]["selection"] > rows["default"]["selection"]
+
+
+def test_family_aurocs_score_each_family_against_the_good_images():
+    from sklearn.metrics import roc_auc_score
+
+    from padim.autoconfig import DefectSet, family_aurocs
+
+    good = np.array([0.1, 0.2, 0.3, 0.4])
+    blank = np.zeros((2, 2, 3), np.uint8)
+    sets = [DefectSet([blank] * 3, [None] * 3, ["hole", "blur", "hole"]), DefectSet([blank] * 2, [None] * 2,
+                                                                                    ["blur", "hole"])]
+    defects = np.array([0.9, 0.15, 0.35, 0.25, 0.5])  # hole 0.9, blur 0.15, hole 0.35 | blur 0.25, hole 0.5
+    out = family_aurocs(good, defects, sets)
+    assert out["hole"] == pytest.approx(roc_auc_score([0] * 4 + [1] * 3, [*good, 0.9, 0.35, 0.5]))
+    assert out["blur"] == pytest.approx(roc_auc_score([0] * 4 + [1] * 2, [*good, 0.15, 0.25]))
+    assert out["blur"] == pytest.approx(3 / 8)  # by hand: 0.15 beats 1 good, 0.25 beats 2, of 4 each
+
+
+def test_a_candidate_that_misses_a_defect_family_does_not_replace_the_default():
+    from padim.autoconfig import FAMILY_MARGIN, CandidateResult, _affordable_best
+
+    folds = [0.80, 0.70, 0.90, 0.80]
+    default = CandidateResult("default", {}, selection=0.80, fold_selections=folds, fit_seconds=1.0,
+                              family_auroc={"hole": 0.90, "blur": 0.40})
+    # a clear mean gain, bought with holes it no longer finds
+    blind = CandidateResult("blind", {}, selection=0.85, fold_selections=[f + 0.05 for f in folds], fit_seconds=1.0,
+                            family_auroc={"hole": 0.90 - FAMILY_MARGIN - 0.01, "blur": 0.95})
+    steady = CandidateResult("steady", {}, selection=0.82, fold_selections=[f + 0.02 for f in folds], fit_seconds=1.0,
+                             family_auroc={"hole": 0.90 - FAMILY_MARGIN + 0.01, "blur": 0.60})
+    assert _affordable_best([default, blind], one_fit=1.0, left=10.0) is default
+    assert "hole" in blind.note
+    assert _affordable_best([default, blind, steady], one_fit=1.0, left=10.0) is steady
