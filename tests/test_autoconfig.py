@@ -72,8 +72,10 @@ def test_the_real_fit_applies_the_chosen_parameters_and_calibrates(auto_model):
     _, model = auto_model
     table = {row["name"]: row for row in model.auto_table_}
     assert all(row["skipped"] is None for row in table.values())  # a generous budget: everything ran
-    best = max(model.auto_table_, key=lambda row: row["selection"])
+    ranked = sorted(model.auto_table_, key=lambda row: -row["selection"])
+    best = next(row for row in ranked if not row.get("note"))  # the best one no rule passed over
     assert model.auto_choice_ == best["name"]
+    assert all(row["note"].startswith("not chosen") for row in ranked[:ranked.index(best)])
     for key, value in best["params"].items():
         assert getattr(model, key) == value  # the chosen parameters were applied
     assert model.calibrator_ is not None  # and the final fit calibrated as usual
