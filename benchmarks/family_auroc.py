@@ -4,7 +4,8 @@
 
 Each candidate (auto-configuration's, by name) is fitted on all training images without
 calibration; the test set's good images are scored, and synthetic defects made from those same
-good images (padim.synthetic, every family at scales 1.0 and 0.3, three seeds) are scored against
+good images as the selection makes them (autoconfig.synthetic_validation: every family at scales
+1.0 and 0.3, three seeds) are scored against
 them. Shows which defect families decide the synthetic ranking of candidates and whether they
 agree with the real defects (RESULTS.md §24).
 """
@@ -17,13 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from padim import PaDiM
-from padim.autoconfig import DEFECT_SCALES, _as_uint8, _validation_arrays, candidates
-from padim.metrics import image_auroc
-from padim.synthetic import make_defects
-
-
-def auroc(good: np.ndarray, defects: np.ndarray) -> float:
-    return image_auroc(np.r_[np.zeros(len(good)), np.ones(len(defects))], np.r_[good, defects])
+from padim.autoconfig import DEFECT_SCALES, _validation_arrays, candidates, defect_auroc, synthetic_validation
 
 
 def main() -> None:
@@ -37,12 +32,11 @@ def main() -> None:
     good = _validation_arrays(sorted((args.root / "test" / "good").iterdir()))
     real = _validation_arrays([p for kind in sorted((args.root / "test").iterdir()) if kind.name != "good"
                                for p in sorted(kind.iterdir())])
-    floats = [g.astype(np.float32) / 255 for g in good]
-    synthetic: dict[tuple, list] = {}
-    for scale in DEFECT_SCALES:
-        for seed in range(args.seeds):
-            for defect in make_defects(floats, seed=seed, scales=(scale,)):
-                synthetic.setdefault((defect.family, scale), []).append(_as_uint8(defect.image))
+    synthetic: dict[tuple, list] = {}  # (family, scale) → defect images, as the selection makes them
+    for seed in range(args.seeds):
+        for scale, defects in zip(DEFECT_SCALES, synthetic_validation(good, seed)):
+            for image, family in zip(defects.images, defects.families):
+                synthetic.setdefault((family, scale), []).append(image)
     keys = sorted(synthetic)
     print("| candidate | real | " + " | ".join(f"{f} {s}" for f, s in keys) + " |")
     print("|---" * (len(keys) + 2) + "|")
@@ -53,7 +47,8 @@ def main() -> None:
             return np.array([r.score for r in model.iter_results(images, maps=False)])
 
         good_scores = scores(good)
-        cells = [auroc(good_scores, scores(real))] + [auroc(good_scores, scores(synthetic[k])) for k in keys]
+        cells = [defect_auroc(good_scores, scores(real))] + [defect_auroc(good_scores, scores(synthetic[k]))
+                                                              for k in keys]
         print(f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |", flush=True)
 
 

@@ -266,10 +266,14 @@ def real_validation(val_defects: Any, max_side: int = VALIDATION_MAX_SIDE) -> De
     return DefectSet(images, masks)
 
 
+def defect_auroc(good_scores, defect_scores) -> float:
+    """Image AUROC of defect images' scores against good images' scores."""
+    return image_auroc(np.r_[np.zeros(len(good_scores)), np.ones(len(defect_scores))], np.r_[good_scores, defect_scores])
+
+
 def _defect_metrics(good_scores, good_maps, scores, maps, masks) -> tuple[float, float | None, float | None]:
     """Image AUROC of the defects against the good images; pixel AUROC and PRO where masks exist."""
-    n = len(good_scores)
-    image = image_auroc(np.r_[np.zeros(n), np.ones(len(scores))], np.r_[good_scores, scores])
+    image = defect_auroc(good_scores, scores)
     with_mask = [(m, a) for m, a in zip(masks, maps) if m is not None]
     if not with_mask:
         return image, None, None
@@ -330,9 +334,7 @@ def family_aurocs(good_scores: np.ndarray, defect_scores: np.ndarray, synthetic:
     defect_scores = np.asarray(defect_scores[:len(families)])
     out = {}
     for family in sorted({f for f in families if f is not None}):
-        scores = defect_scores[[f == family for f in families]]
-        labels = np.r_[np.zeros(len(good_scores)), np.ones(len(scores))]
-        out[family] = float(image_auroc(labels, np.r_[good_scores, scores]))
+        out[family] = float(defect_auroc(good_scores, defect_scores[[f == family for f in families]]))
     return out
 
 
