@@ -8,8 +8,11 @@ short scratches, since the product's defect size is unknown), plus real defect i
 No candidate is validated on an image it was fitted on. Candidates of one backbone and input size
 share one backbone pass over every selection image (:class:`SharedPasses`), and fit with fewer
 images than features in the exact low-rank form (:mod:`padim.low_rank`). A candidate replaces the
-default only if its per-fold gain is clear (``SIGNIFICANCE`` standard errors) and it misses no
-synthetic defect family that the default finds (``FAMILY_MARGIN``). The winner is
+default only if its per-fold gain is clear (``SIGNIFICANCE`` standard errors and at least
+``MIN_GAIN``) and it misses no synthetic defect family that the default finds (``FAMILY_MARGIN``).
+Pooled Gaussians (cells, one shared) are tried only on images that do not look aligned
+(:mod:`padim.alignment`, ``MAX_POOLING_SPREAD``; decided from the shared pass, so not for tiled
+inputs or under torchrun, where every candidate is tried). The winner is
 refitted on every image with its normal calibration; the table of candidates (metrics, seconds,
 skipped) is kept in the model.
 
@@ -50,10 +53,19 @@ from .mvtec import find_image, load_mask
 from .mvtec import find_mask as find_mvtec_mask
 from .synthetic import make_defects
 from .tiling import samples_per_image
+from .alignment import position_spread
 
 MAX_SELECTION_IMAGES = 60  # the selection uses a seeded subset of at most this many good images, in
 FOLDS = 4  # folds: each validates on a quarter (and its synthetic defects) and fits on the rest
 SIGNIFICANCE = 1.0  # a candidate replaces the default only if it wins by this many standard errors (folds)
+# ... and by at least this much selection score: a smaller gain, however steady across the folds
+# (two nearly identical configurations agree fold by fold), is below the accuracy the synthetic
+# signal can promise on real defects (RESULTS.md §25)
+MIN_GAIN = 0.005
+# pooled Gaussians (cells, one shared) are tried only where the good images' position spread
+# (padim.alignment: the variance of the position means over the within-position variance) is at
+# most this: pooling the positions of an aligned product discards what PaDiM models (RESULTS.md §25)
+MAX_POOLING_SPREAD = 0.2
 # ... and only if on no synthetic defect family its image AUROC falls this far below the default's
 # (the product's defect type is unknown: a mean gain must not hide a kind of defect it misses)
 FAMILY_MARGIN = 0.05
@@ -477,6 +489,18 @@ class SharedPasses:
         fit_s = (pass_per_image + self.decode_s) * len(fit) + gaussians_s
         return scores, maps, fit_s, pass_per_image * len(validation) + scored - fitted, built_s
 
+    def position_spread(self, model, rows: list[int]) -> float | None:
+        """The position spread (padim.alignment, one group: the whole image) of ``model``'s
+        features on the bank's ``rows``; None if no bank holds them."""
+        bank = self.banks.get(self.keys.get(id(model)))
+        if bank is None:
+            return None
+        batch = model.geometry_.images_per_batch(model.batch_size)
+        try:
+            return position_spread((embedding for _, embedding in bank.embeddings(model, rows, batch)), "image")
+        except ValueError:  # too few images or positions to tell
+            return None
+
     def fit_per_image(self, model) -> float:
         """A fit's seconds per image for a served ``model``: decoding its file and its share of the pass."""
         return self.banks[self.keys[id(model)]].seconds / max(1, self.n_images) + self.decode_s
@@ -581,10 +605,15 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     if not passes.serves(trials[0][1]):
         folds = folds[:UNSERVED_FOLDS]  # each candidate fits itself: one fold keeps the cost of one trial
     table: list[CandidateResult] = []
-    reference = one_fit = total = None
+    reference = one_fit = total = spread = None
     for k, (candidate, model) in enumerate(trials):
         row = CandidateResult(candidate.name, candidate.params, cost=candidate.cost)
         table.append(row)
+        if spread is not None and spread > MAX_POOLING_SPREAD and _pools(candidate, trials[0][1]):
+            row.skipped = (f"aligned images (position spread {spread:.2f} > {MAX_POOLING_SPREAD}): pooled "
+                           f"Gaussians are for unaligned ones")
+            passes.release(model, [m for _, m in trials[k + 1:]])
+            continue
         if reference is not None:
             spent = time.perf_counter() - started
             # trying it (from a shared pass, or with its own), then the final fit of it or of the
@@ -625,12 +654,26 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
             first = folds[0]
             one_fit = estimate_full_fit(fit_s, per_image_s, len(first.fit), len(sources))
             total = value * one_fit if kind == "factor" else value  # the final fit included
+            if any(_pools(c, model) for c, _ in trials[1:]):
+                spread = passes.position_spread(model, sorted({r for fold in folds for r in fold.fit_rows}))
+                if log and spread is not None:
+                    log(f"auto: position spread of the good images {spread:.3f} (pooled Gaussians tried "
+                        f"only at most {MAX_POOLING_SPREAD})")
         if log:
             log(f"auto: {row.name:8s} image {row.image_auroc:.3f} pixel {row.pixel_auroc:.3f} PRO {row.pro:.3f} "
                 f"cv {row.good_cv:.3f} → {row.selection:.4f} ({row.seconds:.1f} s"
                 f"{', shared pass' if row.shared_pass else ''})")
     best = _affordable_best(table, one_fit, total - (time.perf_counter() - started))
     return Selection(best.name, best.params, table, float(total))
+
+
+def _pools(candidate: Candidate, default) -> bool:
+    """Whether ``candidate`` pools positions that the ``default`` model (after its fit) gives
+    Gaussians of their own: a coarser ``cell``."""
+    cell = candidate.params.get("cell")
+    if cell is None or cell == default.cell_:
+        return False
+    return cell == "image" or default.cell_ != "image" and int(cell) > int(default.cell_)
 
 
 def _try(model, passes: "SharedPasses", files: list, validation: list, folds: list[Fold], dense: bool):
@@ -679,12 +722,12 @@ def _final_fit_ratio(row: CandidateResult, default: CandidateResult) -> float:
 
 
 def _clear_gain(row: CandidateResult, default: CandidateResult) -> tuple[bool, float, float]:
-    """Whether ``row`` beats the default clearly: its mean per-fold gain in selection score exceeds
-    SIGNIFICANCE standard errors of those gains (one fold: any gain). Also the gain and its error."""
+    """Whether ``row`` beats the default clearly: its mean per-fold gain in selection score is at
+    least MIN_GAIN and exceeds SIGNIFICANCE standard errors of those gains. Also the gain and its error."""
     gains = np.subtract(row.fold_selections or [row.selection], default.fold_selections or [default.selection])
     error = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else 0.0
     mean = float(gains.mean())
-    return mean > 0 and mean > SIGNIFICANCE * error, mean, error
+    return mean >= MIN_GAIN and mean > SIGNIFICANCE * error, mean, error
 
 
 def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) -> CandidateResult:

@@ -425,3 +425,53 @@ def test_a_candidate_that_misses_a_defect_family_does_not_replace_the_default():
     assert _affordable_best([default, blind], one_fit=1.0, left=10.0) is default
     assert "hole" in blind.note
     assert _affordable_best([default, blind, steady], one_fit=1.0, left=10.0) is steady
+
+
+def test_pooled_gaussians_are_not_tried_on_aligned_images(tmp_path, monkeypatch):
+    """An aligned product (one fixed pattern, a little noise in each image): every position sees its
+    own part of it, so cells and one shared Gaussian are skipped and the table says why; on the
+    randomly shifted texture they are tried."""
+    import padim.autoconfig as auto
+
+    rng = np.random.default_rng(4)
+    pattern = cv2.resize(rng.uniform(0, 1, size=(8, 8, 3)).astype(np.float32), (SIZE, SIZE),
+                         interpolation=cv2.INTER_NEAREST)
+    aligned = tmp_path / "aligned"
+    aligned.mkdir()
+    for i in range(12):
+        image = np.clip(pattern + rng.normal(0, 0.03, size=pattern.shape), 0, 1)
+        Image.fromarray((image * 255).astype(np.uint8)).save(aligned / f"{i:02d}.png")
+    texture = shifted_texture_folder(tmp_path / "texture", n=12, seed=6)
+    original = auto.candidates
+    monkeypatch.setattr(auto, "candidates", lambda backbone, size: [
+        c for c in original(backbone, size) if c.name in ("default", "deep", "shared", "cells")])
+
+    def table(folder):
+        chosen = auto.select(lambda **p: PaDiM(**{**COMMON, "progress": False, **p}), sorted(folder.iterdir()),
+                             "efficientnet_lite0", SIZE, budget="1000x")
+        return {row.name: row for row in chosen.table}
+
+    rows = table(aligned)
+    for name in ("shared", "cells"):
+        assert rows[name].skipped.startswith("aligned images (position spread"), rows[name]
+        assert rows[name].selection is None
+    assert rows["deep"].skipped is None and rows["deep"].selection is not None
+    rows = table(texture)
+    assert all(rows[name].skipped is None and rows[name].selection is not None for name in ("shared", "cells"))
+
+
+def test_a_steady_gain_below_the_minimum_does_not_replace_the_default():
+    """Two nearly identical configurations agree fold by fold: +0.003 in every fold has no error
+    at all, and is still no reason to leave the default."""
+    from padim.autoconfig import MIN_GAIN, CandidateResult, _affordable_best, _clear_gain
+
+    folds = [0.80, 0.70, 0.90, 0.80]
+    default = CandidateResult("default", {}, selection=0.80, fold_selections=folds, fit_seconds=1.0)
+    tiny = CandidateResult("tiny", {}, selection=0.803, fold_selections=[f + 0.003 for f in folds], fit_seconds=1.0)
+    enough = CandidateResult("enough", {}, selection=0.801, fold_selections=[f + MIN_GAIN + 0.001 for f in folds],
+                             fit_seconds=1.0)
+    clear, gain, error = _clear_gain(tiny, default)
+    assert not clear and gain == pytest.approx(0.003) and error == pytest.approx(0.0, abs=1e-12)
+    assert _affordable_best([default, tiny], one_fit=1.0, left=10.0) is default
+    assert "not clear" in tiny.note
+    assert _clear_gain(enough, default)[0]
