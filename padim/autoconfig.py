@@ -389,7 +389,8 @@ class SharedPasses:
     and input size over the selection's validation images (the good images' 8-bit arrays, which the
     folds also fit on, and the defects), built when its first candidate runs, hooking the union of
     the layers of every candidate it can serve, released when no candidate left needs it. A served
-    candidate's fit time (``fit_seconds``) counts the pass's share, decoding its files
+    candidate's fit time (``fit_seconds``) counts the pass's share (the backbone up to its own deepest
+    layer, :meth:`FeatureBank.seconds_for`), decoding its files
     (``decode_s`` per image), and for a low-rank fit the d×d factorisations a plain fit would make
     (the dense default's, scaled by Gaussians × d^2.5), so that it still measures the candidate's
     final fit.
@@ -485,7 +486,7 @@ class SharedPasses:
         if len(scores) != len(validation):
             raise ValueError("a validation image could not be scored")
         scored = time.perf_counter()
-        pass_per_image = bank.seconds / max(1, self.n_images)
+        pass_per_image = bank.seconds_for(model.layers_) / max(1, self.n_images)
         fit_s = (pass_per_image + self.decode_s) * len(fit) + gaussians_s
         return scores, maps, fit_s, pass_per_image * len(validation) + scored - fitted, built_s
 
@@ -503,7 +504,7 @@ class SharedPasses:
 
     def fit_per_image(self, model) -> float:
         """A fit's seconds per image for a served ``model``: decoding its file and its share of the pass."""
-        return self.banks[self.keys[id(model)]].seconds / max(1, self.n_images) + self.decode_s
+        return self.banks[self.keys[id(model)]].seconds_for(model.layers_) / max(1, self.n_images) + self.decode_s
 
     @staticmethod
     def _fit(model, embeddings: list, dense: bool = False):

@@ -57,13 +57,19 @@ class FeatureBank:
         parts: list[list[torch.Tensor]] = [[] for _ in self.layers]
         self.indices: list[int] = []
         self.sizes: list[tuple[int, int]] = []
+        self._to_layer = dict.fromkeys(self.layers, 0.0)  # backbone seconds from a batch's start to each layer
         started = time.perf_counter()
         for batch in reference._loader(sources, reference.input_size_) if sources else ():
             if not batch.indices:
                 continue
             reference._check_sizes(batch)
+            clock: dict = {}
+            batch_started = time.perf_counter()
+            fmaps = embedder.feature_maps(batch.images.to(reference._device()), clock)
+            for name, ready in clock.items():
+                self._to_layer[name] += ready - batch_started
             # float16 as the fit's sums take them, unless a layer's values exceed its range
-            for store, fmap in zip(parts, embedder.feature_maps(batch.images.to(reference._device()))):
+            for store, fmap in zip(parts, fmaps):
                 half = fmap.half()
                 store.append(half if bool(torch.isfinite(half).all()) else fmap)
             self.indices.extend(batch.indices)
@@ -71,6 +77,12 @@ class FeatureBank:
         self.seconds = time.perf_counter() - started  # the backbone pass, reading the images included
         self.maps = {name: _joined(store) for name, store in zip(self.layers, parts)}
         self._row = {source: row for row, source in enumerate(self.indices)}
+
+    def seconds_for(self, layers) -> float:
+        """The pass's seconds as a model hooking only ``layers`` would have spent them: reading the
+        images, and the backbone up to the deepest of them (not the union's deeper stages)."""
+        deepest = max(self._to_layer.values(), default=0.0)
+        return self.seconds - deepest + max((self._to_layer[name] for name in layers), default=deepest)
 
     def embeddings(self, model, sources, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
         """``(source indices, embedding [b, d, h, w])`` of ``sources`` (indices into the bank's

@@ -13,6 +13,8 @@ stage by stage, as its own ``forward`` does, and simply not beyond the last hook
 
 from __future__ import annotations
 
+import time
+
 from typing import Sequence
 
 import torch
@@ -107,8 +109,9 @@ class Embedder(nn.Module):
         return torch.cat(parts, dim=1)
 
     @torch.no_grad()
-    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The hooked layers' kept channels, each on its own grid (layers with none kept are left out)."""
+    def feature_maps(self, images: torch.Tensor, clock: dict | None = None) -> list[torch.Tensor]:
+        """The hooked layers' kept channels, each on its own grid (layers with none kept are left out).
+        ``clock``: filled with each hooked stage's name → ``time.perf_counter()`` when its output was ready."""
         x = (images - self.mean) / self.std
         if self.channels_last and x.device.type == "cpu" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -117,6 +120,10 @@ class Embedder(nn.Module):
             x = stage(x)
             if i in wanted:
                 taps[i] = x
+                if clock is not None:
+                    if x.device.type == "cuda":
+                        torch.cuda.synchronize(x.device)
+                    clock[self.stage_names[i]] = time.perf_counter()
         parts = []
         for k, tap in enumerate(self.taps):
             fmap = taps[tap]

@@ -86,3 +86,39 @@ def test_selection_from_shared_passes_scores_candidates_as_their_own_fits(tmp_pa
 
 
 real_candidates = __import__("padim.autoconfig", fromlist=["candidates"]).candidates
+
+
+def test_a_models_share_of_the_pass_stops_at_its_deepest_layer(images, monkeypatch):
+    """The union's deeper stages do not count for a model that does not hook them: with a clock that
+    advances one second per hooked stage reached (and not otherwise), a model hooking up to the
+    k-th of four hooked stages is charged the pass less (4 − k) seconds per batch."""
+    import padim.feature_bank as bank_module
+    import padim.net as net
+
+    model = prepared(images)
+    union = ["_blocks.2", "_blocks.4", "_blocks.10", "_blocks.14"]
+    ticks = {"now": 0.0}
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return ticks["now"]
+
+    original = net.Embedder.feature_maps
+
+    def counting(self, images, clock=None):
+        out = original(self, images, clock)
+        if clock is not None:  # the k-th hooked stage was ready k seconds into the batch
+            for k, name in enumerate(sorted(clock, key=self.stage_names.index), start=1):
+                clock[name] = ticks["now"] + k
+            ticks["now"] += len(clock)
+        return out
+
+    monkeypatch.setattr(net.Embedder, "feature_maps", counting)
+    monkeypatch.setattr(bank_module, "time", Clock)
+    bank = FeatureBank(model, union, images)
+    batches = len(list(model._loader(images, model.input_size_)))
+    assert bank.seconds == pytest.approx(4.0 * batches)
+    assert bank.seconds_for(union) == pytest.approx(bank.seconds)
+    assert bank.seconds_for(["_blocks.2", "_blocks.10"]) == pytest.approx(3.0 * batches)
+    assert bank.seconds_for(["_blocks.2"]) == pytest.approx(1.0 * batches)
