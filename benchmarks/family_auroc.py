@@ -21,17 +21,24 @@ from padim import PaDiM
 from padim.autoconfig import DEFECT_SCALES, _validation_arrays, candidates, defect_auroc, synthetic_validation
 
 
+def dataset_split(root: Path) -> tuple[dict, list[Path], list[np.ndarray], list[np.ndarray]]:
+    """Auto-configuration's candidate parameters by name, a dataset's training files, and its test
+    set's good and defect images as the selection reads images (8-bit, at most 512 px)."""
+    options = {c.name: c.params for c in candidates("efficientnet_lite0", 256)}
+    train = sorted((root / "train" / "good").iterdir())
+    good = _validation_arrays(sorted((root / "test" / "good").iterdir()))
+    real = _validation_arrays([p for kind in sorted((root / "test").iterdir()) if kind.name != "good"
+                               for p in sorted(kind.iterdir())])
+    return options, train, good, real
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a dataset in MVTec AD layout")
     parser.add_argument("names", help="comma-separated candidate names (padim.autoconfig.candidates)")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    options = {c.name: c.params for c in candidates("efficientnet_lite0", 256)}
-    train = sorted((args.root / "train" / "good").iterdir())
-    good = _validation_arrays(sorted((args.root / "test" / "good").iterdir()))
-    real = _validation_arrays([p for kind in sorted((args.root / "test").iterdir()) if kind.name != "good"
-                               for p in sorted(kind.iterdir())])
+    options, train, good, real = dataset_split(args.root)
     synthetic: dict[tuple, list] = {}  # (family, scale) → defect images, as the selection makes them
     for seed in range(args.seeds):
         for scale, defects in zip(DEFECT_SCALES, synthetic_validation(good, seed)):

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from padim import PaDiM
-from padim.autoconfig import _validation_arrays, candidates, defect_auroc, synthetic_validation
+from padim.autoconfig import defect_auroc, synthetic_validation
+
+from family_auroc import dataset_split
 
 
 def main() -> None:
@@ -26,11 +28,7 @@ def main() -> None:
     parser.add_argument("names", help="comma-separated candidate names (padim.autoconfig.candidates)")
     parser.add_argument("sizes", help="comma-separated numbers of training images")
     args = parser.parse_args()
-    options = {c.name: c.params for c in candidates("efficientnet_lite0", 256)}
-    train = sorted((args.root / "train" / "good").iterdir())
-    good = _validation_arrays(sorted((args.root / "test" / "good").iterdir()))
-    real = _validation_arrays([p for kind in sorted((args.root / "test").iterdir()) if kind.name != "good"
-                               for p in sorted(kind.iterdir())])
+    options, train, good, real = dataset_split(args.root)
     synthetic = [image for seed in range(2) for defects in synthetic_validation(good, seed) for image in defects.images]
     print("| candidate | training images | real image AUROC (per subset) | synthetic image AUROC |")
     print("|---|---|---|---|")
