@@ -449,8 +449,6 @@ def main() -> None:
         for side in SIDES:
             rows[side].update(evaluate(job["outputs"][side], labels, masks))
 
-    import numpy as np
-
     for side in SIDES:
         r = rows[side]
         r.update(dataset=str(data.resolve()), n_train=len(train), n_test=len(test), n_defect=sum(labels),

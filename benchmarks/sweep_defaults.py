@@ -109,7 +109,6 @@ def main():
                 t0 = time.time()
                 maps = run_config(cache_train, cache_test, layer_ids, all_layers, channels, d, eps, relative, size, 4.0)
                 scores = maps.reshape(len(maps), -1).max(1)
-                defect = labels == 1
                 row = {
                     "dataset": root.name, "geometry": geometry, "input_size": list(size),
                     "layers": layer_ids, "eps": eps, "relative_eps": relative, "d": d or "all",

@@ -89,7 +89,7 @@ def test_operator_page_shows_label_score_probability_and_heatmap(browser, server
         heat = crop(shot, card.find_element(By.CSS_SELECTOR, "img.heatmap"))
         assert heat.shape[0] > 100 and heat.shape[1] > 200, f"{name}: heatmap not inside the screenshot"
         assert heat.std() > 20, f"{name}: heatmap region is blank"
-        r, g, b = heat[..., 0], heat[..., 1], heat[..., 2]
+        r, b = heat[..., 0], heat[..., 2]
         jet = ((b > 150) & (r < 100)) | ((r > 180) & (b < 100))  # the map's blue or red overlay
         assert jet.mean() > 0.02, f"{name}: no anomaly-map colours in the heatmap region"
         badge = crop(shot, card.find_element(By.CSS_SELECTOR, ".label"))
