@@ -35,6 +35,7 @@ the default candidate always runs and is always affordable.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,7 @@ class CandidateResult:
     shared_pass: bool = False  # fitted and scored from a shared backbone pass (padim.feature_bank)
     fold_selections: list | None = None  # its selection score in each fold (the metrics are their means)
     family_auroc: dict | None = None  # synthetic defects' image AUROC per family, mean over the folds
+    needs_budget: str | None = None  # for one the budget skipped: the --budget that would have tried it
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -627,6 +629,9 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
                 over, spent = distributed.broadcast_object((over, spent))
             if over:
                 row.skipped = f"budget: needs ~{needs:.1f} s with a final fit, {max(0.0, total - spent):.1f} s left"
+                required = spent + needs
+                row.needs_budget = (f"{math.ceil(value * required / total)}x" if kind == "factor"
+                                    else f"{math.ceil(required)}")
                 passes.release(model, [m for _, m in trials[k + 1:]])
                 continue
         t0 = time.perf_counter()
@@ -776,6 +781,11 @@ def format_table(table: list[dict], choice: str) -> str:
         lines.append(f"{mark}{row['name']:9s}  {row['image_auroc']:11.4f}  {row['pixel_auroc']:11.4f}  "
                      f"{row['pro']:.4f}  {row['good_cv']:7.4f}  {row['selection']:9.4f}  {row['seconds']:7.1f}"
                      + (f"  ({row['note']})" if row.get("note") else ""))
+    if all(row.get("selection") is None for row in table[1:]):
+        wanted = next((row for row in table[1:] if row.get("needs_budget")), None)
+        if wanted is not None:
+            lines.append(f"only the default ran in this budget; --budget {wanted['needs_budget']} would also try "
+                         f"{wanted['name']}")
     return "\n".join(lines)
 
 

@@ -140,6 +140,11 @@ def test_a_tight_budget_runs_only_the_default(tmp_path):
     assert rows[0]["name"] == "default" and rows[0]["skipped"] is None
     assert all(row["skipped"] and row["skipped"].startswith("budget") for row in rows[1:])
     assert model.auto_choice_ == "default"
+    # the table tells which budget would have tried the first candidate it skipped
+    first = rows[1]
+    assert first["needs_budget"].endswith("x") and int(first["needs_budget"][:-1]) >= 2
+    assert format_table(rows, model.auto_choice_).splitlines()[-1] == (
+        f"only the default ran in this budget; --budget {first['needs_budget']} would also try {first['name']}")
 
 
 def test_too_few_images_for_auto_is_one_line(tmp_path):
