@@ -70,6 +70,7 @@ MAX_POOLING_SPREAD = 0.2
 # ... and only if on no synthetic defect family its image AUROC falls this far below the default's
 # (the product's defect type is unknown: a mean gain must not hide a kind of defect it misses)
 FAMILY_MARGIN = 0.05
+TIMING_STEP = 8  # the budget's unit: a plain fit timed on every 8th Gaussian (SharedPasses._plain_fit_seconds)
 UNSERVED_FOLDS = 1  # folds validated on where every candidate fits itself (each fold costs a fit)
 VALIDATION_MAX_SIDE = 512  # synthetic defects are made at most this large (the model resizes anyway)
 CALIBRATION_SHARE = 0.15  # what calibration adds to a fit (benchmarks/RESULTS.md §11)
@@ -456,8 +457,8 @@ class SharedPasses:
         """Fit ``model`` from its bank on the validation list's rows ``fit`` and score its rows
         ``validation``: scores, maps at their sizes, the fit's and validation's seconds as if it
         had decoded and extracted its own features (the pass's share plus its own), and the
-        seconds spent building the bank here (0 if it existed). ``dense``: fit as a plain fit does
-        (d×d factorisations), so that its time measures one."""
+        seconds spent building the bank here (0 if it existed). ``dense``: its fit seconds are a
+        plain fit's (d×d factorisations, :meth:`_plain_fit_seconds`), so that they measure one."""
         key = self.keys[id(model)]
         built_s = 0.0
         if key not in self.banks:
@@ -470,9 +471,13 @@ class SharedPasses:
         bank = self.banks[key]
         batch = model.geometry_.images_per_batch(model.batch_size)
         t0 = time.perf_counter()
-        maps_of = self._fit(model, [e for _, e in bank.embeddings(model, fit, batch)], dense)
+        embeddings = [e for _, e in bank.embeddings(model, fit, batch)]
+        assembled = time.perf_counter()
+        plain_s = self._plain_fit_seconds(model, embeddings) if dense and not self._fits_dense(model, embeddings) else None
+        started = time.perf_counter()
+        maps_of = self._fit(model, embeddings)
         fitted = time.perf_counter()
-        gaussians_s = fitted - t0
+        gaussians_s = assembled - t0 + (fitted - started if plain_s is None else plain_s)
         if dense:
             self.dense = (gaussians_s, _factor_work(model))
         elif self.dense is not None:  # a low-rank fit: what its d×d factorisations would cost instead
@@ -507,16 +512,39 @@ class SharedPasses:
         return self.banks[self.keys[id(model)]].seconds_for(model.layers_) / max(1, self.n_images) + self.decode_s
 
     @staticmethod
-    def _fit(model, embeddings: list, dense: bool = False):
+    def _fits_dense(model, embeddings: list) -> bool:
+        """Whether :meth:`_fit` makes d×d factorisations: at least as many samples per Gaussian as features."""
+        return sum(len(e) for e in embeddings) * samples_per_image(*model.feature_size_, model.cell_) >= model.n_features_
+
+    @staticmethod
+    def _plain_fit_seconds(model, embeddings: list) -> float:
+        """Seconds a plain fit's sums and d×d factorisations would take on ``embeddings``: those of
+        every TIMING_STEP-th Gaussian, timed and scaled to all of them (both are linear in the
+        number of Gaussians), so that the budget's unit costs an eighth of a fit to measure."""
+        from .gaussian import GaussianStats, GroupedUpdates
+        from .model import _as_float16
+
+        step = max(1, min(TIMING_STEP, model.n_gaussians_ // 64))
+        kept = len(range(0, model.n_gaussians_, step))
+        device = model._device()
+        t0 = time.perf_counter()
+        stats = GaussianStats(kept, model.n_features_, device)
+        sums = GroupedUpdates(stats)
+        for embedding in embeddings:
+            sums.add(model._to_samples(_as_float16(embedding.to(device)))[..., ::step].contiguous())
+        sums.close()
+        stats.finalize(model.eps)
+        return (time.perf_counter() - t0) * model.n_gaussians_ / kept
+
+    @classmethod
+    def _fit(cls, model, embeddings: list):
         """Fit ``model``'s Gaussians from its training embeddings; its maps function. With fewer
-        samples per Gaussian than features (and not ``dense``), the exact low-rank form
-        (padim.low_rank) replaces the d×d factorisations, most of a trial's time otherwise; the
-        model is then not fitted itself."""
-        per_gaussian = sum(len(e) for e in embeddings) * samples_per_image(*model.feature_size_, model.cell_)
-        if dense or per_gaussian >= model.n_features_:
+        samples per Gaussian than features, the exact low-rank form (padim.low_rank) replaces the
+        d×d factorisations, most of a trial's time otherwise; the model is then not fitted itself."""
+        if cls._fits_dense(model, embeddings):
             model._fit_from_embeddings(embeddings)
             return model._maps_from_embedding
-        if per_gaussian < 2:
+        if sum(len(e) for e in embeddings) * samples_per_image(*model.feature_size_, model.cell_) < 2:
             raise ValueError(f"need at least 2 readable training images, got {sum(len(e) for e in embeddings)}")
         device = model._device()
         low_rank = LowRankGaussians(torch.cat([model._to_samples(e.to(device)) for e in embeddings]), model.eps)

@@ -4,6 +4,7 @@ stored choice and candidate table reload with the model."""
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from padim import PaDiM
@@ -480,3 +481,38 @@ def test_a_steady_gain_below_the_minimum_does_not_replace_the_default():
     assert _affordable_best([default, tiny], one_fit=1.0, left=10.0) is default
     assert "not clear" in tiny.note
     assert _clear_gain(enough, default)[0]
+
+
+def test_the_budget_unit_times_a_plain_fit_on_every_eighth_gaussian_and_scales_it(tmp_path, monkeypatch):
+    """The d×d work of a plain fit is timed on every TIMING_STEP-th Gaussian only: the Gaussians
+    actually fitted are that many, and the seconds are scaled by all over kept (a fake clock that
+    advances one second between the two readings)."""
+    import math
+
+    import padim.autoconfig as auto
+    import padim.gaussian as gaussian
+
+    sources = sorted(shifted_texture_folder(tmp_path / "good", n=6, seed=7).iterdir())
+    model = PaDiM(**{**COMMON, "image_size": 128, "progress": False})
+    model._prepare_fit(sources)
+    embeddings = [torch.randn(3, model.n_features_, *model.feature_size_)]
+    fitted = []
+    original = gaussian.GaussianStats.__init__
+
+    def recording(self, n_positions, dim, *args, **kwargs):
+        fitted.append(n_positions)
+        original(self, n_positions, dim, *args, **kwargs)
+
+    readings = iter([10.0, 11.0])
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return next(readings)
+
+    monkeypatch.setattr(gaussian.GaussianStats, "__init__", recording)
+    monkeypatch.setattr(auto, "time", Clock)
+    seconds = auto.SharedPasses._plain_fit_seconds(model, embeddings)
+    step = min(auto.TIMING_STEP, model.n_gaussians_ // 64)
+    assert step > 1 and fitted == [math.ceil(model.n_gaussians_ / step)]
+    assert seconds == pytest.approx(model.n_gaussians_ / fitted[0])
