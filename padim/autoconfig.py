@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from .alignment import position_spread
 from .data import as_sources
 from .feature_bank import BANK_MAX_BYTES, FeatureBank, bank_bytes, bank_key
 from .io import ImageReadError, load_image
@@ -54,7 +55,6 @@ from .mvtec import find_image, load_mask
 from .mvtec import find_mask as find_mvtec_mask
 from .synthetic import make_defects
 from .tiling import samples_per_image
-from .alignment import position_spread
 
 MAX_SELECTION_IMAGES = 60  # the selection uses a seeded subset of at most this many good images, in
 FOLDS = 4  # folds: each validates on a quarter (and its synthetic defects) and fits on the rest
