@@ -473,7 +473,8 @@ class SharedPasses:
         t0 = time.perf_counter()
         embeddings = [e for _, e in bank.embeddings(model, fit, batch)]
         assembled = time.perf_counter()
-        plain_s = self._plain_fit_seconds(model, embeddings) if dense and not self._fits_dense(model, embeddings) else None
+        dense_anyway = self._samples_per_gaussian(model, embeddings) >= model.n_features_
+        plain_s = self._plain_fit_seconds(model, embeddings) if dense and not dense_anyway else None
         started = time.perf_counter()
         maps_of = self._fit(model, embeddings)
         fitted = time.perf_counter()
@@ -512,39 +513,32 @@ class SharedPasses:
         return self.banks[self.keys[id(model)]].seconds_for(model.layers_) / max(1, self.n_images) + self.decode_s
 
     @staticmethod
-    def _fits_dense(model, embeddings: list) -> bool:
-        """Whether :meth:`_fit` makes d×d factorisations: at least as many samples per Gaussian as features."""
-        return sum(len(e) for e in embeddings) * samples_per_image(*model.feature_size_, model.cell_) >= model.n_features_
+    def _samples_per_gaussian(model, embeddings: list) -> int:
+        """Training samples each Gaussian gets from ``embeddings``: :meth:`_fit` factorises d×d
+        covariances when they are at least d."""
+        return sum(len(e) for e in embeddings) * samples_per_image(*model.feature_size_, model.cell_)
 
     @staticmethod
     def _plain_fit_seconds(model, embeddings: list) -> float:
         """Seconds a plain fit's sums and d×d factorisations would take on ``embeddings``: those of
         every TIMING_STEP-th Gaussian, timed and scaled to all of them (both are linear in the
         number of Gaussians), so that the budget's unit costs an eighth of a fit to measure."""
-        from .gaussian import GaussianStats, GroupedUpdates
-        from .model import _as_float16
-
         step = max(1, min(TIMING_STEP, model.n_gaussians_ // 64))
-        kept = len(range(0, model.n_gaussians_, step))
-        device = model._device()
         t0 = time.perf_counter()
-        stats = GaussianStats(kept, model.n_features_, device)
-        sums = GroupedUpdates(stats)
-        for embedding in embeddings:
-            sums.add(model._to_samples(_as_float16(embedding.to(device)))[..., ::step].contiguous())
-        sums.close()
+        stats, _ = model._summed(embeddings, every=step)
         stats.finalize(model.eps)
-        return (time.perf_counter() - t0) * model.n_gaussians_ / kept
+        return (time.perf_counter() - t0) * model.n_gaussians_ / stats.num_positions
 
     @classmethod
     def _fit(cls, model, embeddings: list):
         """Fit ``model``'s Gaussians from its training embeddings; its maps function. With fewer
         samples per Gaussian than features, the exact low-rank form (padim.low_rank) replaces the
         d×d factorisations, most of a trial's time otherwise; the model is then not fitted itself."""
-        if cls._fits_dense(model, embeddings):
+        per_gaussian = cls._samples_per_gaussian(model, embeddings)
+        if per_gaussian >= model.n_features_:
             model._fit_from_embeddings(embeddings)
             return model._maps_from_embedding
-        if sum(len(e) for e in embeddings) * samples_per_image(*model.feature_size_, model.cell_) < 2:
+        if per_gaussian < 2:
             raise ValueError(f"need at least 2 readable training images, got {sum(len(e) for e in embeddings)}")
         device = model._device()
         low_rank = LowRankGaussians(torch.cat([model._to_samples(e.to(device)) for e in embeddings]), model.eps)

@@ -442,19 +442,26 @@ class PaDiM:
         """The Gaussians (no calibration) from training embeddings ``[b, d, h, w]`` already
         extracted at ``input_size_`` after :meth:`_prepare_fit`: how padim.autoconfig fits the
         candidates that share one backbone pass (padim.feature_bank). One process only."""
-        stats = GaussianStats(self.n_gaussians_, self.n_features_, self._device())
-        sums = GroupedUpdates(stats)
-        n_images = 0
-        for embedding in embeddings:
-            sums.add(self._to_samples(_as_float16(embedding.to(self._device()))))
-            n_images += len(embedding)
-        sums.close()
+        stats, n_images = self._summed(embeddings)
         if n_images < 2:
             raise ValueError(f"need at least 2 readable training images, got {n_images}")
         self.n_train_, self.skipped_ = n_images, []
         self.calibrator_ = self.calibration_scores_ = self.map_floor_ = None
         self.gaussian_ = stats.finalize(self.eps)
         return self
+
+    def _summed(self, embeddings, every: int = 1) -> tuple[GaussianStats, int]:
+        """The Gaussians' sums over training embeddings ``[b, d, h, w]`` (of every ``every``-th
+        Gaussian only: padim.autoconfig times a fit on a share of them), and the number of images."""
+        stats = GaussianStats(len(range(0, self.n_gaussians_, every)), self.n_features_, self._device())
+        sums = GroupedUpdates(stats)
+        n_images = 0
+        for embedding in embeddings:
+            samples = self._to_samples(_as_float16(embedding.to(self._device())))
+            sums.add(samples if every == 1 else samples[..., ::every].contiguous())
+            n_images += len(embedding)
+        sums.close()
+        return stats, n_images
 
     def _check_ranks_agree(self, n_images: int) -> None:
         """Every rank of a distributed fit must have decided the same model shape from the same
