@@ -3,7 +3,8 @@ the shared datasets are, against randomly shifted textures (RESULTS.md §25).
 
     python benchmarks/position_spread.py ../shared/data/cookies ../shared/data/bsdata /tmp/padim_synth --textures
 
-For each dataset, its training good images (a seeded subset of at most 60, as the selection takes;
+For each dataset, its training good images (a seeded random subset of at most 60, the selection's
+limit, though not the selection's own subset;
 ``--test`` for the test set's good images instead) are passed through the default model's
 backbone and the spread of one shared Gaussian ("image") and of 4×4 cells is printed. With
 ``--textures``, the same for randomly shifted textures (tests/test_autoconfig.py's) at several
