@@ -5,7 +5,8 @@ subset of) the good images: each fold fits on the other folds' images, without c
 validates on its own held-out good images and synthetic defects made from them
 (:mod:`padim.synthetic`, exact masks) at two sizes (``DEFECT_SCALES``: large regions, and pits and
 short scratches, since the product's defect size is unknown), plus real defect images when given.
-No candidate is validated on an image it was fitted on. Candidates of one backbone and input size
+No candidate is validated on an image it was fitted on; maps meet masks at the default
+candidate's input resolution (:func:`comparison_size`). Candidates of one backbone and input size
 share one backbone pass over every selection image (:class:`SharedPasses`), and fit with fewer
 images than features in the exact low-rank form (:mod:`padim.low_rank`). A candidate replaces the
 default only if its per-fold gain is clear (``SIGNIFICANCE`` standard errors and at least
@@ -50,6 +51,7 @@ from .data import as_sources
 from .feature_bank import BANK_MAX_BYTES, FeatureBank, bank_bytes, bank_key
 from .io import ImageReadError, load_image
 from .low_rank import LowRankGaussians
+from .maps import resize_map
 from .metrics import image_auroc, pixel_auroc, pro_score
 from .mvtec import find_image, load_mask
 from .mvtec import find_mask as find_mvtec_mask
@@ -73,6 +75,7 @@ FAMILY_MARGIN = 0.05
 TIMING_STEP = 8  # the budget's unit: a plain fit timed on every 8th Gaussian (SharedPasses._plain_fit_seconds)
 UNSERVED_FOLDS = 1  # folds validated on where every candidate fits itself (each fold costs a fit)
 VALIDATION_MAX_SIDE = 512  # synthetic defects are made at most this large (the model resizes anyway)
+# ... and their maps meet their masks at the default candidate's input resolution (comparison_size)
 CALIBRATION_SHARE = 0.15  # what calibration adds to a fit (benchmarks/RESULTS.md §11)
 STABILITY_WEIGHT = 0.05
 # Synthetic defect extents (padim.synthetic's scale), one defect per validation image at each:
@@ -222,6 +225,36 @@ def _readable_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> list
                                interpolation=cv2.INTER_AREA)
         out.append((index, image))
     return out
+
+
+def comparison_size(shape: tuple, pixels: float) -> tuple[int, int]:
+    """Where a validation image's anomaly map meets its mask: the image's size scaled down to
+    about ``pixels`` (the default candidate's input), never up. A map holds no finer detail than
+    the model's input (it is upsampled from there), and the pixel metrics' cost grows with the
+    pixels compared: at the cookies' 512×384 validation size, a third of the work (RESULTS.md §26)."""
+    h, w = shape[:2]
+    factor = min(1.0, math.sqrt(pixels / (h * w)))
+    return max(1, round(h * factor)), max(1, round(w * factor))
+
+
+def shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``mask`` at ``size``: every pixel the defect touches (area interpolation above 0). A
+    stricter rule (half covered, or nearest) breaks a thin scratch into many one-pixel regions,
+    each of which PRO would weigh as much as a whole defect."""
+    import cv2
+
+    if mask.shape[:2] == tuple(size):
+        return mask
+    return cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA) > 0
+
+
+def _shrink_masks(folds: list["Fold"], real: "DefectSet | None", pixels: float) -> None:
+    """Every validation mask (the folds' synthetic ones and the real ones) at its image's
+    :func:`comparison_size`."""
+    sets = [d for fold in folds for d in fold.synthetic or []] + ([real] if real is not None else [])
+    for defect_set in sets:
+        defect_set.masks = [None if m is None else shrink_mask(m, comparison_size(m.shape, pixels))
+                            for m in defect_set.masks]
 
 
 def synthetic_validation(goods: list[np.ndarray], seed: int, scales=DEFECT_SCALES) -> list["DefectSet"]:
@@ -404,6 +437,7 @@ class SharedPasses:
     def __init__(self, models: list, files: list, validation: list[np.ndarray], decode_s: float = 0.0):
         self.files, self.validation, self.decode_s = list(files), list(validation), decode_s
         self.n_images = len(self.validation)
+        self.sizes = None  # the files' sizes from their headers, read once for every candidate
         self.keys = {id(m): self._prepared_key(m) for m in models}
         layers: dict[tuple, set] = {}
         for model in models:
@@ -418,6 +452,7 @@ class SharedPasses:
         self.backbones: dict[tuple, Any] = {}
         self.pass_rate, self.own = None, None  # see record()
         self.dense = None  # the dense (default) trial's Gaussian seconds and _factor_work
+        self.unit_s = 0.0  # seconds spent timing the budget's unit (_plain_fit_seconds), since the last record()
 
     def _prepared_key(self, model) -> tuple | None:
         """The candidate's decisions (geometry, layers, channels, cell), made from the files'
@@ -425,7 +460,8 @@ class SharedPasses:
         if distributed.active() or not hasattr(model, "_fit_from_embeddings"):
             return None
         try:
-            model._prepare_fit(self.files)
+            self.sizes = model._training_sizes(self.files) if self.sizes is None else self.sizes
+            model._prepare_fit(self.files, self.sizes)
             model.value_range_, model.value_kind_ = model._decide_value_range(self.validation)
         except (ValueError, MemoryError):
             return None  # its own fit reports why
@@ -448,14 +484,16 @@ class SharedPasses:
 
     def record(self, model, own_seconds: float, built_s: float) -> None:
         """What :meth:`trial_estimate` goes by, from a bank-served trial: its own part's seconds
-        (fitting, scoring, metrics) and work, and its pass's if it built one."""
+        (fitting, scoring, metrics; not the budget unit's timing, which only the default's trial
+        does) and work, and its pass's if it built one."""
         if built_s > 0:
             self.pass_rate = built_s / (self.n_images * model.input_size_[0] * model.input_size_[1])
-        self.own = (own_seconds, _work(model))
+        self.own = (max(0.0, own_seconds - self.unit_s), _work(model))
+        self.unit_s = 0.0
 
-    def fit_and_score(self, model, fit: list[int], validation: list[int], dense: bool = False):
+    def fit_and_score(self, model, fit: list[int], validation: list[int], map_sizes: list, dense: bool = False):
         """Fit ``model`` from its bank on the validation list's rows ``fit`` and score its rows
-        ``validation``: scores, maps at their sizes, the fit's and validation's seconds as if it
+        ``validation``: scores, maps at their ``map_sizes`` (by row), the fit's and validation's seconds as if it
         had decoded and extracted its own features (the pass's share plus its own), and the
         seconds spent building the bank here (0 if it existed). ``dense``: its fit seconds are a
         plain fit's (d×d factorisations, :meth:`_plain_fit_seconds`), so that they measure one."""
@@ -476,6 +514,7 @@ class SharedPasses:
         dense_anyway = self._samples_per_gaussian(model, embeddings) >= model.n_features_
         plain_s = self._plain_fit_seconds(model, embeddings) if dense and not dense_anyway else None
         started = time.perf_counter()
+        self.unit_s += started - assembled
         maps_of = self._fit(model, embeddings)
         fitted = time.perf_counter()
         gaussians_s = assembled - t0 + (fitted - started if plain_s is None else plain_s)
@@ -486,7 +525,7 @@ class SharedPasses:
         scores, maps = [], []
         for indices, embedding in bank.embeddings(model, validation, batch):
             batch_scores, batch_maps = model._score_maps(maps_of(embedding.to(model._device())),
-                                                         [bank.size_of(i) for i in indices])
+                                                         [map_sizes[i] for i in indices])
             scores.extend(batch_scores.tolist())
             maps.extend(batch_maps)
         if len(scores) != len(validation):
@@ -625,8 +664,12 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     kind, value = parse_budget(budget)
     trials = [(candidate, model_factory(**candidate.params)) for candidate in candidates(backbone, image_size)]
     passes = SharedPasses([model for _, model in trials], files, validation, decode_s)
-    if not passes.serves(trials[0][1]):
+    default = trials[0][1]
+    if not passes.serves(default):
         folds = folds[:UNSERVED_FOLDS]  # each candidate fits itself: one fold keeps the cost of one trial
+    pixels = math.prod(default.input_size_) if passes.serves(default) else math.inf
+    _shrink_masks(folds, real, pixels)
+    map_sizes = [comparison_size(image.shape, pixels) for image in validation]
     table: list[CandidateResult] = []
     reference = one_fit = total = spread = None
     for k, (candidate, model) in enumerate(trials):
@@ -656,7 +699,8 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
                 continue
         t0 = time.perf_counter()
         try:
-            per_fold, timing, built_s = _try(model, passes, files, validation, folds, dense=reference is None)
+            per_fold, timing, built_s = _try(model, passes, files, validation, map_sizes, folds,
+                                              dense=reference is None)
         except (ValueError, MemoryError) as exc:
             row.skipped = f"cannot fit: {exc}"
             if reference is None:
@@ -702,15 +746,17 @@ def _pools(candidate: Candidate, default) -> bool:
     return cell == "image" or default.cell_ != "image" and int(cell) > int(default.cell_)
 
 
-def _try(model, passes: "SharedPasses", files: list, validation: list, folds: list[Fold], dense: bool):
-    """One candidate on every fold: per-fold validation metrics, its first fold's fit seconds and
-    a fit's seconds per image (decoding and the backbone; as if it had extracted its own features),
-    and the seconds spent building a shared pass. ``dense``: the first fold is fitted as a plain fit is (the budget's unit)."""
+def _try(model, passes: "SharedPasses", files: list, validation: list, map_sizes: list, folds: list[Fold],
+         dense: bool):
+    """One candidate on every fold: per-fold validation metrics (its maps at ``map_sizes``, by
+    validation row), its first fold's fit seconds and a fit's seconds per image (decoding and the
+    backbone; as if it had extracted its own features), and the seconds spent building a shared
+    pass. ``dense``: the first fold is fitted as a plain fit is (the budget's unit)."""
     per_fold, timing, built_s = [], None, 0.0
     for f, fold in enumerate(folds):
         if passes.serves(model):
             scores, maps, fit_s, validate_s, built = passes.fit_and_score(model, fold.fit_rows, fold.validation,
-                                                                          dense=dense and f == 0)
+                                                                          map_sizes, dense=dense and f == 0)
             built_s += built
             per_image_s = passes.fit_per_image(model)
         else:
@@ -718,7 +764,8 @@ def _try(model, passes: "SharedPasses", files: list, validation: list, folds: li
             model.fit([files[i] for i in fold.fit], calibrate=False)
             fit_s = time.perf_counter() - t0
             results = list(model.iter_results([validation[i] for i in fold.validation], maps=True))
-            scores, maps = [r.score for r in results], [r.anomaly_map for r in results]
+            scores = [r.score for r in results]
+            maps = [resize_map(r.anomaly_map, map_sizes[i]) for r, i in zip(results, fold.validation)]
             per_image_s = (time.perf_counter() - t0 - fit_s) / len(fold.validation)  # about a fit's, per image
         per_fold.append(validation_metrics(scores, maps, fold.n_goods, fold.synthetic, fold.real))
         timing = timing or (fit_s, per_image_s)

@@ -267,11 +267,12 @@ class PaDiM:
         kinds = [kind(s) for s in sources]
         return chosen or decide_value_range(kinds, values), training_kind(kinds)
 
-    def _prepare_fit(self, sources) -> None:
+    def _prepare_fit(self, sources, sizes: list | None = None) -> None:
         """Decide geometry, hook points, channels and Gaussian granularity from the training images'
-        headers (the rule is in padim.geometry: the median image's size, the time and memory budget)."""
+        headers (the rule is in padim.geometry: the median image's size, the time and memory budget).
+        ``sizes``: the headers' :meth:`_training_sizes`, if already read."""
         spec = self.spec
-        h, w = typical_size(self._training_sizes(sources))
+        h, w = typical_size(self._training_sizes(sources) if sizes is None else sizes)
         layers = list(self.layers) if self.layers else list(spec.default_layers)
         if self._extractor is not None and layers != getattr(self, "layers_", None):
             self._extractor = None  # refit with other hook points

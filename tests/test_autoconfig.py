@@ -516,3 +516,74 @@ def test_the_budget_unit_times_a_plain_fit_on_every_eighth_gaussian_and_scales_i
     step = min(auto.TIMING_STEP, model.n_gaussians_ // 64)
     assert step > 1 and fitted == [math.ceil(model.n_gaussians_ / step)]
     assert seconds == pytest.approx(model.n_gaussians_ / fitted[0])
+
+
+def test_comparison_size_scales_an_image_down_to_the_input_pixels_never_up():
+    from padim.autoconfig import comparison_size
+
+    assert comparison_size((512, 384, 3), 288 * 224) == (293, 220)  # factor sqrt(64512 / 196608) = 0.5728
+    assert comparison_size((200, 100), 288 * 224) == (200, 100)
+    assert comparison_size((512, 384), float("inf")) == (512, 384)
+
+
+def test_a_shrunk_mask_keeps_every_touched_pixel_and_a_thin_scratch_whole():
+    from scipy import ndimage
+
+    from padim.autoconfig import comparison_size, shrink_mask
+
+    mask = np.random.default_rng(0).random((64, 48)) < 0.02
+    # an integer factor: a pixel is set iff its 4×4 block holds a defect pixel (naive reference)
+    assert np.array_equal(shrink_mask(mask, (16, 12)), mask.reshape(16, 4, 12, 4).any(axis=(1, 3)))
+    assert shrink_mask(mask, (64, 48)) is mask
+    scratch = np.zeros((512, 384), bool)
+    rows = np.arange(100, 400)
+    scratch[rows, rows - 50] = True  # one pixel wide, diagonal
+    small = shrink_mask(scratch, comparison_size(scratch.shape, 288 * 224))
+    assert ndimage.label(small, structure=np.ones((3, 3)))[1] == 1  # one region, as PRO should count it
+
+
+def test_the_selection_compares_maps_and_masks_at_the_default_input_size(tmp_path, monkeypatch):
+    import padim.autoconfig as auto
+
+    folder = shifted_texture_folder(tmp_path / "good", n=8, size=2 * SIZE)  # the model's input is SIZE²
+    seen = []
+    metrics = auto.validation_metrics
+
+    def recording(scores, maps, n_goods, synthetic, real=None):
+        seen.append([m.shape for m in maps] + [m.shape for s in synthetic for m in s.masks])
+        return metrics(scores, maps, n_goods, synthetic, real)
+
+    monkeypatch.setattr(auto, "validation_metrics", recording)
+    monkeypatch.setattr(auto, "candidates", lambda backbone, size: [
+        auto.Candidate("default", {}), auto.Candidate("tiled", {"tile": SIZE})])  # tiled: scored by the model itself
+    chosen = auto.select(lambda **p: PaDiM(**{**COMMON, "progress": False, **p}), sorted(folder.iterdir()),
+                         "efficientnet_lite0", SIZE, budget="1000x")
+    assert [row.shared_pass for row in chosen.table] == [True, False]
+    assert len(seen) == 4 + 4  # both candidates on the 4 folds
+    assert all(shape == (SIZE, SIZE) for shapes in seen for shape in shapes)
+
+
+def test_a_second_candidates_trial_estimate_leaves_out_the_budget_units_timing(tmp_path, monkeypatch):
+    """Only the default's trial times a plain fit (the budget's unit); the estimate for the next
+    candidate of the same work is the default's own seconds without that timing."""
+    import time
+
+    import padim.autoconfig as auto
+
+    sources = sorted(shifted_texture_folder(tmp_path / "good", n=10, seed=5).iterdir())
+    files, validation, folds, _ = auto._folds(sources, seed=0, synthetic=True, real=None)
+
+    def slow_unit(model, embeddings):
+        time.sleep(0.5)
+        return 1.0
+
+    monkeypatch.setattr(auto.SharedPasses, "_plain_fit_seconds", staticmethod(slow_unit))
+    default, other = (PaDiM(**{**COMMON, "progress": False, **p}) for p in ({}, {"eps": 0.1}))
+    passes = auto.SharedPasses([default, other], files, validation)
+    sizes = [image.shape[:2] for image in validation]
+    t0 = time.perf_counter()
+    *_, built_s = passes.fit_and_score(default, folds[0].fit_rows, folds[0].validation, sizes, dense=True)
+    own = time.perf_counter() - t0 - built_s
+    passes.record(default, own, built_s)
+    assert passes.unit_s == 0.0  # spent
+    assert passes.trial_estimate(other, 1.0, reference=100.0) <= own - 0.5
