@@ -472,23 +472,23 @@ class SharedPasses:
 
     def trial_estimate(self, model, cost: float, reference: float) -> float:
         """Seconds to try ``model``: for one a bank serves, the bank's pass if not built yet (the
-        last pass's seconds per image and input pixel) plus its own part (the last bank-served
-        trial's, scaled up by its feature positions × d); for any other, its declared ``cost`` ×
-        the default's trial (``reference``)."""
+        last pass's seconds per image and input pixel), the last bank-served trial's metrics (the
+        same pixels for every candidate) and its fits and scoring, scaled by feature positions × d;
+        for any other, its declared ``cost`` × the default's trial (``reference``)."""
         key = self.keys.get(id(model))
         if key is None or self.own is None:
             return cost * reference
         pass_s = 0.0 if key in self.banks else self.pass_rate * self.n_images * model.input_size_[0] * model.input_size_[1]
-        own_s, work = self.own
-        return pass_s + own_s * max(1.0, _work(model) / work)
+        fits_s, metrics_s, work = self.own
+        return pass_s + metrics_s + fits_s * _work(model) / work
 
-    def record(self, model, own_seconds: float, built_s: float) -> None:
+    def record(self, model, own_seconds: float, built_s: float, metrics_s: float) -> None:
         """What :meth:`trial_estimate` goes by, from a bank-served trial: its own part's seconds
-        (fitting, scoring, metrics; not the budget unit's timing, which only the default's trial
-        does) and work, and its pass's if it built one."""
+        (``own_seconds``: fitting, scoring and the metrics' ``metrics_s``; the budget unit's
+        timing, which only the default's trial does, left out) and work, and its pass's if it built one."""
         if built_s > 0:
             self.pass_rate = built_s / (self.n_images * model.input_size_[0] * model.input_size_[1])
-        self.own = (max(0.0, own_seconds - self.unit_s), _work(model))
+        self.own = (max(0.0, own_seconds - self.unit_s - metrics_s), metrics_s, _work(model))
         self.unit_s = 0.0
 
     def fit_and_score(self, model, fit: list[int], validation: list[int], map_sizes: list, dense: bool = False):
@@ -699,7 +699,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
                 continue
         t0 = time.perf_counter()
         try:
-            per_fold, timing, built_s = _try(model, passes, files, validation, map_sizes, folds,
+            per_fold, timing, built_s, metrics_s = _try(model, passes, files, validation, map_sizes, folds,
                                               dense=reference is None)
         except (ValueError, MemoryError) as exc:
             row.skipped = f"cannot fit: {exc}"
@@ -716,7 +716,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
         row.seconds = time.perf_counter() - t0
         row.fit_seconds, per_image_s = timing
         if row.shared_pass:
-            passes.record(model, row.seconds - built_s, built_s)
+            passes.record(model, row.seconds - built_s, built_s, metrics_s)
         if reference is None:  # the default candidate: it sets the budget's unit (rank 0's, under torchrun)
             timing = (row.seconds, row.fit_seconds, per_image_s)
             timing = distributed.broadcast_object(timing) if distributed.active() else timing
@@ -750,9 +750,9 @@ def _try(model, passes: "SharedPasses", files: list, validation: list, map_sizes
          dense: bool):
     """One candidate on every fold: per-fold validation metrics (its maps at ``map_sizes``, by
     validation row), its first fold's fit seconds and a fit's seconds per image (decoding and the
-    backbone; as if it had extracted its own features), and the seconds spent building a shared
-    pass. ``dense``: the first fold is fitted as a plain fit is (the budget's unit)."""
-    per_fold, timing, built_s = [], None, 0.0
+    backbone; as if it had extracted its own features), the seconds spent building a shared pass,
+    and those the metrics took. ``dense``: the first fold is fitted as a plain fit is (the budget's unit)."""
+    per_fold, timing, built_s, metrics_s = [], None, 0.0, 0.0
     for f, fold in enumerate(folds):
         if passes.serves(model):
             scores, maps, fit_s, validate_s, built = passes.fit_and_score(model, fold.fit_rows, fold.validation,
@@ -767,9 +767,11 @@ def _try(model, passes: "SharedPasses", files: list, validation: list, map_sizes
             scores = [r.score for r in results]
             maps = [resize_map(r.anomaly_map, map_sizes[i]) for r, i in zip(results, fold.validation)]
             per_image_s = (time.perf_counter() - t0 - fit_s) / len(fold.validation)  # about a fit's, per image
+        t0 = time.perf_counter()
         per_fold.append(validation_metrics(scores, maps, fold.n_goods, fold.synthetic, fold.real))
+        metrics_s += time.perf_counter() - t0
         timing = timing or (fit_s, per_image_s)
-    return per_fold, timing, built_s
+    return per_fold, timing, built_s, metrics_s
 
 
 def _fold_means(per_fold: list[dict]) -> dict:

@@ -95,9 +95,6 @@ class FeatureBank:
             maps = [self.maps[name].index_select(0, index).float() for name in model.layers_]
             yield [s for s, _ in chunk], embedding_concat(maps, model.channel_index_)
 
-    def size_of(self, source: int) -> tuple[int, int]:
-        return self.sizes[self._row[source]]
-
 
 def _joined(batches: list[torch.Tensor]) -> torch.Tensor | None:
     """One tensor of a layer's batches: float16, or float32 if any batch had to stay so."""

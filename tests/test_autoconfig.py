@@ -565,7 +565,8 @@ def test_the_selection_compares_maps_and_masks_at_the_default_input_size(tmp_pat
 
 def test_a_second_candidates_trial_estimate_leaves_out_the_budget_units_timing(tmp_path, monkeypatch):
     """Only the default's trial times a plain fit (the budget's unit); the estimate for the next
-    candidate of the same work is the default's own seconds without that timing."""
+    candidate of the same work is the default's own seconds without that timing, and for one of
+    half the work (half the channels) the metrics' seconds plus half the rest."""
     import time
 
     import padim.autoconfig as auto
@@ -578,12 +579,15 @@ def test_a_second_candidates_trial_estimate_leaves_out_the_budget_units_timing(t
         return 1.0
 
     monkeypatch.setattr(auto.SharedPasses, "_plain_fit_seconds", staticmethod(slow_unit))
-    default, other = (PaDiM(**{**COMMON, "progress": False, **p}) for p in ({}, {"eps": 0.1}))
-    passes = auto.SharedPasses([default, other], files, validation)
+    default, other, half = (PaDiM(**{**COMMON, "progress": False, **p}) for p in ({}, {"eps": 0.1}, {"d": 12}))
+    passes = auto.SharedPasses([default, other, half], files, validation)
     sizes = [image.shape[:2] for image in validation]
     t0 = time.perf_counter()
     *_, built_s = passes.fit_and_score(default, folds[0].fit_rows, folds[0].validation, sizes, dense=True)
     own = time.perf_counter() - t0 - built_s
-    passes.record(default, own, built_s)
+    passes.record(default, own, built_s, 0.0)
     assert passes.unit_s == 0.0  # spent
     assert passes.trial_estimate(other, 1.0, reference=100.0) <= own - 0.5
+    passes.record(default, 10.0, 0.0, 2.0)
+    assert passes.trial_estimate(other, 1.0, reference=100.0) == pytest.approx(10.0)
+    assert passes.trial_estimate(half, 1.0, reference=100.0) == pytest.approx(2.0 + 8.0 / 2)

@@ -34,7 +34,7 @@ def test_each_candidate_gets_the_embedding_its_own_extractor_makes(images):
     union = sorted({layer for m in models.values() for layer in m.layers_})
     bank = FeatureBank(models["default"], union, images)
     assert bank.layers == ["_blocks.2", "_blocks.4", "_blocks.10", "_blocks.14"]  # in the backbone's order
-    assert bank.indices == list(range(7)) and all(bank.size_of(i) == (64, 64) for i in range(7))
+    assert bank.indices == list(range(7)) and bank.sizes == [(64, 64)] * 7
     for name, model in models.items():
         assert bank_key(model) == bank.key and set(model.layers_) <= set(bank.layers), name
         batch = next(iter(model._loader(images, model.input_size_)))
