@@ -547,6 +547,16 @@ class SharedPasses:
         except ValueError:  # too few images or positions to tell
             return None
 
+    def fit_estimate(self, model, n_fit: int) -> float | None:
+        """Before trying a served ``model`` whose bank exists: its selection fit's seconds on
+        ``n_fit`` images, as :meth:`fit_and_score` will count them (its share of the pass, decoding,
+        and the dense trial's Gaussian seconds scaled by :func:`_factor_work`); else None."""
+        key = self.keys.get(id(model))
+        if key not in self.banks or self.dense is None:
+            return None
+        per_image = self.banks[key].seconds_for(model.layers_) / max(1, self.n_images) + self.decode_s
+        return per_image * n_fit + self.dense[0] * _factor_work(model) / self.dense[1]
+
     def fit_per_image(self, model) -> float:
         """A fit's seconds per image for a served ``model``: decoding its file and its share of the pass."""
         return self.banks[self.keys[id(model)]].seconds_for(model.layers_) / max(1, self.n_images) + self.decode_s
@@ -683,10 +693,13 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
         if reference is not None:
             spent = time.perf_counter() - started
             # trying it (from a shared pass, or with its own), then the final fit of it or of the
-            # best so far, whichever costs more: trying it must not cost the best its final fit
+            # best so far, whichever costs more: trying it must not cost the best its final fit;
+            # its own final fit from its share of the pass where known (deeper hooks cost more)
             trial = passes.trial_estimate(model, candidate.cost, reference)
             best = max((r for r in table if r.selection is not None), key=lambda r: r.selection)
-            needs = trial + max(candidate.cost, _final_fit_ratio(best, table[0])) * one_fit
+            expected = passes.fit_estimate(model, len(folds[0].fit_rows))
+            own = candidate.cost if expected is None else max(candidate.cost, expected / table[0].fit_seconds)
+            needs = trial + max(own, _final_fit_ratio(best, table[0])) * one_fit
             over = spent + needs > total
             if distributed.active():  # rank 0's clock decides, so every rank fits the same candidates
                 over, spent = distributed.broadcast_object((over, spent))

@@ -566,7 +566,8 @@ def test_the_selection_compares_maps_and_masks_at_the_default_input_size(tmp_pat
 def test_a_second_candidates_trial_estimate_leaves_out_the_budget_units_timing(tmp_path, monkeypatch):
     """Only the default's trial times a plain fit (the budget's unit); the estimate for the next
     candidate of the same work is the default's own seconds without that timing, and for one of
-    half the work (half the channels) the metrics' seconds plus half the rest."""
+    half the work (half the channels) the metrics' seconds plus half the rest. Its final fit's
+    estimate (fit_estimate) is known once the default's bank and dense trial are."""
     import time
 
     import padim.autoconfig as auto
@@ -582,9 +583,13 @@ def test_a_second_candidates_trial_estimate_leaves_out_the_budget_units_timing(t
     default, other, half = (PaDiM(**{**COMMON, "progress": False, **p}) for p in ({}, {"eps": 0.1}, {"d": 12}))
     passes = auto.SharedPasses([default, other, half], files, validation)
     sizes = [image.shape[:2] for image in validation]
+    assert passes.fit_estimate(other, 5) is None  # no bank, no dense trial yet
     t0 = time.perf_counter()
-    *_, built_s = passes.fit_and_score(default, folds[0].fit_rows, folds[0].validation, sizes, dense=True)
+    _, _, fit_s, _, built_s = passes.fit_and_score(default, folds[0].fit_rows, folds[0].validation, sizes, dense=True)
     own = time.perf_counter() - t0 - built_s
+    # before its trial, a candidate's fit as the trial will count it: the default's own exactly, less with fewer channels
+    assert passes.fit_estimate(default, len(folds[0].fit_rows)) == pytest.approx(fit_s)
+    assert passes.fit_estimate(half, len(folds[0].fit_rows)) < fit_s
     passes.record(default, own, built_s, 0.0)
     assert passes.unit_s == 0.0  # spent
     assert passes.trial_estimate(other, 1.0, reference=100.0) <= own - 0.5
