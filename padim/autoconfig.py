@@ -231,7 +231,8 @@ def comparison_size(shape: tuple, pixels: float) -> tuple[int, int]:
     """Where a validation image's anomaly map meets its mask: the image's size scaled down to
     about ``pixels`` (the default candidate's input), never up. A map holds no finer detail than
     the model's input (it is upsampled from there), and the pixel metrics' cost grows with the
-    pixels compared: at the cookies' 512×384 validation size, a third of the work (RESULTS.md §26)."""
+    pixels compared: at the cookies' 512×384 validation size a third of them, and a fifth of the
+    metrics' seconds (RESULTS.md §26)."""
     h, w = shape[:2]
     factor = min(1.0, math.sqrt(pixels / (h * w)))
     return max(1, round(h * factor)), max(1, round(w * factor))
@@ -493,9 +494,9 @@ class SharedPasses:
 
     def fit_and_score(self, model, fit: list[int], validation: list[int], map_sizes: list, dense: bool = False):
         """Fit ``model`` from its bank on the validation list's rows ``fit`` and score its rows
-        ``validation``: scores, maps at their ``map_sizes`` (by row), the fit's and validation's seconds as if it
-        had decoded and extracted its own features (the pass's share plus its own), and the
-        seconds spent building the bank here (0 if it existed). ``dense``: its fit seconds are a
+        ``validation``: scores, maps at their ``map_sizes`` (indexed by row), the fit's and
+        validation's seconds as if it had decoded and extracted its own features (the pass's share
+        plus its own), and the seconds spent building the bank here (0 if it existed). ``dense``: its fit seconds are a
         plain fit's (d×d factorisations, :meth:`_plain_fit_seconds`), so that they measure one."""
         key = self.keys[id(model)]
         built_s = 0.0

@@ -587,7 +587,8 @@ def test_a_second_candidates_trial_estimate_leaves_out_the_budget_units_timing(t
     t0 = time.perf_counter()
     _, _, fit_s, _, built_s = passes.fit_and_score(default, folds[0].fit_rows, folds[0].validation, sizes, dense=True)
     own = time.perf_counter() - t0 - built_s
-    # before its trial, a candidate's fit as the trial will count it: the default's own exactly, less with fewer channels
+    # before its trial, a candidate's fit as the trial will count it: the default's own exactly,
+    # less with fewer channels
     assert passes.fit_estimate(default, len(folds[0].fit_rows)) == pytest.approx(fit_s)
     assert passes.fit_estimate(half, len(folds[0].fit_rows)) < fit_s
     passes.record(default, own, built_s, 0.0)
