@@ -496,8 +496,9 @@ class SharedPasses:
         """Fit ``model`` from its bank on the validation list's rows ``fit`` and score its rows
         ``validation``: scores, maps at their ``map_sizes`` (indexed by row), the fit's and
         validation's seconds as if it had decoded and extracted its own features (the pass's share
-        plus its own), and the seconds spent building the bank here (0 if it existed). ``dense``: its fit seconds are a
-        plain fit's (d×d factorisations, :meth:`_plain_fit_seconds`), so that they measure one."""
+        plus its own), and the seconds spent building the bank here (0 if it existed). ``dense``:
+        its fit seconds are a plain fit's (d×d factorisations, :meth:`_plain_fit_seconds`), so that
+        they measure one."""
         key = self.keys[id(model)]
         built_s = 0.0
         if key not in self.banks:
@@ -522,7 +523,7 @@ class SharedPasses:
         if dense:
             self.dense = (gaussians_s, _factor_work(model))
         elif self.dense is not None:  # a low-rank fit: what its d×d factorisations would cost instead
-            gaussians_s = max(gaussians_s, self.dense[0] * _factor_work(model) / self.dense[1])
+            gaussians_s = max(gaussians_s, self._dense_gaussians_s(model))
         scores, maps = [], []
         for indices, embedding in bank.embeddings(model, validation, batch):
             batch_scores, batch_maps = model._score_maps(maps_of(embedding.to(model._device())),
@@ -533,7 +534,7 @@ class SharedPasses:
             raise ValueError("a validation image could not be scored")
         scored = time.perf_counter()
         pass_per_image = bank.seconds_for(model.layers_) / max(1, self.n_images)
-        fit_s = (pass_per_image + self.decode_s) * len(fit) + gaussians_s
+        fit_s = self.fit_per_image(model) * len(fit) + gaussians_s
         return scores, maps, fit_s, pass_per_image * len(validation) + scored - fitted, built_s
 
     def position_spread(self, model, rows: list[int]) -> float | None:
@@ -552,11 +553,14 @@ class SharedPasses:
         """Before trying a served ``model`` whose bank exists: its selection fit's seconds on
         ``n_fit`` images, as :meth:`fit_and_score` will count them (its share of the pass, decoding,
         and the dense trial's Gaussian seconds scaled by :func:`_factor_work`); else None."""
-        key = self.keys.get(id(model))
-        if key not in self.banks or self.dense is None:
+        if self.keys.get(id(model)) not in self.banks or self.dense is None:
             return None
-        per_image = self.banks[key].seconds_for(model.layers_) / max(1, self.n_images) + self.decode_s
-        return per_image * n_fit + self.dense[0] * _factor_work(model) / self.dense[1]
+        return self.fit_per_image(model) * n_fit + self._dense_gaussians_s(model)
+
+    def _dense_gaussians_s(self, model) -> float:
+        """The dense trial's Gaussian seconds scaled to ``model``'s d×d factorisations (:func:`_factor_work`)."""
+        seconds, work = self.dense
+        return seconds * _factor_work(model) / work
 
     def fit_per_image(self, model) -> float:
         """A fit's seconds per image for a served ``model``: decoding its file and its share of the pass."""
@@ -686,7 +690,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     for k, (candidate, model) in enumerate(trials):
         row = CandidateResult(candidate.name, candidate.params, cost=candidate.cost)
         table.append(row)
-        if spread is not None and spread > MAX_POOLING_SPREAD and _pools(candidate, trials[0][1]):
+        if spread is not None and spread > MAX_POOLING_SPREAD and _pools(candidate, default):
             row.skipped = (f"aligned images (position spread {spread:.2f} > {MAX_POOLING_SPREAD}): pooled "
                            f"Gaussians are for unaligned ones")
             passes.release(model, [m for _, m in trials[k + 1:]])
