@@ -91,8 +91,10 @@ class FeatureBank:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             index = torch.tensor([row for _, row in chunk])
-            # assembled in float32 (CPUs are slow at float16 arithmetic), as the extractor does
-            maps = [self.maps[name].index_select(0, index).float() for name in model.layers_]
+            # assembled in float32 (CPUs are slow at float16 arithmetic) and channels_last, as the
+            # extractor's fused backbone gives them on the CPU (the Gaussians read that without a copy)
+            maps = [self.maps[name].index_select(0, index).to(torch.float32, memory_format=torch.channels_last)
+                    for name in model.layers_]
             yield [s for s, _ in chunk], embedding_concat(maps, model.channel_index_)
 
 

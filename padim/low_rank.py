@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .net import gaussians_first
+
 CHUNK_BYTES = 64 * 2**20  # float64 temporaries per chunk of Gaussians when fitting
 
 
@@ -30,15 +32,17 @@ class LowRankGaussians:
             raise ValueError(f"need at least 2 samples per Gaussian, got {m}")
         device = samples.device
         means = torch.empty(gaussians, d, dtype=torch.float64, device=device)
-        factors = torch.empty(gaussians, m, d, dtype=torch.float32, device=device)
+        factors = gaussians_first(samples).contiguous()  # [G, m, d], for the batched products
+        if factors.untyped_storage().data_ptr() == samples.untyped_storage().data_ptr():
+            factors = factors.clone()  # centred in place below: never the caller's samples
         chunk = max(1, CHUNK_BYTES // (8 * m * d * 2))
         variance_sum = 0.0
-        for start in range(0, gaussians, chunk):  # the means, and the centred samples (kept in `factors`)
-            x = samples[:, :, start:start + chunk].permute(2, 0, 1).to(torch.float64)  # [g, m, d]
+        for start in range(0, gaussians, chunk):  # the means, and the centred samples in place
+            x = factors[start:start + chunk].to(torch.float64)  # [g, m, d]
             means[start:start + chunk] = x.mean(dim=1)
-            centred = x - means[start:start + chunk, None, :]
-            variance_sum += float(centred.square().sum()) / (m - 1)
-            factors[start:start + chunk] = centred
+            x -= means[start:start + chunk, None, :]
+            variance_sum += float(x.square().sum()) / (m - 1)
+            factors[start:start + chunk] = x
         lam = float(eps) * variance_sum / (gaussians * d)
         if lam <= 0 and eps > 0:
             lam = float(eps)
@@ -46,15 +50,19 @@ class LowRankGaussians:
         for start in range(0, gaussians, chunk):  # then L⁻¹X in their place
             x = factors[start:start + chunk].to(torch.float64)
             lower = torch.linalg.cholesky(torch.bmm(x, x.transpose(1, 2)) + lam * (m - 1) * eye)
-            factors[start:start + chunk] = torch.linalg.solve_triangular(lower, x, upper=False)
+            # L⁻¹ (m×m), then one product: cheaper than solving for all d columns of X
+            inverse = torch.linalg.solve_triangular(lower, eye.expand_as(lower), upper=False)
+            factors[start:start + chunk] = torch.bmm(inverse, x)
         self.mean = means.to(torch.float32)
         self.factors = factors  # [G, m, d]: L⁻¹X
         self.reg = lam
 
     def distances(self, samples: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distances ``[S, G]`` of ``samples [S, d, G]``."""
-        r = samples.permute(2, 0, 1).to(torch.float32) - self.mean[:, None, :]  # [G, S, d]
+        r = gaussians_first(samples) - self.mean[:, None, :]  # [G, S, d]
         projected = torch.bmm(r, self.factors.transpose(1, 2))  # [G, S, m]
-        squared = (r.square().sum(dim=2, dtype=torch.float64)
+        # ‖r‖² by a float32 norm (a vectorised reduction, the same rounding as r itself), the
+        # difference in float64: for a sample near the fit's span it is a small one of two large
+        squared = (torch.linalg.vector_norm(r, dim=2).to(torch.float64).square()
                    - projected.square().sum(dim=2, dtype=torch.float64)) / self.reg
         return squared.clamp_min(0).sqrt().to(torch.float32).T

@@ -18,10 +18,10 @@ import time
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbones import BackboneSpec
+from .features import embedding_concat
 from .maps import distance_grid_to_maps
 from .tiling import Cell, from_cells, to_cells
 
@@ -102,11 +102,7 @@ class Embedder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        parts = self.feature_maps(images)
-        h, w = parts[0].shape[-2:]
-        parts = [p if p.shape[-2:] == (h, w) else F.interpolate(p, size=(int(h), int(w)), mode="nearest")
-                 for p in parts]
-        return torch.cat(parts, dim=1)
+        return embedding_concat(self.feature_maps(images))
 
     @torch.no_grad()
     def feature_maps(self, images: torch.Tensor, clock: dict | None = None) -> list[torch.Tensor]:
@@ -160,7 +156,7 @@ class ScoreHead(nn.Module):
 
     def distances(self, samples: torch.Tensor) -> torch.Tensor:
         """Samples ``[S, d, G]`` → Mahalanobis distances ``[S, G]``."""
-        x = samples.to(torch.float32).permute(2, 0, 1)  # [G, S, d]
+        x = gaussians_first(samples)
         g = x.shape[0]
         rows = self.whitener_rows or (lambda start, stop: self.whitener[start:stop])
         if self.whitener is not None and (torch.jit.is_tracing() or g <= POSITION_CHUNK):
@@ -186,6 +182,19 @@ def distances_to_maps(distances: torch.Tensor, cell: Cell, batch: int, h: int, w
     embedding → anomaly maps ``[batch, H, W]`` at the input size: grid, bilinear upsampling, blur."""
     grid = from_cells(distances, cell, batch, h, w)
     return distance_grid_to_maps(grid, input_size, blur_sigma, stride)
+
+
+def gaussians_first(samples: torch.Tensor) -> torch.Tensor:
+    """Samples ``[S, d, G]`` → ``[G, S, d]`` float32 whose feature axis is contiguous: the
+    permuted view where it already is (a channels_last embedding's), else one 2-D transposing
+    copy. A batched product over the Gaussians runs several times slower on matrices strided
+    along d (2.2× for a dense head's scoring, 2.5× for the low-rank one here, RESULTS.md §27)."""
+    view = samples.permute(2, 0, 1)
+    if view.stride(-1) == 1:
+        return view.to(torch.float32)
+    count, d, gaussians = samples.shape
+    transposed = samples.reshape(count * d, gaussians).T.clone(memory_format=torch.contiguous_format)
+    return transposed.to(torch.float32).view(gaussians, count, d)
 
 
 def _whitened_norm(samples: torch.Tensor, mean: torch.Tensor, whitener: torch.Tensor) -> torch.Tensor:

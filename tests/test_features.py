@@ -55,6 +55,27 @@ def test_embedding_concat_same_resolution_is_plain_concat():
     torch.testing.assert_close(embedding_concat(maps), torch.cat(maps, 1), rtol=0, atol=0)
 
 
+def test_a_grid_that_does_not_divide_is_nearest_interpolated():
+    """An odd input's deeper grid (e.g. 7×5 under 14×9) is upsampled by the interpolation's own indices."""
+    fine, coarse = random_maps([(2, 3, 14, 9), (2, 4, 7, 5)], seed=2)
+    rows = (torch.arange(14) * 7 // 14)  # nearest: floor(dst · in / out)
+    cols = (torch.arange(9) * 5 // 9)
+    expected = torch.cat([fine, coarse[:, :, rows][:, :, :, cols]], 1)
+    torch.testing.assert_close(embedding_concat([fine, coarse]), expected, rtol=0, atol=0)
+
+
+def test_channels_last_and_half_maps_give_the_same_embedding():
+    """Backbone outputs in channels_last (the CPU's fused backbone) or float16 (a feature bank)
+    are assembled as the contiguous float32 ones."""
+    maps = random_maps([(2, 3, 8, 8), (2, 4, 4, 4), (2, 5, 2, 2)], seed=3)
+    reference = original_multi(maps)
+    last = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+    torch.testing.assert_close(embedding_concat(last), reference, rtol=0, atol=0)
+    half = embedding_concat([m.half() for m in maps])
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), original_multi([m.half().float() for m in maps]), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("index", [
     [0, 2, 5, 7, 11],  # spans all three layers
     [1, 2],  # first layer only: the other layers contribute no channel

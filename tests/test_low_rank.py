@@ -55,3 +55,14 @@ def test_a_training_sample_is_near_and_constant_features_fall_back_to_eps():
     assert torch.equal(model.distances(train), torch.zeros(4, 3))
     with pytest.raises(ValueError, match="at least 2"):
         LowRankGaussians(torch.zeros(1, 10, 3), eps=0.1)
+
+
+@pytest.mark.parametrize("gaussians", [1, 7])
+def test_the_samples_are_left_unchanged(gaussians):
+    """The fit centres a copy in place: never the caller's tensor, also where one Gaussian's
+    samples (``cell="image"``) already lie Gaussians-first in memory."""
+    train = torch.randn(6, 9, gaussians) + 3
+    before = train.clone()
+    model = LowRankGaussians(train, eps=0.1)
+    assert torch.equal(train, before)
+    assert model.distances(train).shape == (6, gaussians)

@@ -71,13 +71,16 @@ def naive_distance(x, mean, cov):
     return float(np.sqrt(diff @ np.linalg.solve(cov, diff)))
 
 
-def test_head_distances_per_position_equal_numpy_solves():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_head_distances_per_position_equal_numpy_solves(layout):
+    """Also for a channels_last embedding (the CPU's fused backbone), which the head reads without a copy."""
     b, d, h, w = 2, 5, 3, 4
     cov, mean, whitener = random_gaussians(h * w, d)
     emb = np.random.default_rng(1).normal(size=(b, d, h, w))
     head = ScoreHead(torch.tensor(mean, dtype=torch.float32), torch.tensor(whitener, dtype=torch.float32),
                      1, (h * 4, w * 4), 4, 0.0)
-    got = head.distances(torch.tensor(emb, dtype=torch.float32).flatten(2)).numpy()  # [B, P]
+    embedding = torch.tensor(emb, dtype=torch.float32).contiguous(memory_format=layout)
+    got = head.distances(embedding.flatten(2)).numpy()  # [B, P]
     for i in range(b):
         for p in range(h * w):
             assert got[i, p] == pytest.approx(naive_distance(emb[i, :, p // w, p % w], mean[p], cov[p]), rel=1e-4)
