@@ -110,8 +110,9 @@ def _upsampled_into(parts: Sequence[torch.Tensor], h: int, w: int) -> torch.Tens
     """Each part nearest-upsampled to ``h × w`` straight into its channels of one output (in the
     first part's memory format, as ``torch.cat`` keeps it: channels_last from the CPU's fused
     backbone, which the Gaussians' batched products then read without a copy): a map whose grid
-    divides the finest one is copied as a broadcast view (each value onto its s×s cells), 1.7–5×
-    faster on the CPU than interpolating and concatenating (RESULTS.md §27)."""
+    divides the finest one is copied as a broadcast view (each value onto its s×s cells), one
+    copy instead of interpolating and concatenating (RESULTS.md §27: a third less time for a
+    feature bank's contiguous rows, the same for channels_last)."""
     first = parts[0]
     dtype = first.dtype
     for part in parts[1:]:

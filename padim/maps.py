@@ -37,8 +37,8 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _blur_with_opencv(maps: torch.Tensor, kernel: np.ndarray, mode: str) -> torch.Tensor:
     """:func:`gaussian_blur` on the CPU by OpenCV's separable filter, the same taps and borders
-    (torch's ``reflect`` is OpenCV's ``BORDER_REFLECT_101``): an order of magnitude faster than
-    two single-channel convolutions (RESULTS.md §27)."""
+    (torch's ``reflect`` is OpenCV's ``BORDER_REFLECT_101``): 4–15× faster than two
+    single-channel convolutions (RESULTS.md §27)."""
     border = cv2.BORDER_REFLECT_101 if mode == "reflect" else cv2.BORDER_REPLICATE
     source = maps.detach().contiguous().numpy()
     out = np.empty_like(source)

@@ -1,0 +1,81 @@
+"""The scoring and trial kernels' seconds — this tree against another, each in a fresh interpreter.
+
+Shapes of a default Lite0 model (d 176): the auto-configuration's low-rank trial fit (4096
+Gaussians of a 256 px input, 45 fit images) and its scoring of 48 images; a dense head scoring
+16 cookies-sized embeddings (72×56 positions), contiguous and channels_last (the CPU's fused
+backbone gives the latter); the blur of 8 maps of 256×256 (σ 4); assembling 16 embeddings from
+Lite0's three hooked layers, channels_last and contiguous (a feature bank's
+rows; the copy to contiguous is counted). Median of ``--repeat`` runs after one warm-up.
+
+    python benchmarks/kernels.py --before /tmp/before --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json, statistics, sys, time
+sys.path.insert(0, {tree!r})
+import torch
+torch.set_num_threads({threads})
+from padim.features import embedding_concat
+from padim.low_rank import LowRankGaussians
+from padim.maps import gaussian_blur
+from padim.net import ScoreHead
+from padim.tiling import to_cells
+g = torch.Generator().manual_seed(0)
+def timed(fn):
+    fn()
+    runs = []
+    for _ in range({repeat}):
+        t = time.perf_counter(); fn(); runs.append(time.perf_counter() - t)
+    return round(statistics.median(runs) * 1000, 1)
+d = 176
+train, test = torch.randn(45, d, 4096, generator=g), torch.randn(48, d, 4096, generator=g)
+low_rank = LowRankGaussians(train, 0.01)
+positions = 72 * 56
+whitener = torch.linalg.cholesky(torch.eye(d) + 0.1 * torch.ones(d, d)).expand(positions, d, d).contiguous()
+head = ScoreHead(torch.randn(positions, d, generator=g), whitener, 1, (288, 224), 4, 4.0)
+embedding = torch.randn(16, d, 72, 56, generator=g)
+last = embedding.contiguous(memory_format=torch.channels_last)
+maps = torch.rand(8, 256, 256, generator=g)
+layers = [torch.randn(16, c, 72 // s, 56 // s, generator=g).contiguous(memory_format=torch.channels_last)
+          for c, s in ((24, 1), (40, 2), (112, 4))]
+print(json.dumps({{
+    "low-rank fit (45 images, 4096 Gaussians) ms": timed(lambda: LowRankGaussians(train, 0.01)),
+    "low-rank scoring (48 images) ms": timed(lambda: low_rank.distances(test)),
+    "dense head, 16 contiguous embeddings ms": timed(lambda: head.distances(to_cells(embedding, 1))),
+    "dense head, 16 channels_last embeddings ms": timed(lambda: head.distances(to_cells(last, 1))),
+    "blur, 8 maps of 256x256 ms": timed(lambda: gaussian_blur(maps, 4.0)),
+    "embedding of 16 images, channels_last ms": timed(lambda: embedding_concat(layers)),
+    "embedding of 16 images, contiguous ms": timed(lambda: embedding_concat([x.contiguous() for x in layers])),
+}}))
+"""
+
+
+def run(tree: Path, threads: int, repeat: int) -> dict:
+    code = CHILD.format(tree=str(tree), threads=threads, repeat=repeat)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, default=None, help="another source tree to compare")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    trees = ([("before", args.before)] if args.before else []) + [("after", HERE)]
+    results = {name: run(tree, args.threads, args.repeat) for name, tree in trees}
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
