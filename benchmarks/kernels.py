@@ -5,7 +5,8 @@ Gaussians of a 256 px input, 45 fit images) and its scoring of 48 images; a dens
 16 cookies-sized embeddings (72×56 positions), contiguous and channels_last (the CPU's fused
 backbone gives the latter); the blur of 8 maps of 256×256 (σ 4); assembling 16 embeddings from
 Lite0's three hooked layers, channels_last and contiguous (a feature bank's
-rows; the copy to contiguous is counted). Median of ``--repeat`` runs after one warm-up.
+rows; the copy to contiguous is counted); pixel AUROC and PRO of one validation fold (15 good
+and 30 defect maps of 256×256; before ``pixel_auroc_and_pro``, the two functions apart). Median of ``--repeat`` runs after one warm-up.
 
     python benchmarks/kernels.py --before /tmp/before --threads 2
 """
@@ -30,6 +31,12 @@ from padim.low_rank import LowRankGaussians
 from padim.maps import gaussian_blur
 from padim.net import ScoreHead
 from padim.tiling import to_cells
+try:
+    from padim.metrics import pixel_auroc_and_pro
+except ImportError:  # a tree from before it: the two metrics apart
+    from padim.metrics import pixel_auroc, pro_score
+    pixel_auroc_and_pro = lambda masks, maps: (pixel_auroc(masks, maps), pro_score(masks, maps))
+import numpy as np
 g = torch.Generator().manual_seed(0)
 def timed(fn):
     fn()
@@ -46,6 +53,14 @@ head = ScoreHead(torch.randn(positions, d, generator=g), whitener, 1, (288, 224)
 embedding = torch.randn(16, d, 72, 56, generator=g)
 last = embedding.contiguous(memory_format=torch.channels_last)
 maps = torch.rand(8, 256, 256, generator=g)
+rng = np.random.default_rng(0)
+val_maps = [rng.random((256, 256), dtype=np.float32) for _ in range(45)]
+val_masks = [np.zeros((256, 256), bool) for _ in range(15)]
+for _ in range(30):
+    mask = np.zeros((256, 256), bool)
+    y, x = rng.integers(20, 200, size=2)
+    mask[y:y + 30, x:x + 20] = True
+    val_masks.append(mask)
 layers = [torch.randn(16, c, 72 // s, 56 // s, generator=g).contiguous(memory_format=torch.channels_last)
           for c, s in ((24, 1), (40, 2), (112, 4))]
 print(json.dumps({{
@@ -55,6 +70,7 @@ print(json.dumps({{
     "dense head, 16 channels_last embeddings ms": timed(lambda: head.distances(to_cells(last, 1))),
     "blur, 8 maps of 256x256 ms": timed(lambda: gaussian_blur(maps, 4.0)),
     "embedding of 16 images, channels_last ms": timed(lambda: embedding_concat(layers)),
+    "pixel AUROC and PRO, 45 maps of 256x256 ms": timed(lambda: pixel_auroc_and_pro(val_masks, val_maps)),
     "embedding of 16 images, contiguous ms": timed(lambda: embedding_concat([x.contiguous() for x in layers])),
 }}))
 """

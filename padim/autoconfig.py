@@ -52,7 +52,7 @@ from .feature_bank import BANK_MAX_BYTES, FeatureBank, bank_bytes, bank_key
 from .io import ImageReadError, load_image
 from .low_rank import LowRankGaussians
 from .maps import resize_map
-from .metrics import image_auroc, pixel_auroc, pro_score
+from .metrics import image_auroc, pixel_auroc_and_pro
 from .mvtec import find_image, load_mask
 from .mvtec import find_mask as find_mvtec_mask
 from .synthetic import make_defects
@@ -326,7 +326,7 @@ def _defect_metrics(good_scores, good_maps, scores, maps, masks) -> tuple[float,
         return image, None, None
     all_masks = [np.zeros(a.shape[:2], bool) for a in good_maps] + [m for m, _ in with_mask]
     all_maps = list(good_maps) + [a for _, a in with_mask]
-    return image, pixel_auroc(all_masks, all_maps), pro_score(all_masks, all_maps)
+    return (image, *pixel_auroc_and_pro(all_masks, all_maps))
 
 
 def validate(model, goods: list[np.ndarray], synthetic: list[DefectSet] | None, real: DefectSet | None = None) -> dict:

@@ -13,6 +13,7 @@ __all__ = [
     "image_auroc",
     "pixel_auroc",
     "pro_score",
+    "pixel_auroc_and_pro",
     "best_f1_threshold",
     "youden_threshold",
     "roc_curve_points",
@@ -136,13 +137,37 @@ def pro_score(masks, maps, max_fpr=0.3) -> float:
     score (plus the origin) is integrated exactly with trapezoids, cut at exactly `max_fpr`
     by linear interpolation, and divided by `max_fpr`: a perfect map scores 1.0.
     """
+    _check_max_fpr(max_fpr)
+    pos, neg, bools = _split_pixels(masks, maps)
+    order = np.argsort(pos, kind="stable")
+    return _pro_area(pos[order], order, neg, bools, max_fpr, neg_sorted=False)
+
+
+def pixel_auroc_and_pro(masks, maps, max_fpr=0.3) -> tuple[float, float]:
+    """``(pixel_auroc, pro_score)`` from one split and one sort of the pixels, for about the
+    cost of one of them (the auto-configuration computes both for every candidate and fold)."""
+    _check_max_fpr(max_fpr)
+    pos, neg, bools = _split_pixels(masks, maps)
+    _need_both_classes(pos.size, neg.size, "masks")
+    neg.sort()
+    order = np.argsort(pos, kind="stable")
+    pos_sorted = pos[order]
+    return _auroc_sorted(pos_sorted, neg), _pro_area(pos_sorted, order, neg, bools, max_fpr, neg_sorted=True)
+
+
+def _check_max_fpr(max_fpr) -> None:
     if not 0.0 < max_fpr <= 1.0:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
-    pos, neg, bools = _split_pixels(masks, maps)
+
+
+def _pro_area(pos, order, neg, bools, max_fpr, neg_sorted: bool) -> float:
+    """:func:`pro_score` from the defect pixels sorted ascending (``pos``; ``order``: the sorting
+    permutation of :func:`_split_pixels`' order), the normal pixels (``neg``, sorted ascending
+    if ``neg_sorted``, else partially sorted here in place) and the masks."""
     n = neg.size
     if n == 0:
         raise ValueError("masks contain no normal pixels; FPR is undefined")
-    # Per-pixel weight 1 / (region size * number of regions), in the same order as `pos`.
+    # Per-pixel weight 1 / (region size * number of regions), in the split's order.
     weights, n_regions = [], 0
     for m in bools:
         lab, k = ndimage.label(m, structure=_EIGHT_CONNECTED)
@@ -154,8 +179,6 @@ def pro_score(masks, maps, max_fpr=0.3) -> float:
     w = np.concatenate(weights) / n_regions
 
     # Defect pixels ascending with suffix sums of weights: PRO(>= t) for any t by search.
-    order = np.argsort(pos, kind="stable")
-    pos = pos[order]
     w_above = np.append(np.cumsum(w[order][::-1])[::-1], 0.0)    # w_above[i] = sum(w[i:])
 
     # FPR only moves at normal-pixel values: one curve segment per distinct normal score v,
@@ -163,10 +186,11 @@ def pro_score(masks, maps, max_fpr=0.3) -> float:
     # vertical steps: no area, but carried in PRO(>v). Only the top max_fpr share of normal
     # pixels can start a segment below max_fpr, so partition and sort just that tail.
     k = max(n - int(np.ceil(max_fpr * n)), 0)
-    if k:
+    if k and not neg_sorted:
         neg.partition(k)
     tail = neg[k:]
-    tail.sort()
+    if not neg_sorted:
+        tail.sort()
     first = np.flatnonzero(np.r_[True, tail[1:] != tail[:-1]])   # first index of each value
     v = tail[first]
     n_ge = (tail.size - first).astype(np.float64)
@@ -243,7 +267,8 @@ def _pixel_metrics(masks, maps, idx):
     ms, ps = [masks[i] for i in sel], [maps[i] for i in sel]
     if not any(np.any(np.asarray(m) > 0) for m in ms):
         return {"pixel_auroc": None, "pro": None}
-    return {"pixel_auroc": pixel_auroc(ms, ps), "pro": pro_score(ms, ps)}
+    auroc, pro = pixel_auroc_and_pro(ms, ps)
+    return {"pixel_auroc": auroc, "pro": pro}
 
 
 def evaluate(labels, scores, masks=None, maps=None, defect_types=None, progress=None) -> dict:

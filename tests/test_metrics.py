@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import f1_score, roc_auc_score
 
-from padim.metrics import (best_f1_threshold, evaluate, image_auroc, pixel_auroc,
+from padim.metrics import (best_f1_threshold, evaluate, image_auroc, pixel_auroc, pixel_auroc_and_pro,
                            pr_curve_points, pro_score, roc_curve_points, youden_threshold)
 
 
@@ -126,6 +126,23 @@ def test_pro_matches_brute_force(seed, max_fpr):
     masks, maps = _random_images(np.random.default_rng(seed), levels=5 + seed * 20)
     assert pro_score(masks, maps, max_fpr) == pytest.approx(
         _brute_pro(masks, maps, max_fpr), abs=1e-9)
+
+
+@pytest.mark.parametrize("max_fpr", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("seed", range(3))
+def test_both_pixel_metrics_from_one_sort_match_sklearn_and_brute_force(seed, max_fpr):
+    masks, maps = _random_images(np.random.default_rng(10 + seed), levels=5 + seed * 20)
+    auroc, pro = pixel_auroc_and_pro(masks, maps, max_fpr)
+    labels = np.concatenate([(np.asarray(m) > 0).ravel() for m in masks])
+    assert auroc == pytest.approx(roc_auc_score(labels, np.concatenate([a.ravel() for a in maps])), abs=1e-12)
+    assert pro == pytest.approx(_brute_pro(masks, maps, max_fpr), abs=1e-9)
+
+
+def test_both_pixel_metrics_refuse_what_each_refuses():
+    with pytest.raises(ValueError, match="only one class"):
+        pixel_auroc_and_pro([np.zeros((3, 3))], [np.ones((3, 3))])
+    with pytest.raises(ValueError, match="max_fpr"):
+        pixel_auroc_and_pro([np.eye(3)], [np.ones((3, 3))], max_fpr=1.5)
 
 
 def test_pro_errors():
