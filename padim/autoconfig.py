@@ -139,8 +139,9 @@ class CandidateResult:
 
 def candidates(backbone: str, image_size: Any) -> list[Candidate]:
     """The configurations tried for ``backbone``, in the order they are tried (the budget may stop
-    them): hook points, one shared Gaussian, input resolution, the next offline backbone, 4×4
-    cells, ε, d, the other offline backbones. The default comes first: its trial sets the budget's unit."""
+    them): hook points, one shared Gaussian, input resolution (1.5× the side, then 1.25×, which a
+    budget that cannot afford 1.5× may still afford), the next offline backbone, 4×4 cells, ε, d, the other offline
+    backbones. The default comes first: its trial sets the budget's unit."""
     from .backbones import get_spec
     from .model import DEFAULT_EPS
 
@@ -152,6 +153,8 @@ def candidates(backbone: str, image_size: Any) -> list[Candidate]:
     out.append(Candidate("shared", {"cell": "image"}))
     if isinstance(image_size, int):
         out.append(Candidate("larger", {"image_size": int(round(image_size * 1.5 / 32) * 32)}, cost=2.25))
+        # a smaller step, which a budget that cannot afford 1.5× may still afford
+        out.append(Candidate("1.25x", {"image_size": int(round(image_size * 1.25 / 32) * 32)}, cost=1.5625))
     others = [(other, cost) for other, cost in OTHER_BACKBONES.get(backbone, ()) if weights_installed(other)]
     out += [Candidate(other.removeprefix("efficientnet_"), {"backbone": other, "layers": None, "weights": None},
                       cost=cost) for other, cost in others[:1]]

@@ -53,6 +53,8 @@ def test_candidates_start_with_the_default_and_cover_what_the_issue_lists(monkey
     assert lite[0].name == "default" and lite[0].params == {}
     assert {"deep", "shallow", "shared", "cells", "larger", "eps=0.01", "eps=1", "d=88"} <= set(params)
     assert params["larger"] == {"image_size": 384} and params["d=88"] == {"d": 88}
+    names = [c.name for c in lite]
+    assert params["1.25x"] == {"image_size": 320} and names.index("1.25x") == names.index("larger") + 1
     assert params["eps=0.01"]["eps"] < 0.1 < params["eps=1"]["eps"]
     assert params["lite1"]["backbone"] == "efficientnet_lite1"  # the lite12 extra is installed for the tests
     assert "larger" not in {c.name for c in candidates("efficientnet_lite0", (200, 300))}  # an explicit size stays
