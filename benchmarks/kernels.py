@@ -1,7 +1,8 @@
 """The scoring and trial kernels' seconds — this tree against another, each in a fresh interpreter.
 
 Shapes of a default Lite0 model (d 176): the auto-configuration's low-rank trial fit (4096
-Gaussians of a 256 px input, 45 fit images) and its scoring of 48 images; a dense head scoring
+Gaussians of a 256 px input, 45 fit images; from one contiguous tensor, and from the trial's
+channels_last batches as the selection passes them) and its scoring of 48 images; a dense head scoring
 16 cookies-sized embeddings (72×56 positions), contiguous and channels_last (the CPU's fused
 backbone gives the latter); the blur of 8 maps of 256×256 (σ 4); assembling 16 embeddings from
 Lite0's three hooked layers, channels_last and contiguous (a feature bank's
@@ -47,6 +48,14 @@ def timed(fn):
 d = 176
 train, test = torch.randn(45, d, 4096, generator=g), torch.randn(48, d, 4096, generator=g)
 low_rank = LowRankGaussians(train, 0.01)
+# the trial's own input: the fit images' embeddings in batches, channels_last, as the bank gives them
+batches = [torch.randn(n, d, 64, 64, generator=g).contiguous(memory_format=torch.channels_last).flatten(2)
+           for n in (8, 8, 8, 8, 8, 5)]
+def fit_from_batches():
+    try:
+        return LowRankGaussians(batches, 0.01)
+    except AttributeError:  # a tree from before it took batches: they were joined first
+        return LowRankGaussians(torch.cat(batches), 0.01)
 positions = 72 * 56
 whitener = torch.linalg.cholesky(torch.eye(d) + 0.1 * torch.ones(d, d)).expand(positions, d, d).contiguous()
 head = ScoreHead(torch.randn(positions, d, generator=g), whitener, 1, (288, 224), 4, 4.0)
@@ -65,6 +74,7 @@ layers = [torch.randn(16, c, 72 // s, 56 // s, generator=g).contiguous(memory_fo
           for c, s in ((24, 1), (40, 2), (112, 4))]
 print(json.dumps({{
     "low-rank fit (45 images, 4096 Gaussians) ms": timed(lambda: LowRankGaussians(train, 0.01)),
+    "low-rank fit from 6 channels_last batches (45 images) ms": timed(fit_from_batches),
     "low-rank scoring (48 images) ms": timed(lambda: low_rank.distances(test)),
     "dense head, 16 contiguous embeddings ms": timed(lambda: head.distances(to_cells(embedding, 1))),
     "dense head, 16 channels_last embeddings ms": timed(lambda: head.distances(to_cells(last, 1))),

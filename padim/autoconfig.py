@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import distributed
 from .alignment import position_spread
@@ -598,7 +597,7 @@ class SharedPasses:
         if per_gaussian < 2:
             raise ValueError(f"need at least 2 readable training images, got {sum(len(e) for e in embeddings)}")
         device = model._device()
-        low_rank = LowRankGaussians(torch.cat([model._to_samples(e.to(device)) for e in embeddings]), model.eps)
+        low_rank = LowRankGaussians([model._to_samples(e.to(device)) for e in embeddings], model.eps)
         return lambda embedding: model._maps_from_distances(low_rank.distances(model._to_samples(embedding)),
                                                              embedding)
 

@@ -13,6 +13,8 @@ trial's d×d factorisations were most of its time.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from .net import gaussians_first
@@ -22,19 +24,25 @@ CHUNK_BYTES = 64 * 2**20  # float64 temporaries per chunk of Gaussians when fitt
 
 class LowRankGaussians:
     """``samples [m, d, G]`` (the fit's samples of each of G Gaussians, as
-    :func:`padim.tiling.to_cells` lays them out; any float dtype) → mean and ``L⁻¹X`` per Gaussian,
-    with ``λ = eps · mean(diag Σ)`` over all Gaussians as the fit's relative ε (``eps`` itself if
-    every feature is constant). Needs 2 ≤ m; pays off for m < d."""
+    :func:`padim.tiling.to_cells` lays them out; any float dtype), or a sequence of such batches
+    joined here → mean and ``L⁻¹X`` per Gaussian, with ``λ = eps · mean(diag Σ)`` over all
+    Gaussians as the fit's relative ε (``eps`` itself if every feature is constant). Needs 2 ≤ m;
+    pays off for m < d."""
 
-    def __init__(self, samples: torch.Tensor, eps: float):
-        m, d, gaussians = samples.shape
+    def __init__(self, samples: torch.Tensor | Sequence[torch.Tensor], eps: float):
+        parts = [samples] if isinstance(samples, torch.Tensor) else list(samples)
+        m = sum(len(part) for part in parts)
         if m < 2:
             raise ValueError(f"need at least 2 samples per Gaussian, got {m}")
-        device = samples.device
+        _, d, gaussians = parts[0].shape
+        device = parts[0].device
         means = torch.empty(gaussians, d, dtype=torch.float64, device=device)
-        factors = gaussians_first(samples).contiguous()  # [G, m, d], for the batched products
-        if factors.untyped_storage().data_ptr() == samples.untyped_storage().data_ptr():
-            factors = factors.clone()  # centred in place below: never the caller's samples
+        # [G, m, d] for the batched products, in one copy: each batch Gaussians-first (a view for a
+        # channels_last embedding's, else a transposed copy), joined
+        joined = [gaussians_first(part) for part in parts]
+        factors = torch.cat(joined, dim=1) if len(joined) > 1 else joined[0]
+        if factors.untyped_storage().data_ptr() == parts[0].untyped_storage().data_ptr():
+            factors = factors.clone(memory_format=torch.contiguous_format)  # centred in place below: never the caller's
         chunk = max(1, CHUNK_BYTES // (8 * m * d * 2))
         variance_sum = 0.0
         for start in range(0, gaussians, chunk):  # the means, and the centred samples in place
