@@ -135,7 +135,7 @@ def padim_child(job: dict) -> dict:
                   calibration_folds=0, seed=job["seed"])
     accepted = inspect.signature(PaDiM).parameters
     # One Gaussian per feature position and no tiling, as in anomalib (where these options exist).
-    params.update({k: v for k, v in (("cell", 1), ("tile", None)) if k in accepted})
+    params.update({k: v for k, v in (("cell", 1), ("tile", None), ("config", "fixed")) if k in accepted})
     if job.get("padim_eps") is not None:
         params["eps"] = job["padim_eps"]
     model = PaDiM(**params)

@@ -112,7 +112,7 @@ def run_ensembles(root: Path, ranking: list[str], log, sizes=(2, 3)) -> dict:
     models = []
     out = {}
     for name in ranking[:max(sizes)]:
-        models.append(PaDiM(**params[name]).fit(root / "train" / "good"))
+        models.append(PaDiM(config="fixed", **params[name]).fit(root / "train" / "good"))
         if len(models) in sizes:
             key = "+".join(ranking[:len(models)])
             out[key] = ensemble_metrics(models, root)
@@ -127,7 +127,7 @@ def run(root: Path, log, reuse: dict | None = None, ensembles: bool = False, see
         if candidate.name in real:
             continue
         started = time.perf_counter()
-        model = PaDiM(**candidate.params).fit(train)
+        model = PaDiM(config="fixed", **candidate.params).fit(train)
         seconds = time.perf_counter() - started
         real[candidate.name] = {**evaluate(model, root), "fit_s": seconds}
         log(f"  {root.name} {candidate.name}: {real[candidate.name]}")

@@ -23,7 +23,7 @@ from padim.io import list_images
 root, workers, threads = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 workers = workers if workers == "auto" else int(workers)
 torch.set_num_threads(threads)
-model = PaDiM(workers=workers)
+model = PaDiM(workers=workers, config="fixed")
 started = time.perf_counter()
 model.fit(root / "train" / "good")
 fit = time.perf_counter() - started

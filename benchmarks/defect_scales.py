@@ -37,7 +37,7 @@ def per_scale_selection(root: Path, scales, seeds=(0, 1)) -> dict:
     goods = ac._validation_arrays([sources[i] for i in val_idx])
     sets = {(s, seed): ac.synthetic_validation(goods, seed, (s,)) for s in scales for seed in seeds}
     base = PaDiM().get_params()
-    base.update(config="default", progress=False)
+    base.update(config="fixed", progress=False)
     out = {}
     for candidate in ac.candidates(base["backbone"], base["image_size"]):
         model = PaDiM(**{**base, **candidate.params}).fit(fit_sources, calibrate=False)

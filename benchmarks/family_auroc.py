@@ -48,7 +48,7 @@ def main() -> None:
     print("| candidate | real | " + " | ".join(f"{f} {s}" for f, s in keys) + " |")
     print("|---" * (len(keys) + 2) + "|")
     for name in args.names.split(","):
-        model = PaDiM(progress=False, **options[name]).fit(train, calibrate=False)
+        model = PaDiM(progress=False, config="fixed", **options[name]).fit(train, calibrate=False)
 
         def scores(images):
             return np.array([r.score for r in model.iter_results(images, maps=False)])

@@ -89,7 +89,7 @@ def child(data: str, n: int, threads: int, workers: str, config: str) -> dict:
             break
     files = list_images(data)
     paths = [files[i % len(files)] for i in range(n)]
-    model = PaDiM() if workers == "default" else PaDiM(workers=workers if workers == "auto" else int(workers))
+    model = PaDiM(config="fixed", **({} if workers == "default" else {"workers": workers if workers == "auto" else int(workers)}))
     started = time.perf_counter()
     model.fit(paths)
     total = time.perf_counter() - started

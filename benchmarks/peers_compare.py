@@ -4,10 +4,13 @@ Each row runs once, in a fresh subprocess with its own interpreter (the peers ar
 into padim's environment, each lives in its own virtual environment), back to back, with the same
 thread count. Rows:
 
-- ``padim``: ``PaDiM()`` exactly as ``padim fit`` builds it (EfficientNet-Lite0, its default hook
-  points, all channels, aspect kept, k-fold calibration included), decoding with its own loader;
-  scoring through ``iter_results`` (maps at each image's original size, as users get them).
-- ``padim-r18``: the same with ``backbone="resnet18", d=100`` and the ResNet18 weights file that
+- ``padim``: ``PaDiM()`` exactly as ``padim fit`` builds it (auto-configuration at its 4x budget
+  around EfficientNet-Lite0's default hook points, all channels, aspect kept, k-fold calibration
+  included), decoding with its own loader; scoring through ``iter_results`` (maps at each image's
+  original size, as users get them).
+- ``padim-fixed``: the same with ``config="fixed"``: the default parameters fitted as given, no
+  selection (``padim fit --config fixed``).
+- ``padim-r18``: ``PaDiM()`` with ``backbone="resnet18", d=100`` and the ResNet18 weights file that
   AnomaVision gets too (torchvision weights cannot be downloaded here; seeded random weights
   serve for timing, so this row's accuracy is meaningless).
 - ``anomalib``: anomalib 2.7 ``PadimModel`` driven at the torch level (training-mode forwards fill
@@ -45,7 +48,7 @@ from anomalib_compare import run_child as shared_run_child  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "bsdata"
-ROWS = ("padim", "padim-r18", "anomalib", "anomavision")
+ROWS = ("padim", "padim-fixed", "padim-r18", "anomalib", "anomavision")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -83,7 +86,8 @@ def padim_child(job: dict, side: str) -> dict:
     from padim import PaDiM
 
     _threads(job["threads"])
-    params = {} if side == "padim" else dict(backbone="resnet18", d=100, weights=job["resnet18_weights"])
+    params = {"padim": {}, "padim-fixed": {"config": "fixed"},
+              "padim-r18": dict(backbone="resnet18", d=100, weights=job["resnet18_weights"])}[side]
     model = PaDiM(device="cpu", threads=job["threads"], **params)
     t0 = time.perf_counter()
     model.fit(job["train"])
@@ -101,7 +105,7 @@ def padim_child(job: dict, side: str) -> dict:
     _save(job["outputs"][side], scores, maps)
     return _row(side, padim.__version__, fit_s, score_s, path.stat().st_size,
                 d=model.n_features_, grid=list(model.feature_size_), input_size=list(model.input_size_),
-                calibrated=model.calibrator_ is not None)
+                calibrated=model.calibrator_ is not None, config=model.config, choice=model.auto_choice_)
 
 
 def anomalib_child(job: dict) -> dict:
@@ -214,7 +218,7 @@ def weights_child(job: dict) -> dict:
     return {"lite_layers": list(spec.default_layers), "lite_mean": list(spec.mean), "lite_std": list(spec.std)}
 
 
-CHILDREN = {"padim": lambda job: padim_child(job, "padim"), "padim-r18": lambda job: padim_child(job, "padim-r18"),
+CHILDREN = {**{side: (lambda job, side=side: padim_child(job, side)) for side in ("padim", "padim-fixed", "padim-r18")},
             "anomalib": anomalib_child, "anomavision": anomavision_child, "weights": weights_child}
 
 
@@ -229,7 +233,8 @@ def markdown_table(rows: dict[str, dict]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for side, r in rows.items():
         pixel = f"{r['pixel_auroc']:.4f}" if "pixel_auroc" in r else "–"
-        lines.append(f"| {side} {r['version']} | {r['fit_s']:.1f} | {r['score_images_per_s']:.1f} "
+        chose = f" (chose {r['choice']})" if r.get("choice") else ""
+        lines.append(f"| {side} {r['version']}{chose} | {r['fit_s']:.1f} | {r['score_images_per_s']:.1f} "
                      f"| {r['peak_rss_mb']:.0f} | {r['model_file_mib']:.1f} | {r['image_auroc']:.4f} | {pixel} |")
     return "\n".join(lines)
 
@@ -264,7 +269,7 @@ def main() -> None:
     if len(train) < 5 or not test:
         raise SystemExit(f"'{data}': need ≥ 5 training images and some test images")
     command = shlex.join([sys.executable, *sys.argv])
-    pythons = {"padim": args.padim_python, "padim-r18": args.padim_python,
+    pythons = {"padim": args.padim_python, "padim-fixed": args.padim_python, "padim-r18": args.padim_python,
                "anomalib": args.anomalib_python, "anomavision": args.anomavision_python}
     with tempfile.TemporaryDirectory(prefix="peers_compare_") as work:
         job = {"size": args.size, "threads": args.threads, "batch_size": args.batch_size, "workdir": work,
@@ -287,7 +292,8 @@ def main() -> None:
                  time=time.strftime("%Y-%m-%dT%H:%M:%S"))
     print(f"{len(train)} training / {len(test)} test images from {data}, {args.threads} threads\n")
     print(markdown_table(rows))
-    for ours, peer in (("padim", "anomalib"), ("padim", "anomavision"), ("padim-r18", "anomavision")):
+    for ours, peer in (("padim", "anomalib"), ("padim", "anomavision"), ("padim-fixed", "anomalib"),
+                       ("padim-fixed", "anomavision"), ("padim-r18", "anomavision")):
         if ours in rows and peer in rows:
             p, q = rows[ours], rows[peer]
             print(f"{ours} vs {peer}: fit {q['fit_s'] / p['fit_s']:.2f}× faster, scoring "

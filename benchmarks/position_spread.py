@@ -30,7 +30,7 @@ TEXTURES = ((128, 4, 16, 0), (64, 12, 16, 0), (128, 4, 32, 0), (64, 12, 8, 1), (
 
 
 def spreads(files: list, **params) -> tuple[int, tuple, float, float]:
-    model = PaDiM(progress=False, **params)
+    model = PaDiM(progress=False, config="fixed", **params)
     model._prepare_fit(files)
     arrays = _validation_arrays(files)
     model.value_range_, model.value_kind_ = model._decide_value_range(arrays)

@@ -136,7 +136,7 @@ def main() -> None:
     model_path = args.model
     if model_path is None:
         model_path = work / "model.padim"
-        PaDiM(device="cpu", workers=0, calibration_folds=5, threads=args.threads).fit(args.data / "train" / "good").save(model_path)
+        PaDiM(device="cpu", workers=0, calibration_folds=5, threads=args.threads, config="fixed").fit(args.data / "train" / "good").save(model_path)
     model = PaDiM.load(model_path, device="cpu")
     paths = images_of(args.data, args.n)
     files = {"torch (.padim)": str(model_path),

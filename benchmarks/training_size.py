@@ -37,7 +37,7 @@ def main() -> None:
             reals, synths = [], []
             for rep in range(3 if n < len(train) else 1):
                 subset = sorted(np.random.default_rng(rep).choice(len(train), n, replace=False))
-                model = PaDiM(progress=False, **options[name]).fit([train[i] for i in subset], calibrate=False)
+                model = PaDiM(progress=False, config="fixed", **options[name]).fit([train[i] for i in subset], calibrate=False)
 
                 def scores(images):
                     return np.array([r.score for r in model.iter_results(images, maps=False)])

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from .mvtec import find_mask as find_mvtec_mask
 from .synthetic import make_defects
 from .tiling import samples_per_image
 
+MIN_IMAGES = 6  # fewer good images than this: no selection, the default configuration is fitted (auto_fit)
 MAX_SELECTION_IMAGES = 60  # the selection uses a seeded subset of at most this many good images, in
 FOLDS = 4  # folds: each validates on a quarter (and its synthetic defects) and fits on the rest
 SIGNIFICANCE = 1.0  # a candidate replaces the default only if it wins by this many standard errors (folds)
@@ -659,7 +661,7 @@ def _folds(sources: list, seed: int, synthetic: bool, real: DefectSet | None) ->
 
 
 def select(model_factory, sources: list, backbone: str, image_size: Any, *, budget="4x", seed: int = 0,
-           val_defects: Any = None, synthetic: bool = True, log=None) -> Selection:
+           val_defects: Any = None, synthetic: bool = True, pinned: frozenset = frozenset(), log=None) -> Selection:
     """Validate every candidate on seeded folds of ``sources`` (fitted on the rest of each); the best one.
 
     ``model_factory(**params)`` builds an unfitted PaDiM with the user's parameters overridden by
@@ -669,17 +671,19 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     backbone and input size share one backbone pass (:class:`SharedPasses`); where the default
     candidate cannot (tiled inputs, torchrun, a stand-in model) every candidate is fitted on its
     own, on the first UNSERVED_FOLDS folds only. A candidate's metrics are its folds' means; see
-    :func:`_affordable_best` for the choice.
+    :func:`_affordable_best` for the choice. Candidates that change a ``pinned`` parameter (one the
+    user set, :func:`pinned_params`) are not tried; they close the table, marked so.
     """
-    if len(sources) < 6:
-        raise ValueError(f"auto-configuration needs at least 6 good images, got {len(sources)}")
+    if len(sources) < MIN_IMAGES:
+        raise ValueError(f"auto-configuration needs at least {MIN_IMAGES} good images, got {len(sources)}")
     started = time.perf_counter()  # the budget counts everything: reading, synthetic defects, trials
     real = None if val_defects is None else real_validation(val_defects)
     if not synthetic and real is None:
         raise ValueError("auto-configuration without synthetic defects needs val_defects (labelled defect images)")
     files, validation, folds, decode_s = _folds(sources, seed, synthetic, real)
     kind, value = parse_budget(budget)
-    trials = [(candidate, model_factory(**candidate.params)) for candidate in candidates(backbone, image_size)]
+    tried, kept = _split_pinned(candidates(backbone, image_size), pinned)
+    trials = [(candidate, model_factory(**candidate.params)) for candidate in tried]
     passes = SharedPasses([model for _, model in trials], files, validation, decode_s)
     default = trials[0][1]
     if not passes.serves(default):
@@ -754,7 +758,43 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
                 f"cv {row.good_cv:.3f} → {row.selection:.4f} ({row.seconds:.1f} s"
                 f"{', shared pass' if row.shared_pass else ''})")
     best = _affordable_best(table, one_fit, total - (time.perf_counter() - started))
+    for candidate, keys in kept:
+        table.append(CandidateResult(candidate.name, candidate.params, cost=candidate.cost,
+                                     skipped=f"you set {', '.join(keys)}: kept as given"))
     return Selection(best.name, best.params, table, float(total))
+
+
+# The parameters candidates vary; one the user set away from its default is kept (pinned_params).
+VARIED_PARAMS = ("backbone", "weights", "layers", "image_size", "cell", "eps", "d")
+
+
+def pinned_params(params: dict) -> frozenset:
+    """Which of ``params`` (a PaDiM's constructor parameters) the user set away from their
+    defaults: auto-configuration varies only what was left at its default, so an explicit
+    ``--layers``, ``--image-size``, ``--cell``, ``--eps``, ``--d`` or ``--backbone`` is kept as given.
+    Own backbone weights pin the backbone too."""
+    import inspect
+
+    from .model import PaDiM
+
+    defaults = {name: p.default for name, p in inspect.signature(PaDiM.__init__).parameters.items()}
+    pinned = {key for key in VARIED_PARAMS if params[key] != defaults[key]}
+    if "weights" in pinned:
+        pinned.add("backbone")
+    return frozenset(pinned)
+
+
+def _split_pinned(all_candidates: list[Candidate], pinned: frozenset) -> tuple[list, list]:
+    """The candidates to try (the default always) and those that would change a pinned parameter,
+    each with the pinned keys it touches."""
+    tried, kept = all_candidates[:1], []
+    for candidate in all_candidates[1:]:
+        keys = sorted(set(candidate.params) & pinned)
+        if keys:
+            kept.append((candidate, keys))
+        else:
+            tried.append(candidate)
+    return tried, kept
 
 
 def _pools(candidate: Candidate, default) -> bool:
@@ -781,7 +821,7 @@ def _try(model, passes: "SharedPasses", files: list, validation: list, map_sizes
             per_image_s = passes.fit_per_image(model)
         else:
             t0 = time.perf_counter()
-            model.fit([files[i] for i in fold.fit], calibrate=False)
+            model._fit_plain([files[i] for i in fold.fit], calibrate=False)  # as given, never selecting again
             fit_s = time.perf_counter() - t0
             results = list(model.iter_results([validation[i] for i in fold.validation], maps=True))
             scores = [r.score for r in results]
@@ -880,23 +920,49 @@ def format_table(table: list[dict], choice: str) -> str:
 
 def auto_fit(model, images: Any, calibrate: bool | None = None, log=None):
     """Choose a configuration for ``model`` (a PaDiM with ``config="auto"``) from ``images``, set its
-    parameters to the winner's, fit it on every image; the table goes to ``auto_table_``."""
+    parameters to the winner's, fit it on every image; the table goes to ``auto_table_``.
+
+    The user's own parameters bound the search (:func:`pinned_params`); a refit starts from them
+    again, not from the last choice (unless a parameter was set anew since). With
+    fewer than MIN_IMAGES images, or nothing left to vary, the given configuration is fitted as is,
+    with a warning in the first case and no table."""
     from .model import PaDiM
 
     sources = as_sources(images)
+    # undo the last selection's choice where it still stands (a value set since is the user's)
+    undo = getattr(model, "_auto_undo", {})
+    _set_params(model, {key: before for key, (before, chosen) in undo.items() if getattr(model, key) == chosen})
+    model._auto_undo = {}
+    pinned = pinned_params(model.get_params())
+    tried, _ = _split_pinned(candidates(model.backbone, model.image_size), pinned)
+    if len(sources) < MIN_IMAGES or len(tried) == 1:
+        if len(sources) < MIN_IMAGES:
+            warnings.warn(f"auto-configuration needs at least {MIN_IMAGES} good images, got {len(sources)}: "
+                          f"fitted the options as given", stacklevel=3)
+        elif log:
+            log("auto: every candidate would change a parameter you set; fitting it as given")
+        model._fit_plain(sources, calibrate)
+        model.auto_table_, model.auto_choice_ = None, None
+        return model
     base = model.get_params()
-    base.update(config="default", progress=False)
+    base.update(config="fixed", progress=False)
 
     def factory(**params):
         return PaDiM(**{**base, **params})
 
     chosen = select(factory, sources, model.backbone, model.image_size, budget=model.budget, seed=model.seed,
-                    val_defects=model.val_defects, synthetic=model.val_synthetic, log=log)
-    for key, value in chosen.params.items():
-        setattr(model, key, value)
-    if {"backbone", "weights"} & set(chosen.params):
-        model._extractor = None  # another backbone
+                    val_defects=model.val_defects, synthetic=model.val_synthetic, pinned=pinned, log=log)
+    model._auto_undo = {key: (getattr(model, key), value) for key, value in chosen.params.items()}
+    _set_params(model, chosen.params)
     model._fit_plain(sources, calibrate)
     model.auto_table_ = [row.as_dict() for row in chosen.table]
     model.auto_choice_ = chosen.choice
     return model
+
+
+def _set_params(model, params: dict) -> None:
+    """Set ``model``'s parameters; another backbone or weights file drops the built extractor."""
+    if any(getattr(model, key) != params[key] for key in ("backbone", "weights") if key in params):
+        model._extractor = None
+    for key, value in params.items():
+        setattr(model, key, value)

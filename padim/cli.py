@@ -145,13 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-false-reject", type=float, default=0.01, help="target share of good images flagged NG")
     p.add_argument("--threshold", type=float, default=None, help="fixed score threshold")
     p.add_argument("--val-defects", type=Path, default=None,
-                   help="folder of labelled defect images for calibration (and, with --auto, the selection)")
-    p.add_argument("--auto", action="store_true",
-                   help="choose hook points, Gaussian granularity and resolution from the good images "
-                        "(synthetic defects on held-out ones; prints the candidate table)")
-    p.add_argument("--budget", default="4x", help="with --auto: time for selection and fit, Nx one fit or seconds")
+                   help="folder of labelled defect images for calibration (and, with --config auto, the selection)")
+    p.add_argument("--config", choices=("auto", "fixed"), default="auto",
+                   help="auto (default): choose hook points, Gaussian granularity, resolution, eps, d and backbone "
+                        "from the good images (synthetic defects on held-out ones; prints the candidate table), "
+                        "varying only the options you leave at their defaults; fixed: fit the options as given "
+                        "(about a third of the time)")
+    p.add_argument("--auto", dest="config", action="store_const", const="auto", help="the same as --config auto")
+    p.add_argument("--budget", default="4x",
+                   help="with --config auto: time for selection and fit, Nx one fit or seconds")
     p.add_argument("--no-synthetic", action="store_true",
-                   help="with --auto and --val-defects: select on the real defects alone, no synthetic ones")
+                   help="with --config auto and --val-defects: select on the real defects alone, no synthetic ones")
     p.add_argument("--threshold-method", choices=("youden", "f1"), default="youden",
                    help="threshold rule when --val-defects is given")
     p.add_argument("--value-range", type=_value_range, default="auto", metavar="LO,HI",
@@ -238,7 +242,7 @@ def cmd_fit(args) -> int:
                   max_false_reject=args.max_false_reject, tile=args.tile, overlap=args.overlap,
                   scale=args.scale, cell=args.cell, max_memory=args.max_memory, value_range=args.value_range,
                   **_runtime(args))
-    if args.auto:
+    if args.config == "auto":
         from .autoconfig import parse_budget
 
         try:
@@ -249,6 +253,8 @@ def cmd_fit(args) -> int:
             raise CliError("--no-synthetic needs --val-defects: the selection needs defects of some kind")
         params.update(config="auto", budget=args.budget, val_defects=args.val_defects,
                       val_synthetic=not args.no_synthetic)
+    else:
+        params["config"] = "fixed"
     if args.layers:
         params["layers"] = [s.strip() for s in args.layers.split(",")]
     if args.eps is not None:

@@ -92,11 +92,14 @@ class PaDiM:
     of the training images, see ``padim.value_range``), (lo, hi), or None (each image by its
     pixel type's full scale, as models saved before value ranges).
 
-    config: "default", or "auto" to choose hook points, granularity and resolution from the
-    training images (padim.autoconfig: synthetic defects on held-out good images, and
+    config: "auto" (the default) chooses hook points, granularity, resolution, ε, d and backbone
+    from the training images (padim.autoconfig: synthetic defects on held-out good images, and
     ``val_defects`` images if given, with their masks where found; ``val_synthetic=False``: those
-    alone) within ``budget`` ("4x" one fit, or seconds); the chosen parameters replace these ones
-    and the candidate table is kept (``auto_table_``, ``auto_choice_``).
+    alone) within ``budget`` ("4x" one fit, or seconds), varying only the parameters left at their
+    defaults; the chosen parameters replace these ones and the candidate table is kept
+    (``auto_table_``, ``auto_choice_``). With fewer than 6 images it fits the parameters as given,
+    with a warning. "fixed" fits the parameters as given (about a third of the time; "default" is
+    accepted, its name before auto became the default).
     """
 
     def __init__(
@@ -123,7 +126,7 @@ class PaDiM:
         max_memory: int | str | None = None,
         progress: bool = False,
         value_range: str | tuple[float, float] | None = "auto",
-        config: str = "default",
+        config: str = "auto",
         budget: str | float = "4x",
         val_defects: Any = None,
         val_synthetic: bool = True,
@@ -150,9 +153,9 @@ class PaDiM:
         self.max_memory = max_memory
         self.progress = progress
         self.value_range = value_range
-        if config not in ("default", "auto"):
-            raise ValueError(f"config must be 'default' or 'auto', got {config!r}")
-        self.config = config
+        if config not in ("fixed", "auto", "default"):
+            raise ValueError(f"config must be 'auto' or 'fixed', got {config!r}")
+        self.config = "fixed" if config == "default" else config
         self.budget = budget
         self.val_defects = val_defects
         self.val_synthetic = val_synthetic

@@ -57,13 +57,14 @@ def save_model(model, path: str | Path) -> Path:
 
 def load_model(cls, path: str | Path, device: str = "auto", weights: str | None = None, **overrides):
     """A ``cls`` (:class:`padim.PaDiM`) read from a file written by :func:`save_model`; runtime
-    options (device, batch_size, …) may be given."""
+    options (device, batch_size, …) may be given. Its configuration is the one it was fitted with
+    (``config="fixed"``): a refit keeps it rather than choosing again."""
     tensors, meta = read_model_file(path)
     try:
         params = dict(meta["params"])
         if isinstance(params.get("image_size"), list):
             params["image_size"] = tuple(params["image_size"])
-        model = cls(**params, device=device, weights=weights, **overrides)
+        model = cls(**{"config": "fixed", **params, "device": device, "weights": weights, **overrides})
         reg = float(meta["regularisation"])
         if "whitener_packed" in tensors:
             model.gaussian_ = GaussianModel(tensors["mean"], None, reg, packed=tensors["whitener_packed"],

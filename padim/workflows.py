@@ -289,6 +289,10 @@ def run_demo(out_dir: str | Path, data: str | Path | None = None, log=print, **r
     log(model.plan(data / "train" / "good").describe())
     model.fit(data / "train" / "good")
     model_path = model.save(out / "model.padim")
+    if model.auto_table_:
+        tried = [row["name"] for row in model.auto_table_ if row["selection"] is not None]
+        log(f"auto-configuration: chose {model.auto_choice_} of {len(tried)} candidates tried "
+            f"({', '.join(tried)}; `padim info {model_path}` shows the table)")
     log(f"fit: {model.n_train_} good images, threshold {model.calibrator_.threshold_:.4g} for a "
         f"{DEMO_MAX_FALSE_REJECT:.0%} false-reject target "
         f"({time.time() - started:.1f} s) → {model_path}")

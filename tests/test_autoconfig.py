@@ -74,8 +74,12 @@ def auto_model(tmp_path_factory):
 def test_the_real_fit_applies_the_chosen_parameters_and_calibrates(auto_model):
     _, model = auto_model
     table = {row["name"]: row for row in model.auto_table_}
-    assert all(row["skipped"] is None for row in table.values())  # a generous budget: everything ran
-    ranked = sorted(model.auto_table_, key=lambda row: -row["selection"])
+    # a generous budget: everything ran but what changes the image_size and d that COMMON sets
+    kept = {name for name, row in table.items() if row["skipped"]}
+    assert kept == {"larger", "1.25x", "d=88"}
+    assert all(table[name]["skipped"].startswith("you set ") for name in kept)
+    assert [row["name"] for row in model.auto_table_][-3:] == ["larger", "1.25x", "d=88"]
+    ranked = sorted((row for row in model.auto_table_ if row["selection"] is not None), key=lambda row: -row["selection"])
     best = next(row for row in ranked if not row.get("note"))  # the best one no rule passed over
     assert model.auto_choice_ == best["name"]
     assert all(row["note"].startswith("not chosen") for row in ranked[:ranked.index(best)])
@@ -95,6 +99,8 @@ class PixelModel:
         images = [np.asarray(Image.open(s).convert("RGB"), np.float32) / 255 for s in sources]
         self.mean = np.mean(images, axis=0)
         return self
+
+    _fit_plain = fit  # what the selection calls: a candidate fits as given
 
     def iter_results(self, images, maps=True):
         rng = np.random.default_rng(0)
@@ -141,7 +147,9 @@ def test_a_tight_budget_runs_only_the_default(tmp_path):
     model = PaDiM(config="auto", budget="1x", **COMMON).fit(train)  # 1× one fit leaves nothing to select with
     rows = model.auto_table_
     assert rows[0]["name"] == "default" and rows[0]["skipped"] is None
-    assert all(row["skipped"] and row["skipped"].startswith("budget") for row in rows[1:])
+    # all but those that change COMMON's image_size and d, which close the table
+    assert all(row["skipped"] and row["skipped"].startswith("budget") for row in rows[1:-3])
+    assert all(row["skipped"].startswith("you set") for row in rows[-3:])
     assert model.auto_choice_ == "default"
     # the table tells which budget would have tried the first candidate it skipped
     first = rows[1]
@@ -150,10 +158,105 @@ def test_a_tight_budget_runs_only_the_default(tmp_path):
         f"only the default ran in this budget; --budget {first['needs_budget']} would also try {first['name']}")
 
 
-def test_too_few_images_for_auto_is_one_line(tmp_path):
+def test_auto_on_too_few_images_fits_the_parameters_as_given_with_a_warning(tmp_path):
+    """auto is the default, so five good images are no error: the given configuration is fitted
+    (the same model as config="fixed"), with a warning that says why."""
     train = shifted_texture_folder(tmp_path / "good", n=5)
-    with pytest.raises(ValueError, match="at least 6 good images"):
-        PaDiM(config="auto", **COMMON).fit(train)
+    with pytest.warns(UserWarning, match="at least 6 good images, got 5: fitted the options as given"):
+        model = PaDiM(**{**COMMON, "calibration_folds": 0}).fit(train)
+    fixed = PaDiM(**{**COMMON, "calibration_folds": 0, "config": "fixed"}).fit(train)
+    assert model.config == "auto" and model.auto_table_ is None and model.auto_choice_ is None
+    np.testing.assert_array_equal(model.gaussian_.mean.numpy(), fixed.gaussian_.mean.numpy())
+
+
+def test_config_names():
+    assert PaDiM().config == "auto"
+    assert PaDiM(config="default").config == "fixed"  # the name before auto became the default
+    with pytest.raises(ValueError, match="'auto' or 'fixed'"):
+        PaDiM(config="best")
+
+
+def test_pinned_params_are_those_set_away_from_their_defaults():
+    from padim.autoconfig import pinned_params
+
+    assert pinned_params(PaDiM().get_params()) == frozenset()
+    assert pinned_params(PaDiM(layers=["_blocks.2"], eps=0.5, cell=1).get_params()) == {"layers", "eps", "cell"}
+    assert pinned_params(PaDiM(image_size=(200, 300), d=10).get_params()) == {"image_size", "d"}
+    # own weights are for their backbone: no other backbone is tried
+    assert pinned_params(PaDiM(backbone="resnet18", weights="r18.pth").get_params()) == {"backbone", "weights"}
+    assert pinned_params(PaDiM(device="cpu", batch_size=2, seed=5, tile=None).get_params()) == frozenset()
+
+
+def _recording_select(monkeypatch, choice_params):
+    """Replace the selection by one that records its inputs and chooses ``choice_params``."""
+    import padim.autoconfig as auto
+
+    calls = []
+
+    def select(factory, sources, backbone, image_size, *, pinned, **kw):
+        calls.append(dict(pinned=pinned, model=factory(), backbone=backbone, image_size=image_size))
+        row = auto.CandidateResult("pick", choice_params, seconds=1.0, image_auroc=1.0, pixel_auroc=1.0, pro=1.0,
+                                   good_cv=0.0, selection=1.0)
+        return auto.Selection("pick", choice_params, [row], 1.0)
+
+    monkeypatch.setattr(auto, "select", select)
+    return calls
+
+
+def test_a_refit_chooses_again_from_the_users_parameters_not_the_last_choice(tmp_path, monkeypatch):
+    train = shifted_texture_folder(tmp_path / "good", n=8)
+    deep = ["_blocks.4", "_blocks.10", "_blocks.14"]
+    calls = _recording_select(monkeypatch, {"layers": deep})
+    model = PaDiM(**{**COMMON, "calibration_folds": 0}).fit(train)
+    assert model.layers == deep and model.layers_ == deep and model.auto_choice_ == "pick"
+    model.fit(train)
+    assert len(calls) == 2
+    for call in calls:  # both times: layers free to vary, the candidates built on the user's None
+        assert call["pinned"] == {"image_size", "d"} and call["model"].layers is None
+        assert call["model"].config == "fixed"  # candidates fit as given, never selecting again
+    model.layers = ["_blocks.2", "_blocks.4"]  # set by the user after a selection: now it is theirs
+    model.fit(train)
+    assert calls[-1]["pinned"] == {"image_size", "d", "layers"} and calls[-1]["model"].layers == ["_blocks.2", "_blocks.4"]
+
+
+def test_nothing_left_to_vary_fits_as_given_without_a_selection(tmp_path, monkeypatch):
+    calls = _recording_select(monkeypatch, {})
+    train = shifted_texture_folder(tmp_path / "good", n=8)
+    params = dict(COMMON, calibration_folds=0, layers=["_blocks.2", "_blocks.4"], cell=1, eps=0.05)
+    model = PaDiM(**params).fit(train)
+    assert calls == [] and model.auto_table_ is None and model.layers_ == ["_blocks.2", "_blocks.4"]
+
+
+def test_pinned_candidates_are_not_tried_and_say_so(tmp_path):
+    """layers and cell set by the user: the hook-point sets, the pooled Gaussians and the other
+    backbones (their own hook points) are not tried; the table ends with them, marked."""
+    import padim.autoconfig as auto
+
+    train = shifted_texture_folder(tmp_path / "good", n=12, seed=3)
+    params = dict(COMMON, progress=False, config="fixed", layers=["_blocks.2", "_blocks.4"], cell=1)
+    pinned = auto.pinned_params(PaDiM(**params).get_params())
+    built = []
+
+    def factory(**p):
+        built.append(p)
+        return PaDiM(**{**params, **p})
+
+    chosen = auto.select(factory, sorted(train.iterdir()), "efficientnet_lite0", SIZE, budget="1000x",
+                         pinned=pinned)
+    rows = {row.name: row for row in chosen.table}
+    kept = {"deep", "shallow", "shared", "cells", "lite1", "lite2", "larger", "1.25x", "d=88"}
+    assert {name for name, row in rows.items() if row.skipped} == kept
+    assert all(rows[name].skipped.startswith("you set ") for name in kept)
+    assert "layers" in rows["deep"].skipped and "cell" in rows["shared"].skipped
+    assert {row.name for row in chosen.table if row.selection is not None} == {"default", "eps=0.01", "eps=1"}
+    assert not any(set(p) & pinned for p in built)  # no model was even built for a kept one
+    assert chosen.choice in {"default", "eps=0.01", "eps=1"}
+
+
+def test_loaded_models_refit_as_fitted(tmp_path):
+    train = shifted_texture_folder(tmp_path / "good", n=5)
+    model = PaDiM(**{**COMMON, "calibration_folds": 0, "config": "fixed"}).fit(train)
+    assert PaDiM.load(model.save(tmp_path / "m.padim"), device="cpu").config == "fixed"
 
 
 def test_cli_fit_auto_prints_the_table_and_info_shows_it(tmp_path):
@@ -169,6 +272,22 @@ def test_cli_fit_auto_prints_the_table_and_info_shows_it(tmp_path):
     assert rc == 0 and "auto-configuration: chose" in info and "candidate  image AUROC" in info
     rc, _, err = cli("fit", train, "-o", tmp_path / "x.padim", "--auto", "--budget", "soon", *RUNTIME)
     assert rc == 2 and "--budget" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_fit_selects_by_default_and_fits_as_given_with_config_fixed(tmp_path, monkeypatch):
+    from test_cli import RUNTIME, cli
+
+    train = shifted_texture_folder(tmp_path / "good", n=8, seed=4)
+    calls = _recording_select(monkeypatch, {"eps": 0.5})
+    options = ["--image-size", SIZE, "--d", 24, "--folds", 3, *RUNTIME]
+    rc, _, err = cli("fit", train, "-o", tmp_path / "auto.padim", *options)
+    assert rc == 0, err
+    assert len(calls) == 1 and calls[0]["pinned"] == {"image_size", "d"}
+    assert PaDiM.load(tmp_path / "auto.padim", device="cpu").eps == 0.5  # the choice reached the file
+    assert "pick" in err  # the candidate table was printed
+    rc, _, err = cli("fit", train, "-o", tmp_path / "fixed.padim", "--config", "fixed", *options)
+    assert rc == 0, err
+    assert len(calls) == 1 and "candidate  image AUROC" not in err
 
 
 def test_full_fit_estimate_keeps_the_fixed_part_and_scales_the_per_image_part():
@@ -390,7 +509,7 @@ def test_selection_picks_one_shared_gaussian_for_a_randomly_shifted_texture(tmp_
         return roc_auc_score(labels, [r.score for r in model.iter_results(goods + defects, maps=False)])
 
     options = {c.name: c.params for c in auto.candidates("efficientnet_lite0", size)}
-    truth = {name: real_auroc(PaDiM(**dict(params, **options[name])).fit(fit, calibrate=False))
+    truth = {name: real_auroc(PaDiM(**dict(params, config="fixed", **options[name])).fit(fit, calibrate=False))
              for name in ("default", "shared")}
     assert truth["shared"] > truth["default"] + 0.1  # the constructed case has an obvious answer
 

@@ -22,7 +22,7 @@ from padim import __version__
 from padim.cli import CliError, EXAMPLES, main
 
 RUNTIME = ["--device", "cpu", "--workers", "0", "--batch-size", "4", "--quiet", "--threads", "1"]
-FIT = ["--image-size", "64", "--d", "50", *RUNTIME]
+FIT = ["--image-size", "64", "--d", "50", "--config", "fixed", *RUNTIME]
 HEADER = "path\tscore\tprobability\tlabel"
 
 

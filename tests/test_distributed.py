@@ -23,7 +23,7 @@ from padim.workflows import score_folder
 ROOT = Path(__file__).resolve().parents[1]
 # --channels, not --d: Python 3.11 torchrun takes --d for an abbreviation of its --duplicate-* options.
 FIT_OPTIONS = ["--image-size", "64", "--channels", "24", "--folds", "3", "--device", "cpu", "--workers", "0",
-               "--batch-size", "4", "--quiet"]
+               "--batch-size", "4", "--quiet", "--config", "fixed"]
 
 
 def image(seed: int) -> np.ndarray:
@@ -73,7 +73,7 @@ def single_fit(train, cell):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the unreadable image
         return PaDiM(image_size=64, d=24, calibration_folds=3, device="cpu", workers=0, batch_size=4,
-                     cell=cell).fit(train)
+                     cell=cell, config="fixed").fit(train)
 
 
 def test_without_a_process_group_nothing_is_sharded():
@@ -204,7 +204,7 @@ def test_api_fit_in_an_initialised_group(data, tmp_path, extra):
 
     import torch.multiprocessing as mp
 
-    params = dict(image_size=64, calibration_folds=3, device="cpu", workers=0, batch_size=4, **extra)
+    params = {**dict(image_size=64, calibration_folds=3, device="cpu", workers=0, batch_size=4, config="fixed"), **extra}
     result = tmp_path / "rank0.pickle"
     mp.spawn(_fit_in_group, args=(2, str(tmp_path / "rendezvous"), data / "train", params, str(result)),
              nprocs=2, join=True)

@@ -34,7 +34,7 @@ SHARED = next((p for p in ([Path(os.environ["PADIM_SHARED_DATA"])] if os.environ
 
 def fitted(cell=1, folds=3, **kw):
     params = dict(image_size=SIZE, d=40, device="cpu", workers=0, batch_size=4, calibration_folds=folds,
-                  cell=cell, tile=None)
+                  cell=cell, tile=None, config="fixed")
     params.update(kw)
     return PaDiM(**params).fit([pattern(seed=i) for i in range(12)])
 
@@ -217,7 +217,7 @@ def test_parity_on_real_images(tmp_path, dataset):
     root = SHARED / dataset
     train = sorted((root / "train" / "good").iterdir())[:12]
     test = read_labelled_set(root).paths[::max(1, len(read_labelled_set(root).paths) // 8)][:8]
-    model = PaDiM(device="cpu", workers=0, batch_size=4, calibration_folds=3, tile=None).fit(train)
+    model = PaDiM(device="cpu", workers=0, batch_size=4, calibration_folds=3, tile=None, config="fixed").fit(train)
     torch_scores = model.score_samples(test)
     threshold = model.calibrator_.threshold_
     from padim.runtime import ExportedModel

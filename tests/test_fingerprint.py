@@ -131,7 +131,7 @@ def test_a_saved_and_loaded_model_keeps_its_fingerprint(tmp_path, lite0_backbone
     rng = np.random.default_rng(0)
     images = [(rng.random((32, 32, 3)) * 0.2 + 0.4).astype(np.float32) for _ in range(6)]
     model = PaDiM(image_size=32, d=20, device="cpu", workers=0, progress=False, calibration_folds=3,
-                  max_false_reject=0.2)
+                  max_false_reject=0.2, config="fixed")
     model.fit(images)
     loaded = PaDiM.load(model.save(tmp_path / "m.padim"), device="cpu")
     assert model_fingerprint(loaded) == model_fingerprint(model)

@@ -13,7 +13,7 @@ from padim.modelfile import ModelFileError
 
 SIZE = 96
 DEFECT = (0.3, 0.25, 0.07)  # relative (centre y, centre x, radius)
-PARAMS = dict(image_size=SIZE, d=100, device="cpu", workers=0, batch_size=8, calibration_folds=0)
+PARAMS = dict(image_size=SIZE, d=100, device="cpu", workers=0, batch_size=8, calibration_folds=0, config="fixed")
 
 
 def pattern(h=SIZE, w=SIZE, seed=0, defect=None, gray=False):

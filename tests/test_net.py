@@ -122,7 +122,7 @@ def test_large_models_score_from_the_packed_whitener_chunk_by_chunk(monkeypatch)
 
     rng = np.random.default_rng(0)
     images = [(rng.random((64, 64, 3)) * 0.2 + 0.4).astype(np.float32) for _ in range(6)]
-    model = PaDiM(image_size=64, d=20, device="cpu", workers=0, calibration_folds=0).fit(images)
+    model = PaDiM(image_size=64, d=20, device="cpu", workers=0, calibration_folds=0, config="fixed").fit(images)
     model.gaussian_.drop_dense()
     monkeypatch.setattr(net_module, "POSITION_CHUNK", 50)  # several chunks, the last one short
     dense_scores = model.score_samples(images[:3])

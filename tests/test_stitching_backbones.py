@@ -58,7 +58,7 @@ def stitched_and_reference(backbone, random_weights, overlap_fraction=1.0):
     overlap = max(16, int(round(overlap_fraction * margin / 16)) * 16)
     weights = None if backbone.startswith("efficientnet") else random_weights(backbone)
     common = dict(backbone=backbone, weights=weights, device="cpu", workers=0, calibration_folds=0, cell=1,
-                  seed=0, batch_size=2)
+                  seed=0, batch_size=2, config="fixed")
     h, w = CORE, 2 * CORE
     image = texture(h, w)
     tiled = PaDiM(tile=CORE + 2 * overlap, overlap=overlap if overlap_fraction != 1.0 else None, scale=1.0,

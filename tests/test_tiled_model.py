@@ -22,7 +22,7 @@ from test_cli import cli
 
 H, W = 320, 288
 TILED = dict(tile=128, overlap=32, scale=1.0, d=30, seed=0, device="cpu", workers=0, batch_size=5,
-             calibration_folds=0)
+             calibration_folds=0, config="fixed")
 STRIDE = 4  # EfficientNet-Lite0's tiled hook points: blocks 2/4/10, strides 4/8/16
 RUNTIME = ["--device", "cpu", "--workers", "0", "--batch-size", "5", "--quiet", "--threads", "1"]
 DEFECT_SIDE = 20
@@ -144,7 +144,7 @@ def cli_model(data):
     """``padim fit`` with tiles and 2×2 cells on the 5 small-set images (2-fold calibration)."""
     path = data["root"] / "cell2.padim"
     rc, out, err = cli("fit", data["small_dir"], "-o", path, "--tile", "128", "--overlap", "32", "--scale", "1",
-                       "--cell", "2", "--d", "30", "--folds", "2", *RUNTIME)
+                       "--cell", "2", "--d", "30", "--folds", "2", "--config", "fixed", *RUNTIME)
     assert rc == 0, err
     return {"path": path, "out": out, "err": err}
 
@@ -312,7 +312,7 @@ def test_cli_budget_too_small_is_one_line_exit_2(data, monkeypatch, tmp_path):
     forbid_image_processing(monkeypatch)
     out = tmp_path / "m.padim"
     rc, stdout, err = cli("fit", data["train_dir"], "-o", out, "--tile", "128", "--overlap", "32", "--scale", "1",
-                          "--d", "30", "--cell", "1", "--max-memory", "1M", "--folds", "0", *RUNTIME)
+                          "--d", "30", "--cell", "1", "--max-memory", "1M", "--folds", "0", "--config", "fixed", *RUNTIME)
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("padim fit: error: "), err

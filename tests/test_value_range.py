@@ -19,7 +19,7 @@ from padim.value_range import EIGHT_BIT, ValueRange, bit_depth_ceiling, decide_v
 from test_cli import cli
 
 SIZE = 96
-PARAMS = dict(image_size=SIZE, d=40, device="cpu", workers=0, batch_size=10, calibration_folds=0, blur_sigma=2.0)
+PARAMS = dict(image_size=SIZE, d=40, device="cpu", workers=0, batch_size=10, calibration_folds=0, blur_sigma=2.0, config="fixed")
 
 
 def product(seed, h=SIZE, w=SIZE):
@@ -207,7 +207,7 @@ def test_explicit_range_and_bad_ranges():
 def test_cli_value_range_reaches_the_model_file(twelve_bit, tmp_path):
     model_path = tmp_path / "cli.padim"
     rc, out, err = cli("fit", twelve_bit, "-o", model_path, "--value-range", "0,4095", "--image-size", 64,
-                       "--d", 20, "--folds", 0, "--device", "cpu", "--workers", 0, "--quiet", "--threads", 1)
+                       "--d", 20, "--folds", 0, "--config", "fixed", "--device", "cpu", "--workers", 0, "--quiet", "--threads", 1)
     assert rc == 0, err
     assert stored_metadata(model_path)["value_range"] == [0.0, 4095.0]
     rc, out, _ = cli("info", model_path)
