@@ -1,4 +1,5 @@
-"""Choosing a configuration from the user's good images alone (``PaDiM(config="auto")``, ``padim fit --auto``).
+"""Choosing a configuration from the user's good images alone: what ``PaDiM()`` and ``padim fit`` do by
+default (``config="auto"``; ``config="fixed"``, ``--config fixed``, fits the parameters as given).
 
 A few plain PaDiM configurations (:func:`candidates`) are tried on ``FOLDS`` seeded folds of (a
 subset of) the good images: each fold fits on the other folds' images, without calibration, and
@@ -15,7 +16,8 @@ Pooled Gaussians (cells, one shared) are tried only on images that do not look a
 (:mod:`padim.alignment`, ``MAX_POOLING_SPREAD``; decided from the shared pass, so not for tiled
 inputs or under torchrun, where every candidate is tried). The winner is
 refitted on every image with its normal calibration; the table of candidates (metrics, seconds,
-skipped) is kept in the model.
+skipped) is kept in the model. Only parameters left at their defaults are varied
+(:func:`pinned_params`); with fewer than ``MIN_IMAGES`` good images nothing is selected.
 
 Selection score (higher is better)::
 
@@ -900,7 +902,7 @@ def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) 
 
 
 def format_table(table: list[dict], choice: str) -> str:
-    """The candidate table as text (what ``padim fit --auto`` prints and ``padim info`` shows)."""
+    """The candidate table as text (what ``padim fit`` prints and ``padim info`` shows)."""
     lines = ["candidate  image AUROC  pixel AUROC  PRO    good CV  selection  seconds"]
     for row in table:
         mark = "*" if row["name"] == choice else " "

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): choose hook points, Gaussian granularity, resolution, eps, d and backbone "
                         "from the good images (synthetic defects on held-out ones; prints the candidate table), "
                         "varying only the options you leave at their defaults; fixed: fit the options as given "
-                        "(about a third of the time)")
+                        "(a quarter to a third of the time)")
     p.add_argument("--auto", dest="config", action="store_const", const="auto", help="the same as --config auto")
     p.add_argument("--budget", default="4x",
                    help="with --config auto: time for selection and fit, Nx one fit or seconds")

@@ -98,7 +98,7 @@ class PaDiM:
     alone) within ``budget`` ("4x" one fit, or seconds), varying only the parameters left at their
     defaults; the chosen parameters replace these ones and the candidate table is kept
     (``auto_table_``, ``auto_choice_``). With fewer than 6 images it fits the parameters as given,
-    with a warning. "fixed" fits the parameters as given (about a third of the time; "default" is
+    with a warning. "fixed" fits the parameters as given (a quarter to a third of the time; "default" is
     accepted, its name before auto became the default).
     """
 
