@@ -32,7 +32,11 @@ from .memory import (CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_g
 from .tiling import cell_grid, extract_tiled, samples_per_image, to_cells
 from .modelfile import ModelFileError
 
-DENSE_WHITENER_MAX_BYTES = 512 * 2**20  # above: score from the packed whitener, chunk by chunk
+# Above this a model scores from its packed whitener, unpacked chunk by chunk (the memory of
+# huge-image models, RESULTS.md §13, at 5× the Mahalanobis time, §29); at or below it a dense
+# float32 copy is made once. 800 MiB keeps a 1.25× input (an auto-configuration candidate,
+# ~6 450 Gaussians × d 176 = 762 MiB on BSData) dense, and §13's 8 383-Gaussian model packed.
+DENSE_WHITENER_MAX_BYTES = 800 * 2**20
 DEFAULT_EPS = 0.1  # relative to the mean feature variance; measured in benchmarks/RESULTS.md
 DEFAULT_IMAGE_SIZE = 256
 
