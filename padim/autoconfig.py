@@ -38,6 +38,7 @@ the default candidate always runs and is always affordable.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
@@ -775,8 +776,6 @@ def pinned_params(params: dict) -> frozenset:
     defaults: auto-configuration varies only what was left at its default, so an explicit
     ``--layers``, ``--image-size``, ``--cell``, ``--eps``, ``--d`` or ``--backbone`` is kept as given.
     Own backbone weights pin the backbone too."""
-    import inspect
-
     from .model import PaDiM
 
     defaults = {name: p.default for name, p in inspect.signature(PaDiM.__init__).parameters.items()}

@@ -241,7 +241,7 @@ def cmd_fit(args) -> int:
                   seed=args.seed, weights=args.weights, calibration_folds=args.folds,
                   max_false_reject=args.max_false_reject, tile=args.tile, overlap=args.overlap,
                   scale=args.scale, cell=args.cell, max_memory=args.max_memory, value_range=args.value_range,
-                  **_runtime(args))
+                  config=args.config, **_runtime(args))
     if args.config == "auto":
         from .autoconfig import parse_budget
 
@@ -251,10 +251,7 @@ def cmd_fit(args) -> int:
             raise CliError(f"--budget: {exc}") from None
         if args.no_synthetic and args.val_defects is None:
             raise CliError("--no-synthetic needs --val-defects: the selection needs defects of some kind")
-        params.update(config="auto", budget=args.budget, val_defects=args.val_defects,
-                      val_synthetic=not args.no_synthetic)
-    else:
-        params["config"] = "fixed"
+        params.update(budget=args.budget, val_defects=args.val_defects, val_synthetic=not args.no_synthetic)
     if args.layers:
         params["layers"] = [s.strip() for s in args.layers.split(",")]
     if args.eps is not None:
