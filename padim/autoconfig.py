@@ -33,7 +33,10 @@ candidate's time on its first fold, scaled to all images, plus calibration), cov
 from reading the images to the final fit; or a number of seconds. A candidate whose estimated cost (trying
 it, plus its own final fit on every image should it win) would pass the budget is skipped and
 marked so; one whose final fit no longer fits what is left is not chosen (noted in the table);
-the default candidate always runs and is always affordable.
+the default candidate always runs and is always affordable. The clock decides only until the
+default's trial ends: what is spent afterwards is counted by the estimates each later trial was
+admitted with, and its final fit by its estimate made then, so that how long those trials happen to
+take on a busy machine changes no decision (the default's own timing still does).
 """
 
 from __future__ import annotations
@@ -131,6 +134,8 @@ class CandidateResult:
     cost: float = 1.0  # declared fit time relative to the default candidate
     # its selection fit alone; from a shared pass, that pass's time on the fit images plus its own Gaussians
     fit_seconds: float | None = None
+    # its final fit relative to the default's, as estimated before its trial (what the budget decides by)
+    fit_cost: float | None = None
     note: str | None = None  # why a better-scoring candidate was not chosen
     shared_pass: bool = False  # fitted and scored from a shared backbone pass (padim.feature_bank)
     fold_selections: list | None = None  # its selection score in each fold (the metrics are their means)
@@ -696,6 +701,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     map_sizes = [comparison_size(image.shape, pixels) for image in validation]
     table: list[CandidateResult] = []
     reference = one_fit = total = spread = None
+    spent = 0.0  # as the budget counts it: measured until the default's trial ends, then the later trials' estimates
     for k, (candidate, model) in enumerate(trials):
         row = CandidateResult(candidate.name, candidate.params, cost=candidate.cost)
         table.append(row)
@@ -704,18 +710,18 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
                            f"Gaussians are for unaligned ones")
             passes.release(model, [m for _, m in trials[k + 1:]])
             continue
+        trial = 0.0
         if reference is not None:
-            spent = time.perf_counter() - started
             # trying it (from a shared pass, or with its own), then the final fit of it or of the
             # best so far, whichever costs more: trying it must not cost the best its final fit;
             # its own final fit from its share of the pass where known (deeper hooks cost more)
             trial = passes.trial_estimate(model, candidate.cost, reference)
             best = max((r for r in table if r.selection is not None), key=lambda r: r.selection)
             expected = passes.fit_estimate(model, len(folds[0].fit_rows))
-            own = candidate.cost if expected is None else max(candidate.cost, expected / table[0].fit_seconds)
-            needs = trial + max(own, _final_fit_ratio(best, table[0])) * one_fit
+            row.fit_cost = candidate.cost if expected is None else max(candidate.cost, expected / table[0].fit_seconds)
+            needs = trial + max(row.fit_cost, best.fit_cost) * one_fit
             over = spent + needs > total
-            if distributed.active():  # rank 0's clock decides, so every rank fits the same candidates
+            if distributed.active():  # rank 0's count decides, so every rank fits the same candidates
                 over, spent = distributed.broadcast_object((over, spent))
             if over:
                 row.skipped = f"budget: needs ~{needs:.1f} s with a final fit, {max(0.0, total - spent):.1f} s left"
@@ -735,6 +741,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
             continue
         finally:
             passes.release(model, [m for _, m in trials[k + 1:]])
+            spent += trial  # tried: counted as estimated, however long it took
         row.shared_pass = passes.serves(model)
         for metric in ("image_auroc", "pixel_auroc", "pro", "good_cv", "selection"):
             setattr(row, metric, float(np.mean([m[metric] for m in per_fold])))
@@ -742,9 +749,10 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
         row.family_auroc = _fold_means([m["families"] for m in per_fold])
         row.seconds = time.perf_counter() - t0
         row.fit_seconds, per_image_s = timing
-        if row.shared_pass:
-            passes.record(model, row.seconds - built_s, built_s, metrics_s)
         if reference is None:  # the default candidate: it sets the budget's unit (rank 0's, under torchrun)
+            if row.shared_pass:  # what the later trials' estimates go by
+                passes.record(model, row.seconds - built_s, built_s, metrics_s)
+            row.fit_cost = 1.0
             timing = (row.seconds, row.fit_seconds, per_image_s)
             timing = distributed.broadcast_object(timing) if distributed.active() else timing
             reference, fit_s, per_image_s = timing
@@ -756,11 +764,12 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
                 if log and spread is not None:
                     log(f"auto: position spread of the good images {spread:.3f} (pooled Gaussians tried "
                         f"only at most {MAX_POOLING_SPREAD})")
+            spent = time.perf_counter() - started  # the clock's last word: later trials count by their estimates
         if log:
             log(f"auto: {row.name:8s} image {row.image_auroc:.3f} pixel {row.pixel_auroc:.3f} PRO {row.pro:.3f} "
                 f"cv {row.good_cv:.3f} → {row.selection:.4f} ({row.seconds:.1f} s"
                 f"{', shared pass' if row.shared_pass else ''})")
-    best = _affordable_best(table, one_fit, total - (time.perf_counter() - started))
+    best = _affordable_best(table, one_fit, total - spent)
     for candidate, keys in kept:
         table.append(CandidateResult(candidate.name, candidate.params, cost=candidate.cost,
                                      skipped=f"you set {', '.join(keys)}: kept as given"))
@@ -851,12 +860,6 @@ def _worst_family(row: CandidateResult, default: CandidateResult) -> tuple[str |
     return family, float(losses[family])
 
 
-def _final_fit_ratio(row: CandidateResult, default: CandidateResult) -> float:
-    """A candidate's final fit relative to a default fit: its declared cost, or its selection fit's
-    time relative to the default's, whichever is larger."""
-    return max(row.cost, row.fit_seconds / max(default.fit_seconds, 1e-9))
-
-
 def _clear_gain(row: CandidateResult, default: CandidateResult) -> tuple[bool, float, float]:
     """Whether ``row`` beats the default clearly: its mean per-fold gain in selection score is at
     least MIN_GAIN and exceeds SIGNIFICANCE standard errors of those gains. Also the gain and its error."""
@@ -871,10 +874,10 @@ def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) 
     validation set ranks close candidates by chance, and the default is the safe choice), misses
     no synthetic defect family the default finds (image AUROC at most FAMILY_MARGIN below the
     default's on every family, :func:`_worst_family`) and whose
-    final fit fits in the ``left`` seconds: a default fit (``one_fit``) times the larger of its
-    declared cost and its measured fit time relative to the default's; a candidate no costlier than
-    the default is always affordable (one fit's time is reserved). Otherwise the default. Rank 0
-    decides under torchrun."""
+    final fit fits in the ``left`` seconds: a default fit (``one_fit``) times its ``fit_cost`` (the
+    estimate it was tried with, not its measured time: no clock after the default's trial); a
+    candidate no costlier than the default is always affordable (one fit's time is reserved).
+    Otherwise the default. Rank 0 decides under torchrun."""
     default = table[0]
     ranked = sorted((r for r in table if r.selection is not None), key=lambda r: -r.selection)
     choice = default
@@ -889,7 +892,7 @@ def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) 
         if loss > FAMILY_MARGIN:
             row.note = f"not chosen: image AUROC on {family} defects {loss:.3f} below the default's"
             continue
-        ratio = _final_fit_ratio(row, default)
+        ratio = row.fit_cost
         if ratio <= 1 or ratio * one_fit <= left:
             choice = row
             break

@@ -142,6 +142,50 @@ def test_stored_choice_and_table_reload(auto_model, tmp_path):
     assert model.auto_choice_ in format_table(loaded.auto_table_, loaded.auto_choice_)
 
 
+def test_how_long_the_later_trials_take_changes_no_decision(tmp_path, monkeypatch):
+    """The clock decides only until the default's trial ends; later trials count by the estimates
+    they were admitted with. Here each later trial "takes" 10 000 s more than it does (a clock that
+    jumps): the same candidates run and the same one is chosen as without the jumps, though a
+    budget of 1000 default fits (a few thousand seconds) would be spent by the first jump."""
+    import time as real_time
+
+    import padim.autoconfig as auto
+
+    files = sorted(shifted_texture_folder(tmp_path / "good", n=12, seed=8).iterdir())
+    original = auto.candidates
+    monkeypatch.setattr(auto, "candidates", lambda backbone, size: [
+        c for c in original(backbone, size) if c.name in ("default", "deep", "shallow", "shared", "eps=1")])
+
+    class JumpingClock:
+        offset = 0.0
+
+        @classmethod
+        def perf_counter(cls):
+            return real_time.perf_counter() + cls.offset
+
+    def run(jump):
+        try_one = auto._try
+
+        def slow_try(model, passes, *args, dense, **kwargs):
+            out = try_one(model, passes, *args, dense=dense, **kwargs)
+            JumpingClock.offset += 0.0 if dense or not jump else 10_000.0
+            return out
+
+        with monkeypatch.context() as m:
+            m.setattr(auto, "time", JumpingClock)
+            m.setattr(auto, "_try", slow_try)
+            chosen = auto.select(lambda **p: PaDiM(**{**COMMON, "progress": False, **p}), files,
+                                 "efficientnet_lite0", SIZE, budget="1000x")
+        return chosen, [(row.name, row.skipped, row.selection) for row in chosen.table]
+
+    calm, calm_rows = run(jump=False)
+    busy, busy_rows = run(jump=True)
+    assert calm.budget_seconds < 10_000.0
+    assert all(skipped is None for _, skipped, _ in calm_rows)
+    assert busy_rows == calm_rows and busy.choice == calm.choice
+    assert all(row.seconds > 10_000.0 for row in busy.table[1:])  # the clock did see the jumps
+
+
 def test_a_tight_budget_runs_only_the_default(tmp_path):
     train = shifted_texture_folder(tmp_path / "good", n=12, seed=1)
     model = PaDiM(config="auto", budget="1x", **COMMON).fit(train)  # 1× one fit leaves nothing to select with
@@ -428,12 +472,13 @@ def test_selection_picks_the_layers_the_defects_need(tmp_path, monkeypatch, case
 def test_a_winner_whose_final_fit_does_not_fit_the_budget_left_is_not_chosen():
     from padim.autoconfig import CandidateResult, _affordable_best
 
-    def row(name, selection, fit_seconds, cost=1.0):
-        return CandidateResult(name, {}, seconds=fit_seconds + 1, selection=selection, cost=cost, fit_seconds=fit_seconds)
+    def row(name, selection, fit_cost, cost=1.0):
+        return CandidateResult(name, {}, seconds=3.0, selection=selection, cost=cost, fit_seconds=2.0 * fit_cost,
+                               fit_cost=fit_cost)
 
-    table = [row("default", 0.80, 2.0), row("larger", 0.90, 9.0, cost=2.25), row("deep", 0.85, 2.4),
+    table = [row("default", 0.80, 1.0), row("larger", 0.90, 4.5, cost=2.25), row("deep", 0.85, 1.2),
              CandidateResult("shared", {}, skipped="budget: needs ~9 s, 1 s left")]
-    # one fit 10 s, 30 s left: larger's final fit ≈ max(2.25, 9/2) × 10 = 45 s does not fit; deep's 12 s does
+    # one fit 10 s, 30 s left: larger's final fit, estimated at 4.5 fits, needs 45 s and does not fit; deep's 12 s does
     assert _affordable_best(table, one_fit=10.0, left=30.0).name == "deep"
     assert "45 s" in table[1].note and table[2].note is None
     assert _affordable_best(table, one_fit=10.0, left=50.0).name == "larger"
@@ -542,12 +587,12 @@ def test_a_candidate_that_misses_a_defect_family_does_not_replace_the_default():
     from padim.autoconfig import FAMILY_MARGIN, CandidateResult, _affordable_best
 
     folds = [0.80, 0.70, 0.90, 0.80]
-    default = CandidateResult("default", {}, selection=0.80, fold_selections=folds, fit_seconds=1.0,
+    default = CandidateResult("default", {}, selection=0.80, fold_selections=folds, fit_cost=1.0,
                               family_auroc={"hole": 0.90, "blur": 0.40})
     # a clear mean gain, bought with holes it no longer finds
-    blind = CandidateResult("blind", {}, selection=0.85, fold_selections=[f + 0.05 for f in folds], fit_seconds=1.0,
+    blind = CandidateResult("blind", {}, selection=0.85, fold_selections=[f + 0.05 for f in folds], fit_cost=1.0,
                             family_auroc={"hole": 0.90 - FAMILY_MARGIN - 0.01, "blur": 0.95})
-    steady = CandidateResult("steady", {}, selection=0.82, fold_selections=[f + 0.02 for f in folds], fit_seconds=1.0,
+    steady = CandidateResult("steady", {}, selection=0.82, fold_selections=[f + 0.02 for f in folds], fit_cost=1.0,
                              family_auroc={"hole": 0.90 - FAMILY_MARGIN + 0.01, "blur": 0.60})
     assert _affordable_best([default, blind], one_fit=1.0, left=10.0) is default
     assert "hole" in blind.note
@@ -593,10 +638,10 @@ def test_a_steady_gain_below_the_minimum_does_not_replace_the_default():
     from padim.autoconfig import MIN_GAIN, CandidateResult, _affordable_best, _clear_gain
 
     folds = [0.80, 0.70, 0.90, 0.80]
-    default = CandidateResult("default", {}, selection=0.80, fold_selections=folds, fit_seconds=1.0)
-    tiny = CandidateResult("tiny", {}, selection=0.803, fold_selections=[f + 0.003 for f in folds], fit_seconds=1.0)
+    default = CandidateResult("default", {}, selection=0.80, fold_selections=folds, fit_cost=1.0)
+    tiny = CandidateResult("tiny", {}, selection=0.803, fold_selections=[f + 0.003 for f in folds], fit_cost=1.0)
     enough = CandidateResult("enough", {}, selection=0.801, fold_selections=[f + MIN_GAIN + 0.001 for f in folds],
-                             fit_seconds=1.0)
+                             fit_cost=1.0)
     clear, gain, error = _clear_gain(tiny, default)
     assert not clear and gain == pytest.approx(0.003) and error == pytest.approx(0.0, abs=1e-12)
     assert _affordable_best([default, tiny], one_fit=1.0, left=10.0) is default
