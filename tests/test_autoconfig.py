@@ -651,8 +651,9 @@ def test_a_steady_gain_below_the_minimum_does_not_replace_the_default():
 
 def test_the_budget_unit_times_a_plain_fit_on_every_eighth_gaussian_and_scales_it(tmp_path, monkeypatch):
     """The d×d work of a plain fit is timed on every TIMING_STEP-th Gaussian only: the Gaussians
-    actually fitted are that many, and the seconds are scaled by all over kept (a fake clock that
-    advances one second between the two readings)."""
+    actually timed are that many, and their seconds are scaled by all over kept. A first
+    factorisation's one-off cost is paid on a few Gaussians beforehand, outside the timing (a fake
+    clock: the first finalize costs 100 s, every later one 1 s)."""
     import math
 
     import padim.autoconfig as auto
@@ -663,25 +664,33 @@ def test_the_budget_unit_times_a_plain_fit_on_every_eighth_gaussian_and_scales_i
     model._prepare_fit(sources)
     embeddings = [torch.randn(3, model.n_features_, *model.feature_size_)]
     fitted = []
-    original = gaussian.GaussianStats.__init__
+    original_init, original_finalize = gaussian.GaussianStats.__init__, gaussian.GaussianStats.finalize
 
     def recording(self, n_positions, dim, *args, **kwargs):
         fitted.append(n_positions)
-        original(self, n_positions, dim, *args, **kwargs)
-
-    readings = iter([10.0, 11.0])
+        original_init(self, n_positions, dim, *args, **kwargs)
 
     class Clock:
+        now = 10.0
+
         @staticmethod
         def perf_counter():
-            return next(readings)
+            return Clock.now
 
+    def costly_once(self, *args, **kwargs):
+        Clock.now += 1.0 if len(finalized) else 100.0
+        finalized.append(self.num_positions)
+        return original_finalize(self, *args, **kwargs)
+
+    finalized = []
     monkeypatch.setattr(gaussian.GaussianStats, "__init__", recording)
+    monkeypatch.setattr(gaussian.GaussianStats, "finalize", costly_once)
     monkeypatch.setattr(auto, "time", Clock)
     seconds = auto.SharedPasses._plain_fit_seconds(model, embeddings)
     step = min(auto.TIMING_STEP, model.n_gaussians_ // 64)
-    assert step > 1 and fitted == [math.ceil(model.n_gaussians_ / step)]
-    assert seconds == pytest.approx(model.n_gaussians_ / fitted[0])
+    assert step > 1 and fitted == finalized and len(fitted) == 2
+    assert fitted[0] <= 8 and fitted[1] == math.ceil(model.n_gaussians_ / step)
+    assert seconds == pytest.approx(model.n_gaussians_ / fitted[1])  # 1 s scaled; the 100 s left out
 
 
 def test_comparison_size_scales_an_image_down_to_the_input_pixels_never_up():

@@ -122,3 +122,33 @@ def test_a_models_share_of_the_pass_stops_at_its_deepest_layer(images, monkeypat
     assert bank.seconds_for(union) == pytest.approx(bank.seconds)
     assert bank.seconds_for(["_blocks.2", "_blocks.10"]) == pytest.approx(3.0 * batches)
     assert bank.seconds_for(["_blocks.2"]) == pytest.approx(1.0 * batches)
+
+
+def test_a_first_forwards_one_off_cost_is_left_out_of_the_pass(images, monkeypatch):
+    """Code paged in and kernels set up on a cold machine are paid once per process, by no image:
+    with a clock where the process's first forward costs 100 s and every batch 1 s, the pass
+    counts 1 s per batch (else the budget's unit, scaled per image, would grow with them)."""
+    import padim.feature_bank as bank_module
+    import padim.net as net
+
+    model = prepared(images)
+    ticks = {"now": 0.0, "calls": 0}
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return ticks["now"]
+
+    original = net.Embedder.feature_maps
+
+    def cold_first(self, images, clock=None):
+        ticks["now"] += 100.0 if ticks["calls"] == 0 else (1.0 if clock is not None else 0.0)
+        ticks["calls"] += 1
+        return original(self, images, clock)
+
+    monkeypatch.setattr(net.Embedder, "feature_maps", cold_first)
+    monkeypatch.setattr(bank_module, "time", Clock)
+    bank = FeatureBank(model, model.layers_, images)
+    batches = len(list(model._loader(images, model.input_size_)))
+    assert bank.seconds == pytest.approx(1.0 * batches)
+    assert bank.indices == list(range(len(images)))
