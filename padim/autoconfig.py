@@ -465,7 +465,7 @@ class SharedPasses:
         self.backbones: dict[tuple, Any] = {}
         self.pass_rate, self.own = None, None  # see record()
         self.dense = None  # the dense (default) trial's Gaussian seconds and _factor_work
-        self.unit_s = 0.0  # seconds spent timing the budget's unit (_plain_fit_seconds), since the last record()
+        self.unit_s = 0.0  # seconds spent timing the budget's unit (_plain_fit_seconds), until record()
 
     def _prepared_key(self, model) -> tuple | None:
         """The candidate's decisions (geometry, layers, channels, cell), made from the files'
@@ -485,9 +485,9 @@ class SharedPasses:
 
     def trial_estimate(self, model, cost: float, reference: float) -> float:
         """Seconds to try ``model``: for one a bank serves, the bank's pass if not built yet (the
-        last pass's seconds per image and input pixel), the last bank-served trial's metrics (the
-        same pixels for every candidate) and its fits and scoring, scaled by feature positions × d;
-        for any other, its declared ``cost`` × the default's trial (``reference``)."""
+        default's pass's seconds per image and input pixel), the default trial's metrics (the same
+        pixels for every candidate) and its fits and scoring, scaled by feature positions × d (what
+        :meth:`record` kept); for any other, its declared ``cost`` × the default's trial (``reference``)."""
         key = self.keys.get(id(model))
         if key is None or self.own is None:
             return cost * reference
@@ -496,9 +496,10 @@ class SharedPasses:
         return pass_s + metrics_s + fits_s * _work(model) / work
 
     def record(self, model, own_seconds: float, built_s: float, metrics_s: float) -> None:
-        """What :meth:`trial_estimate` goes by, from a bank-served trial: its own part's seconds
-        (``own_seconds``: fitting, scoring and the metrics' ``metrics_s``; the budget unit's
-        timing, which only the default's trial does, left out) and work, and its pass's if it built one."""
+        """What :meth:`trial_estimate` goes by, from the default candidate's bank-served trial
+        (select records that one only, so that no later trial's duration changes an estimate):
+        its own part's seconds (``own_seconds``: fitting, scoring and the metrics' ``metrics_s``;
+        the budget unit's timing left out) and work, and its pass's if it built one."""
         if built_s > 0:
             self.pass_rate = built_s / (self.n_images * model.input_size_[0] * model.input_size_[1])
         self.own = (max(0.0, own_seconds - self.unit_s - metrics_s), metrics_s, _work(model))
@@ -528,7 +529,8 @@ class SharedPasses:
         dense_anyway = self._samples_per_gaussian(model, embeddings) >= model.n_features_
         plain_s = self._plain_fit_seconds(model, embeddings) if dense and not dense_anyway else None
         started = time.perf_counter()
-        self.unit_s += started - assembled
+        if dense:
+            self.unit_s += started - assembled
         maps_of = self._fit(model, embeddings)
         fitted = time.perf_counter()
         gaussians_s = assembled - t0 + (fitted - started if plain_s is None else plain_s)

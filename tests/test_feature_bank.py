@@ -88,22 +88,27 @@ def test_selection_from_shared_passes_scores_candidates_as_their_own_fits(tmp_pa
 real_candidates = __import__("padim.autoconfig", fromlist=["candidates"]).candidates
 
 
-def test_a_models_share_of_the_pass_stops_at_its_deepest_layer(images, monkeypatch):
-    """The union's deeper stages do not count for a model that does not hook them: with a clock that
-    advances one second per hooked stage reached (and not otherwise), a model hooking up to the
-    k-th of four hooked stages is charged the pass less (4 − k) seconds per batch."""
+def ticking_clock(monkeypatch, ticks: dict) -> None:
+    """padim.feature_bank's clock reads ``ticks["now"]``, which the test advances."""
     import padim.feature_bank as bank_module
-    import padim.net as net
-
-    model = prepared(images)
-    union = ["_blocks.2", "_blocks.4", "_blocks.10", "_blocks.14"]
-    ticks = {"now": 0.0}
 
     class Clock:
         @staticmethod
         def perf_counter():
             return ticks["now"]
 
+    monkeypatch.setattr(bank_module, "time", Clock)
+
+
+def test_a_models_share_of_the_pass_stops_at_its_deepest_layer(images, monkeypatch):
+    """The union's deeper stages do not count for a model that does not hook them: with a clock that
+    advances one second per hooked stage reached (and not otherwise), a model hooking up to the
+    k-th of four hooked stages is charged the pass less (4 − k) seconds per batch."""
+    import padim.net as net
+
+    model = prepared(images)
+    union = ["_blocks.2", "_blocks.4", "_blocks.10", "_blocks.14"]
+    ticks = {"now": 0.0}
     original = net.Embedder.feature_maps
 
     def counting(self, images, clock=None):
@@ -115,7 +120,7 @@ def test_a_models_share_of_the_pass_stops_at_its_deepest_layer(images, monkeypat
         return out
 
     monkeypatch.setattr(net.Embedder, "feature_maps", counting)
-    monkeypatch.setattr(bank_module, "time", Clock)
+    ticking_clock(monkeypatch, ticks)
     bank = FeatureBank(model, union, images)
     batches = len(list(model._loader(images, model.input_size_)))
     assert bank.seconds == pytest.approx(4.0 * batches)
@@ -128,17 +133,10 @@ def test_a_first_forwards_one_off_cost_is_left_out_of_the_pass(images, monkeypat
     """Code paged in and kernels set up on a cold machine are paid once per process, by no image:
     with a clock where the process's first forward costs 100 s and every batch 1 s, the pass
     counts 1 s per batch (else the budget's unit, scaled per image, would grow with them)."""
-    import padim.feature_bank as bank_module
     import padim.net as net
 
     model = prepared(images)
     ticks = {"now": 0.0, "calls": 0}
-
-    class Clock:
-        @staticmethod
-        def perf_counter():
-            return ticks["now"]
-
     original = net.Embedder.feature_maps
 
     def cold_first(self, images, clock=None):
@@ -147,7 +145,7 @@ def test_a_first_forwards_one_off_cost_is_left_out_of_the_pass(images, monkeypat
         return original(self, images, clock)
 
     monkeypatch.setattr(net.Embedder, "feature_maps", cold_first)
-    monkeypatch.setattr(bank_module, "time", Clock)
+    ticking_clock(monkeypatch, ticks)
     bank = FeatureBank(model, model.layers_, images)
     batches = len(list(model._loader(images, model.input_size_)))
     assert bank.seconds == pytest.approx(1.0 * batches)
