@@ -7,10 +7,12 @@ decoding the selection's files took, the default's trial and the one-fit estimat
 candidate's seconds or why it was skipped. A ``cold`` run (``--order``) evicts the folder's files
 from the page cache (``posix_fadvise(DONTNEED)``, no root needed) before each run; a ``boot`` run
 also the interpreter's environment (torch, the weights) and the checkout, as on a first fit after
-a reboot.
+a reboot. A ``burst`` run is warm, with a load beside it that now and then takes every core for
+0.3 s (after 0.5–1.5 s idle, the same seeded moments in every run), as other processes' slow moments.
 
     python benchmarks/auto_repeatability.py --data /tmp/bs209 --runs 2 --order warm,cold,warm,cold
     python benchmarks/auto_repeatability.py --data /tmp/bs209 --runs 3 --order warm --before /tmp/before
+    python benchmarks/auto_repeatability.py --data /tmp/bs209 --runs 3 --order burst --before /tmp/before
 
 ``--before DIR``: each run is made twice, by the padim of the checkout at DIR and then by this one.
 """
@@ -37,6 +39,22 @@ def evict(folder: Path) -> int:
             os.close(fd)
         count += 1
     return count
+
+
+BURST = """
+import random, time
+rng = random.Random(0)
+while True:
+    time.sleep(rng.uniform(0.5, 1.5))
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end:
+        pass
+"""
+
+
+def burst_load(cores: int) -> list:
+    """``cores`` processes that take a core each for 0.3 s at the same seeded moments; kill them after."""
+    return [subprocess.Popen([sys.executable, "-c", BURST]) for _ in range(cores)]
 
 
 def warm(folder: Path) -> int:
@@ -97,7 +115,7 @@ def child(data: str, threads: int, budget: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder of good images")
-    parser.add_argument("--order", default="warm,cold", help="comma-separated warm/cold/boot, one run each")
+    parser.add_argument("--order", default="warm,cold", help="comma-separated warm/cold/boot/burst, one run each")
     parser.add_argument("--runs", type=int, default=1, help="repeat the order this many times")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", default="4x")
@@ -118,9 +136,14 @@ def main() -> None:
                     evict(Path(sys.prefix))
                     evict(tree)
                 env = {**os.environ, "PYTHONPATH": str(tree)}
-                out = subprocess.run([sys.executable, __file__, "--child", "--data", str(args.data), "--threads",
-                                      str(args.threads), "--budget", args.budget],
-                                     capture_output=True, text=True, check=True, env=env)
+                load = burst_load(args.threads) if state == "burst" else []
+                try:
+                    out = subprocess.run([sys.executable, __file__, "--child", "--data", str(args.data), "--threads",
+                                          str(args.threads), "--budget", args.budget],
+                                         capture_output=True, text=True, check=True, env=env)
+                finally:
+                    for process in load:
+                        process.kill()
                 print(json.dumps({"tree": name, "cache": state, **json.loads(out.stdout.strip().splitlines()[-1])}),
                       flush=True)
 

@@ -59,6 +59,7 @@ from .io import ImageReadError, load_image
 from .low_rank import LowRankGaussians
 from .maps import resize_map
 from .metrics import image_auroc, pixel_auroc_and_pro
+from .model import as_float16
 from .mvtec import find_image, load_mask
 from .mvtec import find_mask as find_mvtec_mask
 from .synthetic import make_defects
@@ -80,6 +81,8 @@ MAX_POOLING_SPREAD = 0.2
 # (the product's defect type is unknown: a mean gain must not hide a kind of defect it misses)
 FAMILY_MARGIN = 0.05
 TIMING_STEP = 8  # the budget's unit: a plain fit timed on every 8th Gaussian (SharedPasses._plain_fit_seconds)
+# ... twice, on two interleaved sets of them; the quicker timing counts (one slow moment does not)
+TIMING_REPEATS = 2
 UNSERVED_FOLDS = 1  # folds validated on where every candidate fits itself (each fold costs a fit)
 VALIDATION_MAX_SIDE = 512  # synthetic defects are made at most this large (the model resizes anyway)
 # ... and their maps meet their masks at the default candidate's input resolution (comparison_size)
@@ -590,16 +593,28 @@ class SharedPasses:
     def _plain_fit_seconds(model, embeddings: list) -> float:
         """Seconds a plain fit's sums and d×d factorisations would take on ``embeddings``: those of
         every TIMING_STEP-th Gaussian, timed and scaled to all of them (both are linear in the
-        number of Gaussians), so that the budget's unit costs an eighth of a fit to measure."""
+        number of Gaussians), so that the budget's unit costs a few eighths of a fit to measure. It
+        is timed TIMING_REPEATS times, each on another interleaved set of Gaussians, and the quickest
+        counts: a slow moment (another process, a page-fault storm) would otherwise be multiplied
+        by TIMING_STEP along with the rest. Parts of fewer Gaussians each would not do: a part
+        smaller than a few factorisation chunks leaves a worker thread idle and times slow, and
+        short timings vary more (RESULTS.md §31). Converting the features to float16 is no
+        Gaussian's work: it is counted once, unscaled."""
         step = max(1, min(TIMING_STEP, model.n_gaussians_ // 64))
+        t0 = time.perf_counter()
+        embeddings = [as_float16(e) for e in embeddings]
+        converted_s = time.perf_counter() - t0
         # the first factorisations' one-off costs (code paged in, thread pools started) are no
         # Gaussian's: paid on a few Gaussians first, not scaled to all of them with the rest
         warm_up, _ = model._summed(embeddings[:1], every=max(step, model.n_gaussians_ // 8))
         warm_up.finalize(model.eps)
-        t0 = time.perf_counter()
-        stats, _ = model._summed(embeddings, every=step)
-        stats.finalize(model.eps)
-        return (time.perf_counter() - t0) * model.n_gaussians_ / stats.num_positions
+        per_gaussian = []
+        for repeat in range(TIMING_REPEATS):
+            t0 = time.perf_counter()
+            stats, _ = model._summed(embeddings, every=step, first=repeat * step // TIMING_REPEATS)
+            stats.finalize(model.eps)
+            per_gaussian.append((time.perf_counter() - t0) / stats.num_positions)
+        return converted_s + min(per_gaussian) * model.n_gaussians_
 
     @classmethod
     def _fit(cls, model, embeddings: list):

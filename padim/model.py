@@ -395,7 +395,7 @@ class PaDiM:
             self._record_errors(batch, sources)
             if batch.indices:
                 self._check_sizes(batch)
-                embedding = _as_float16(self._embed(batch.images))
+                embedding = as_float16(self._embed(batch.images))
                 sums.add(self._to_samples(embedding))
                 cache.add(batch.indices, embedding)
                 used.extend(batch.indices)
@@ -458,15 +458,16 @@ class PaDiM:
         self.gaussian_ = stats.finalize(self.eps)
         return self
 
-    def _summed(self, embeddings, every: int = 1) -> tuple[GaussianStats, int]:
+    def _summed(self, embeddings, every: int = 1, first: int = 0) -> tuple[GaussianStats, int]:
         """The Gaussians' sums over training embeddings ``[b, d, h, w]`` (of every ``every``-th
-        Gaussian only: padim.autoconfig times a fit on a share of them), and the number of images."""
-        stats = GaussianStats(len(range(0, self.n_gaussians_, every)), self.n_features_, self._device())
+        Gaussian from ``first`` only: padim.autoconfig times a fit on a share of them), and the
+        number of images."""
+        stats = GaussianStats(len(range(first, self.n_gaussians_, every)), self.n_features_, self._device())
         sums = GroupedUpdates(stats)
         n_images = 0
         for embedding in embeddings:
-            samples = self._to_samples(_as_float16(embedding.to(self._device())))
-            sums.add(samples if every == 1 else samples[..., ::every].contiguous())
+            samples = self._to_samples(as_float16(embedding.to(self._device())))
+            sums.add(samples if (every, first) == (1, 0) else samples[..., first::every].contiguous())
             n_images += len(embedding)
         sums.close()
         return stats, n_images
@@ -498,7 +499,7 @@ class PaDiM:
                 return
             for batch in self._loader([sources[i] for i in members], self.input_size_):
                 if batch.indices:  # as the sums saw them
-                    yield batch.indices, _as_float16(self._embed(batch.images))
+                    yield batch.indices, as_float16(self._embed(batch.images))
         return embeddings
 
     def _calibrate(self, sources, cache: "_EmbeddingCache", folds: int, model: GaussianModel,
@@ -703,13 +704,15 @@ class PaDiM:
         return f"PaDiM({params})"
 
 
-def _as_float16(embedding: torch.Tensor) -> torch.Tensor:
+def as_float16(embedding: torch.Tensor) -> torch.Tensor:
     """Training embeddings as float16 before they enter the sums (and the cache).
 
     The held-out downdate removes each fold's samples from the full model's sums exactly, so the
     samples it removes must be those that went in: holding them as float16 from the start lets
     the float16 cache keep exactly those values (a relative 2⁻¹¹ change of a feature, below the
     backbone's own noise). Features beyond float16's range are left as they are (and not cached)."""
+    if embedding.dtype == torch.float16:  # already rounded: the check below would return it either way
+        return embedding
     compact = embedding.half()
     return compact if bool(torch.isfinite(compact).all()) else embedding
 

@@ -650,10 +650,11 @@ def test_a_steady_gain_below_the_minimum_does_not_replace_the_default():
 
 
 def test_the_budget_unit_times_a_plain_fit_on_every_eighth_gaussian_and_scales_it(tmp_path, monkeypatch):
-    """The d×d work of a plain fit is timed on every TIMING_STEP-th Gaussian only: the Gaussians
-    actually timed are that many, and their seconds are scaled by all over kept. A first
-    factorisation's one-off cost is paid on a few Gaussians beforehand, outside the timing (a fake
-    clock: the first finalize costs 100 s, every later one 1 s)."""
+    """The d×d work of a plain fit is timed on every TIMING_STEP-th Gaussian only, TIMING_REPEATS
+    times on interleaved sets: the Gaussians actually timed are that many, each set distinct, and
+    the quickest timing is scaled by all over kept. A first factorisation's one-off cost is paid on
+    a few Gaussians beforehand, outside the timing; a slow moment in one repeat is left out too (a
+    fake clock: the first finalize costs 100 s, the next 50 s, every later one 1 s)."""
     import math
 
     import padim.autoconfig as auto
@@ -663,12 +664,17 @@ def test_the_budget_unit_times_a_plain_fit_on_every_eighth_gaussian_and_scales_i
     model = PaDiM(**{**COMMON, "image_size": 128, "progress": False})
     model._prepare_fit(sources)
     embeddings = [torch.randn(3, model.n_features_, *model.feature_size_)]
-    fitted = []
+    fitted, summed = [], []
     original_init, original_finalize = gaussian.GaussianStats.__init__, gaussian.GaussianStats.finalize
+    original_summed = type(model)._summed
 
     def recording(self, n_positions, dim, *args, **kwargs):
         fitted.append(n_positions)
         original_init(self, n_positions, dim, *args, **kwargs)
+
+    def recording_summed(self, embeddings, every=1, first=0):
+        summed.append(range(first, self.n_gaussians_, every))
+        return original_summed(self, embeddings, every, first)
 
     class Clock:
         now = 10.0
@@ -677,20 +683,40 @@ def test_the_budget_unit_times_a_plain_fit_on_every_eighth_gaussian_and_scales_i
         def perf_counter():
             return Clock.now
 
-    def costly_once(self, *args, **kwargs):
-        Clock.now += 1.0 if len(finalized) else 100.0
+    def costly_at_first(self, *args, **kwargs):
+        Clock.now += (100.0, 50.0)[len(finalized)] if len(finalized) < 2 else 1.0
         finalized.append(self.num_positions)
         return original_finalize(self, *args, **kwargs)
 
     finalized = []
     monkeypatch.setattr(gaussian.GaussianStats, "__init__", recording)
-    monkeypatch.setattr(gaussian.GaussianStats, "finalize", costly_once)
+    monkeypatch.setattr(gaussian.GaussianStats, "finalize", costly_at_first)
+    monkeypatch.setattr(type(model), "_summed", recording_summed)
     monkeypatch.setattr(auto, "time", Clock)
     seconds = auto.SharedPasses._plain_fit_seconds(model, embeddings)
     step = min(auto.TIMING_STEP, model.n_gaussians_ // 64)
-    assert step > 1 and fitted == finalized and len(fitted) == 2
+    assert step > 1 and auto.TIMING_REPEATS == 2 and fitted == finalized and len(fitted) == 3
     assert fitted[0] <= 8 and fitted[1] == math.ceil(model.n_gaussians_ / step)
-    assert seconds == pytest.approx(model.n_gaussians_ / fitted[1])  # 1 s scaled; the 100 s left out
+    timed = [set(gaussians) for gaussians in summed[1:]]
+    assert fitted[1:] == [len(g) for g in timed] and not timed[0] & timed[1]  # interleaved, distinct
+    assert seconds == pytest.approx(model.n_gaussians_ / fitted[2])  # 1 s scaled; the 100 s and 50 s left out
+
+
+def test_the_sums_of_every_kth_gaussian_from_an_offset_are_those_gaussians_sums(tmp_path):
+    """``_summed(every=k, first=j)`` (the budget unit's interleaved sets) holds the Gaussians j,
+    j+k, …: their means and covariances as NumPy computes them from the float16-rounded samples."""
+    sources = sorted(shifted_texture_folder(tmp_path / "good", n=4, seed=3).iterdir())
+    model = PaDiM(**{**COMMON, "image_size": 128, "progress": False})
+    model._prepare_fit(sources)
+    embeddings = [torch.randn(3, model.n_features_, *model.feature_size_) for _ in range(2)]
+    stats, n_images = model._summed(embeddings, every=5, first=3)
+    samples = torch.cat(embeddings).half().double().flatten(2).numpy()  # [B, d, positions]
+    kept = samples[:, :, 3::5]
+    assert n_images == 6 and stats.num_positions == kept.shape[2]
+    np.testing.assert_allclose(stats.mean().numpy(), kept.mean(axis=0).T, atol=1e-5)
+    for position in (0, kept.shape[2] - 1):
+        np.testing.assert_allclose(stats.covariance()[position].numpy(), np.cov(kept[:, :, position], rowvar=False),
+                                   atol=1e-5)
 
 
 def test_comparison_size_scales_an_image_down_to_the_input_pixels_never_up():

@@ -9,7 +9,7 @@ from PIL import Image
 
 from padim import PaDiM
 from padim.feature_bank import FeatureBank, bank_key
-from padim.model import _as_float16
+from padim.model import as_float16
 
 from test_autoconfig import COMMON, shifted_texture_folder
 
@@ -38,7 +38,7 @@ def test_each_candidate_gets_the_embedding_its_own_extractor_makes(images):
     for name, model in models.items():
         assert bank_key(model) == bank.key and set(model.layers_) <= set(bank.layers), name
         batch = next(iter(model._loader(images, model.input_size_)))
-        own = _as_float16(model._embed(batch.images))  # as the fit's sums take them
+        own = as_float16(model._embed(batch.images))  # as the fit's sums take them
         served = torch.cat([e for _, e in bank.embeddings(model, range(7), batch_size=3)])
         assert served.shape == own.shape, name
         torch.testing.assert_close(served.float(), own.float(), rtol=0, atol=0.02 * float(own.abs().max()))

@@ -269,7 +269,7 @@ def test_cell_model_means_pool_each_2x2_block(cli_model, small_embeddings):
     gh, gw = 80 // 2, 72 // 2
     assert model.n_gaussians_ == gh * gw and tuple(model.gaussian_.mean.shape) == (gh * gw, 30)
     # Reference: mean over images and over the 2×2 positions of each cell; cells row by row.
-    # (training embeddings enter the sums rounded to float16 values: padim.model._as_float16)
+    # (training embeddings enter the sums rounded to float16 values: padim.model.as_float16)
     n, d = small_embeddings.shape[:2]
     rounded = np.asarray(small_embeddings).astype(np.float16).astype(np.float64)
     blocks = rounded.reshape(n, d, gh, 2, gw, 2).mean(axis=(0, 3, 5))  # [d, gh, gw]
