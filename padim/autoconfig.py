@@ -54,6 +54,7 @@ import numpy as np
 from . import distributed
 from .alignment import position_spread
 from .data import as_sources
+from .errors import first_line
 from .feature_bank import BANK_MAX_BYTES, FeatureBank, bank_bytes, bank_key
 from .io import ImageReadError, load_image
 from .low_rank import LowRankGaussians
@@ -756,7 +757,7 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
             per_fold, timing, built_s, metrics_s = _try(model, passes, files, validation, map_sizes, folds,
                                               dense=reference is None)
         except (ValueError, MemoryError) as exc:
-            row.skipped = f"cannot fit: {exc}"
+            row.skipped = f"cannot fit: {first_line(exc)}"
             if reference is None:
                 raise
             continue

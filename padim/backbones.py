@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import first_line
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on (x − 127) / 128, i.e. [0, 1] input mapped to about [−1, 1].
@@ -82,7 +84,7 @@ def _load_state_dict_file(path: str | Path) -> dict:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise WeightsUnavailableError(
             f"cannot read weights file '{path}' (not a PyTorch or safetensors state dict: {reason})"
         ) from None
@@ -97,7 +99,7 @@ def _apply_state_dict(model: nn.Module, state: dict, source: str) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        first = first_line(exc)
         raise WeightsUnavailableError(f"weights in {source} do not fit this backbone: {first}") from None
     return model.eval()
 
@@ -113,7 +115,7 @@ def _torchvision_builder(arch: str, weights_enum: str) -> Callable[[str | None],
         try:
             state = weights.get_state_dict(progress=False, check_hash=True)
         except Exception as exc:  # noqa: BLE001 - network, proxy, hash and disk errors alike
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise WeightsUnavailableError(
                 f"cannot download the {arch} ImageNet weights ({weights.url}): {reason}. "
                 f"Download that file elsewhere and pass it with weights=PATH (CLI: --weights PATH), "

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .errors import first_line
 
 EXAMPLES = {
     "fit": "padim fit images/good -o model.padim",
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         if not _raised_by_padim(exc):
             return _internal_error(args.command, exc, debug)
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         if _out_of_memory(exc) or (isinstance(exc, MemoryError) and not str(exc)):
             message = (f"out of memory ({message}); lower --batch-size, --max-memory or --d, "
                        f"or use a coarser --cell")

@@ -6,10 +6,12 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import first_line
 from .value_range import (EIGHT_BIT, ValueRange, as_value_range, natural_range, pixel_kind_of_dtype,
                           pixel_kind_of_mode, range_for)
 
@@ -120,6 +122,16 @@ def _read_16bit_colour(encoded: np.ndarray, orientation: int, fallback: np.ndarr
     return data if data.shape[:2] == fallback.shape[:2] else fallback
 
 
+def decode_opened(image: Image.Image, encoded: Callable[[], np.ndarray]) -> np.ndarray:
+    """The stored values of an opened image file, as :func:`read_pixels` returns them; ``encoded()``
+    gives the file's bytes (a uint8 array), read only for 16-bit colour, which OpenCV decodes again."""
+    deep_colour = _has_16bit_colour(image)
+    orientation = image.getexif().get(0x0112, 1) if deep_colour else 1
+    image.load()
+    array = _pil_to_array(image)
+    return _read_16bit_colour(encoded(), orientation, fallback=array) if deep_colour else array
+
+
 def read_pixels(source) -> np.ndarray:
     """The stored values of an image, at their own dtype (uint8, uint16, int32, float32, …), with
     EXIF rotation applied and other colour modes (palette, CMYK, LA, …) converted by Pillow to RGB(A).
@@ -137,15 +149,9 @@ def read_pixels(source) -> np.ndarray:
         raise ImageReadError(f"{where}: no such file")
     try:
         with Image.open(path) as image:
-            deep_colour = _has_16bit_colour(image)
-            orientation = image.getexif().get(0x0112, 1) if deep_colour else 1
-            image.load()
-            array = _pil_to_array(image)
-        if deep_colour:
-            array = _read_16bit_colour(np.fromfile(str(path), dtype=np.uint8), orientation, fallback=array)
+            array = decode_opened(image, lambda: np.fromfile(str(path), dtype=np.uint8))
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageReadError(f"{where}: cannot read image ({reason})") from None
+        raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
     return array
 
 
@@ -189,8 +195,7 @@ def pixel_kind(source) -> str:
         with Image.open(source) as image:
             return pixel_kind_of_mode(image.mode, _has_16bit_colour(image))
     except Exception as exc:  # noqa: BLE001
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageReadError(f"'{source}': cannot read image ({reason})") from None
+        raise ImageReadError(f"'{source}': cannot read image ({first_line(exc)})") from None
 
 
 def image_size(source) -> tuple[int, int]:
@@ -205,7 +210,7 @@ def image_size(source) -> tuple[int, int]:
             orientation = image.getexif().get(0x0112, 1)
             w, h = image.size
     except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(f"'{source}': cannot read image ({exc})") from None
+        raise ImageReadError(f"'{source}': cannot read image ({first_line(exc)})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import first_line
 from .io import atomic_write_bytes
 
 FORMAT_NAME = "padim-model"
@@ -41,8 +42,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             raw = (handle.metadata() or {}).get(_META_KEY)
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for broken files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelFileError(f"'{path}': not a readable padim model file ({reason})") from None
+        raise ModelFileError(f"'{path}': not a readable padim model file ({first_line(exc)})") from None
     if raw is None:
         raise ModelFileError(f"'{path}': a safetensors file, but not a padim model (no padim metadata)")
     try:

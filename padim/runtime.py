@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from .errors import first_line
 from .image_result import ImageResult
 from .io import ImageReadError, list_images, load_image
 from .value_range import as_value_range
@@ -84,7 +85,7 @@ class _OnnxSession:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ExportedModelError(f"'{path}': not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+            raise ExportedModelError(f"'{path}': not a loadable ONNX model ({first_line(exc)})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
             raise ExportedModelError(f"'{path}': an ONNX model, but not exported by padim (no padim metadata)")
@@ -105,7 +106,7 @@ class _OpenVinoSession:
         try:
             model = core.read_model(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise ExportedModelError(f"'{path}': not a readable OpenVINO model ({str(exc).splitlines()[0]})") from None
+            raise ExportedModelError(f"'{path}': not a readable OpenVINO model ({first_line(exc)})") from None
         if not model.has_rt_info([METADATA_KEY]):
             raise ExportedModelError(f"'{path}': an OpenVINO model, but not exported by padim (no padim metadata)")
         self.metadata = json.loads(model.get_rt_info([METADATA_KEY]).astype(str))

@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from .batcher import Job, MicroBatcher, QueueFullError, TooManyImagesError
+from .errors import first_line
 from .io import ImageReadError, load_image
 from .upload import DEFAULT_MAX_PIXELS, ImageTooLargeError, read_upload, upload_name
 from .viz import _close, heatmap_figure
@@ -211,7 +212,7 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
 
     @app.exception_handler(Exception)
     async def one_line_internal_error(request: Request, exc: Exception):
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {reason})"}, status_code=500)
 
     async def decode(upload: UploadFile) -> tuple[str, np.ndarray | None, Exception | None]:

@@ -15,7 +15,8 @@ from pathlib import PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .io import ImageReadError, _has_16bit_colour, _pil_to_array, _read_16bit_colour
+from .errors import first_line
+from .io import ImageReadError, decode_opened
 
 # The formats padim lists in folders (padim.io.IMAGE_EXTENSIONS); no other Pillow decoder runs.
 UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
@@ -53,23 +54,13 @@ def read_upload(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ImageReadError(f"{where}: not an image in a format padim reads "
                              f"({', '.join(UPLOAD_FORMATS)})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for unreadable data
-        raise ImageReadError(f"{where}: cannot read image ({_reason(exc)})") from None
+        raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(f"{where}: {width}×{height} px is more than the server's limit of "
                                      f"{max_pixels:,} px")
         try:
-            deep_colour = _has_16bit_colour(image)
-            orientation = image.getexif().get(0x0112, 1) if deep_colour else 1
-            image.load()
-            array = _pil_to_array(image)
+            return decode_opened(image, lambda: np.frombuffer(data, dtype=np.uint8))
         except Exception as exc:  # noqa: BLE001
-            raise ImageReadError(f"{where}: cannot read image ({_reason(exc)})") from None
-    if deep_colour:
-        array = _read_16bit_colour(np.frombuffer(data, dtype=np.uint8), orientation, fallback=array)
-    return array
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None

@@ -209,6 +209,21 @@ def test_score_refuses_a_foreign_onnx_file(tmp_path, capsys):
     assert "not exported by padim" in capsys.readouterr().err
 
 
+def test_an_unloadable_onnx_file_with_a_silent_error_is_one_line_naming_it(tmp_path, monkeypatch):
+    """onnxruntime raising an exception without a message reports the file and the error's type
+    (the message's first line was indexed, which raised IndexError on an empty one)."""
+    from padim.runtime import ExportedModel, ExportedModelError
+
+    def silent(*args, **kwargs):
+        raise RuntimeError()
+
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not a model")
+    monkeypatch.setattr(ort, "InferenceSession", silent)
+    with pytest.raises(ExportedModelError, match=r"broken\.onnx': not a loadable ONNX model \(RuntimeError\)$"):
+        ExportedModel(path)
+
+
 @pytest.mark.skipif(not (SHARED / "cookies").is_dir(), reason="real data in ../shared not present")
 @pytest.mark.parametrize("dataset", ["cookies", "bsdata"])
 def test_parity_on_real_images(tmp_path, dataset):

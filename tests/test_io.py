@@ -517,3 +517,29 @@ def test_failed_first_write_creates_nothing(tmp_path):
             handle.write("partial")
             raise KeyboardInterrupt
     assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def test_a_failing_16bit_colour_decoder_gives_one_line_naming_the_file_or_upload(tmp_path, monkeypatch):
+    """The second decoding of 48-bit colour (OpenCV) raising — a hostile upload, a broken codec —
+    is a one-line ImageReadError for a file and for an upload alike, not an exception of its own."""
+    from padim.upload import read_upload
+
+    path = tmp_path / "rgb48.png"
+    cv2.imwrite(str(path), np.full((8, 8, 3), 40000, np.uint16))
+
+    def broken(*args, **kwargs):
+        raise cv2.error("\n  codec failed\nmore detail")
+
+    monkeypatch.setattr(cv2, "imdecode", broken)
+    with pytest.raises(ImageReadError, match=r"^'.*rgb48\.png': cannot read image \(codec failed\)$"):
+        read_pixels(path)
+    with pytest.raises(ImageReadError, match=r"^'upload\.png': cannot read image \(codec failed\)$"):
+        read_upload(path.read_bytes(), "upload.png")
+
+
+@pytest.mark.parametrize("exc, line", [(RuntimeError(), "RuntimeError"), (ValueError("\n \nsecond\nthird"), "second"),
+                                       (OSError("  padded  "), "padded"), (KeyError("k"), "'k'")])
+def test_an_exception_reads_as_its_first_nonblank_line_or_its_type(exc, line):
+    from padim.errors import first_line
+
+    assert first_line(exc) == line
