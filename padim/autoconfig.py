@@ -987,8 +987,6 @@ def auto_fit(model, images: Any, calibrate: bool | None = None, log=None):
 
 
 def _set_params(model, params: dict) -> None:
-    """Set ``model``'s parameters; another backbone or weights file drops the built extractor."""
-    if any(getattr(model, key) != params[key] for key in ("backbone", "weights") if key in params):
-        model._extractor = None
+    """Set ``model``'s parameters (another backbone or weights file: its fit builds a new extractor)."""
     for key, value in params.items():
         setattr(model, key, value)

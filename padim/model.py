@@ -13,9 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .backbones import DEFAULT_BACKBONE, build_backbone, get_spec
+from .backbones import DEFAULT_BACKBONE, WeightsUnavailableError, build_backbone, get_spec
 from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
+from .errors import first_line
 from .features import random_channel_index
 from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps
 from .gaussian import GaussianModel, GaussianStats, GroupedUpdates
@@ -164,6 +165,7 @@ class PaDiM:
         self.val_defects = val_defects
         self.val_synthetic = val_synthetic
         self._extractor: Embedder | None = None
+        self._extractor_source: tuple | None = None  # (backbone, weights) the extractor was built from
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -185,17 +187,36 @@ class PaDiM:
             self._extractor = Embedder(self._extractor.backbone, self.spec, self.layers_,
                                        self.channel_index_).to(self._device())
         if self._extractor is None:
-            backbone = build_backbone(self.backbone, self.weights)
-            expected = getattr(self, "backbone_fingerprint_", None)
-            found = _fingerprint(backbone)
-            if expected is not None and expected != found:
-                raise ModelFileError(
-                    f"the {self.backbone} weights in use differ from those the model was fitted with "
-                    f"(fingerprint {found} ≠ {expected}); pass the same weights file"
-                )
-            self.backbone_fingerprint_ = found
+            backbone = self._checked_backbone()
             self._extractor = Embedder(backbone, self.spec, self.layers_, self.channel_index_).to(self._device())
+            self._extractor_source = (self.backbone, self.weights)
         return self._extractor
+
+    def _checked_backbone(self) -> torch.nn.Module:
+        """The network ``backbone`` and ``weights`` build. A fit records its fingerprint and the
+        weights file's name; a fitted model checks that it is the one it was fitted with, and names
+        that file when it is not given."""
+        expected = getattr(self, "backbone_fingerprint_", None)
+        named = getattr(self, "backbone_weights_file_", None) if expected is not None else None
+        fitted_with = f"this model was fitted with the {self.backbone} weights file '{named}'"
+        try:
+            backbone = build_backbone(self.backbone, self.weights)
+        except WeightsUnavailableError as exc:
+            if named is None or self.weights is not None:
+                raise
+            raise WeightsUnavailableError(f"{fitted_with}: pass it with weights=PATH (CLI: --weights PATH); "
+                                          f"without it, {first_line(exc)}") from None
+        found = _fingerprint(backbone)
+        if expected is not None and expected != found:
+            raise ModelFileError(
+                f"the {self.backbone} weights in use differ from those the model was fitted with "
+                f"(fingerprint {found} ≠ {expected}); "
+                + (f"{fitted_with}: pass that file" if named else "pass the same weights file")
+            )
+        if expected is None:  # a fit
+            self.backbone_weights_file_ = None if self.weights is None else Path(self.weights).name
+        self.backbone_fingerprint_ = found
+        return backbone
 
     def _loader(self, sources, size: tuple[int, int], keep_original: bool = False):
         # As many images as the activation share of the budget allows; tiled ones one at a time.
@@ -281,8 +302,9 @@ class PaDiM:
         spec = self.spec
         h, w = typical_size(self._training_sizes(sources) if sizes is None else sizes)
         layers = list(self.layers) if self.layers else list(spec.default_layers)
-        if self._extractor is not None and layers != getattr(self, "layers_", None):
-            self._extractor = None  # refit with other hook points
+        if self._extractor is not None and (layers != getattr(self, "layers_", None)
+                                            or getattr(self, "_extractor_source", None) != (self.backbone, self.weights)):
+            self._extractor = None  # refit with other hook points, or another backbone or weights file
         self.layers_ = layers
         points = [spec.hook_point(name) for name in self.layers_]
         total = sum(p.channels for p in points)
@@ -377,6 +399,8 @@ class PaDiM:
         self._apply_threads()
         sources = as_sources(images)
         self._prepare_fit(sources)
+        if self._extractor is None:  # a fit records the weights it is given: a last fit's are no check on them
+            self.backbone_fingerprint_ = None
         self.value_range_, self.value_kind_ = self._decide_value_range(sources)
         if distributed.active():
             self._check_ranks_agree(len(sources))

@@ -44,6 +44,7 @@ def save_model(model, path: str | Path) -> Path:
         "regularisation": model.gaussian_.reg,
         "normalisation": {"mean": list(model.spec.mean), "std": list(model.spec.std)},
         "backbone_fingerprint": getattr(model, "backbone_fingerprint_", None),
+        "backbone_weights_file": getattr(model, "backbone_weights_file_", None),  # a name, for messages only
         "calibrator": None if model.calibrator_ is None else model.calibrator_.to_dict(),
         "map_floor": getattr(model, "map_floor_", None),
         "value_range": None if model.value_range_ is None else list(model.value_range_),
@@ -83,6 +84,7 @@ def load_model(cls, path: str | Path, device: str = "auto", weights: str | None 
         model.n_features_ = int(meta["n_features"])
         model.n_train_ = int(meta["n_train"])
         model.backbone_fingerprint_ = meta.get("backbone_fingerprint")
+        model.backbone_weights_file_ = meta.get("backbone_weights_file")
         scores = tensors.get("calibration_scores")
         model.calibration_scores_ = None if scores is None else scores.numpy()
         model.calibrator_ = None

@@ -263,6 +263,34 @@ def test_a_refit_chooses_again_from_the_users_parameters_not_the_last_choice(tmp
     assert calls[-1]["pinned"] == {"image_size", "d", "layers"} and calls[-1]["model"].layers == ["_blocks.2", "_blocks.4"]
 
 
+def test_a_refit_after_auto_chose_another_backbone_fits_the_new_choice(tmp_path, monkeypatch):
+    """The first fit chooses a ResNet18 (a local weights file), the refit the defaults: the refit
+    is the defaults' plain fit (it raised "weights differ" against the first fit's ResNet)."""
+    import torchvision
+
+    import padim.autoconfig as auto
+
+    weights = tmp_path / "r18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    choices = [{"backbone": "resnet18", "weights": str(weights), "layers": None}, {}]
+
+    def select(factory, sources, backbone, image_size, **kw):
+        params = choices.pop(0)
+        row = auto.CandidateResult("pick", params, seconds=1.0, selection=1.0)
+        return auto.Selection("pick", params, [row], 1.0)
+
+    monkeypatch.setattr(auto, "select", select)
+    train = shifted_texture_folder(tmp_path / "good", n=8)
+    probe = sorted(train.iterdir())[:2]
+    model = PaDiM(**{**COMMON, "calibration_folds": 0}).fit(train)
+    assert model.backbone == "resnet18" and model.layers_ == ["layer1", "layer2", "layer3"]
+    model.fit(train)
+    assert model.backbone == "efficientnet_lite0" and model.weights is None
+    fixed = PaDiM(**{**COMMON, "calibration_folds": 0, "config": "fixed"}).fit(train)
+    np.testing.assert_allclose(model.score_samples(probe), fixed.score_samples(probe), rtol=1e-5)
+
+
 def test_nothing_left_to_vary_fits_as_given_without_a_selection(tmp_path, monkeypatch):
     calls = _recording_select(monkeypatch, {})
     train = shifted_texture_folder(tmp_path / "good", n=8)

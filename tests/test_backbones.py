@@ -3,12 +3,14 @@
 import sys
 import urllib.error
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
 from padim.backbones import (BACKBONES, DEFAULT_BACKBONE, WeightsUnavailableError, build_backbone,
                              get_spec)
+from padim.modelfile import ModelFileError
 
 
 def test_unknown_backbone_lists_choices():
@@ -207,3 +209,69 @@ def test_offline_weights_installed_names_the_lite_packages_only():
     assert offline_weights_installed("efficientnet_lite1")
     assert not offline_weights_installed("efficientnet_lite3")  # no such package installed
     assert not offline_weights_installed("resnet18") and not offline_weights_installed("efficientnet_litex")
+
+
+def _random_resnet18_file(path, seed):
+    torch.manual_seed(seed)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def _small_images(n=6):
+    rng = np.random.default_rng(0)
+    return [(rng.random((64, 64, 3)) * 255).astype(np.uint8) for _ in range(n)]
+
+
+def test_a_refit_after_another_backbone_or_weights_file_uses_the_new_one(tmp_path):
+    """Changing ``backbone`` or ``weights`` and fitting again gives the model a fresh fit with them
+    gives: the old extractor is not reused (same hook points: it was, silently), and the last fit's
+    weights are no check on the new ones (another backbone: "weights differ" was raised)."""
+    from padim import PaDiM
+
+    first, second = _random_resnet18_file(tmp_path / "a.pth", 1), _random_resnet18_file(tmp_path / "b.pth", 2)
+    params = dict(backbone="resnet18", d=20, image_size=64, device="cpu", workers=0, calibration_folds=0,
+                  config="fixed", progress=False)
+    images, probe = _small_images(), _small_images(8)[6:]
+
+    def fresh(**changed):
+        return PaDiM(**{**params, **changed}).fit(images).score_samples(probe)
+
+    model = PaDiM(**params, weights=str(first)).fit(images)
+    model.weights = str(second)
+    model.fit(images)
+    np.testing.assert_allclose(model.score_samples(probe), fresh(weights=str(second)), rtol=1e-5)
+    assert not np.allclose(fresh(weights=str(first)), fresh(weights=str(second)), rtol=1e-3)
+    model.backbone, model.weights, model.d = "efficientnet_lite0", None, 40
+    model.fit(images)
+    np.testing.assert_allclose(model.score_samples(probe), fresh(backbone="efficientnet_lite0", d=40), rtol=1e-5)
+
+
+def test_a_loaded_model_without_its_weights_file_names_that_file(tmp_path, monkeypatch):
+    """A model fitted with a local weights file and loaded without one says which file to pass,
+    whether the default weights cannot be had (offline) or are other weights (online)."""
+    import padim.model
+    from padim import PaDiM
+
+    weights = _random_resnet18_file(tmp_path / "plant_r18.pth", 3)
+    model = PaDiM(backbone="resnet18", weights=str(weights), d=20, image_size=64, device="cpu", workers=0,
+                  calibration_folds=0, config="fixed", progress=False).fit(_small_images())
+    model.save(tmp_path / "m.padim")
+
+    def offline(name, weights=None, **kwargs):
+        if weights is None:
+            raise WeightsUnavailableError("cannot download the resnet18 ImageNet weights (no network)")
+        return build_backbone(name, weights, **kwargs)
+
+    monkeypatch.setattr(padim.model, "build_backbone", offline)
+    with pytest.raises(WeightsUnavailableError, match=r"fitted with the resnet18 weights file 'plant_r18\.pth': "
+                                                      r"pass it with weights=PATH \(CLI: --weights PATH\); "
+                                                      r"without it, cannot download .*\(no network\)$"):
+        PaDiM.load(tmp_path / "m.padim", device="cpu").score_samples(_small_images(1))
+    other = _random_resnet18_file(tmp_path / "other.pth", 4)
+    monkeypatch.setattr(padim.model, "build_backbone", lambda name, weights=None, **kw: build_backbone(name, other))
+    with pytest.raises(ModelFileError, match=r"weights in use differ .* fitted with the resnet18 weights file "
+                                             r"'plant_r18\.pth': pass that file$"):
+        PaDiM.load(tmp_path / "m.padim", device="cpu").score_samples(_small_images(1))
+    loaded = PaDiM.load(tmp_path / "m.padim", device="cpu", weights=str(weights))
+    monkeypatch.undo()
+    np.testing.assert_allclose(loaded.score_samples(_small_images(1)), model.score_samples(_small_images(1)))
