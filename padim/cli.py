@@ -282,6 +282,9 @@ def cmd_fit(args) -> int:
         from .autoconfig import format_table
 
         print(format_table(model.auto_table_, model.auto_choice_), file=sys.stderr)
+        if model.auto_choice_ != "default" and model.plan_ is not None:  # the plan above was the defaults'
+            chosen = f"memory plan of the choice ({model.auto_choice_}):"
+            print(model.plan_.describe().replace("memory plan:", chosen, 1), file=sys.stderr)
     model.save(args.output)
     _barrier()
     cal = model.calibrator_

@@ -291,6 +291,24 @@ def test_a_refit_after_auto_chose_another_backbone_fits_the_new_choice(tmp_path,
     np.testing.assert_allclose(model.score_samples(probe), fixed.score_samples(probe), rtol=1e-5)
 
 
+def test_padim_fit_prints_the_memory_plan_of_the_choice_after_the_defaults(tmp_path, monkeypatch, capsys):
+    """`padim fit` prints the memory plan of the options as given before the selection; when auto
+    chooses another configuration, the chosen one's plan follows the candidate table."""
+    from padim.cli import main
+
+    _recording_select(monkeypatch, {"cell": 4})
+    train = shifted_texture_folder(tmp_path / "good", n=8)
+    assert main(["fit", str(train), "-o", str(tmp_path / "m.padim"), "--image-size", str(SIZE), "--d", "24",
+                 "--folds", "0", "--device", "cpu"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("memory plan")]
+    model = PaDiM.load(tmp_path / "m.padim", device="cpu")
+    per_position = PaDiM(**{**COMMON, "config": "fixed", "cell": 1}).plan(train)
+    assert model.cell_ == 4 and len(lines) == 2
+    assert lines[0].startswith(f"memory plan: {per_position.gaussians} Gaussians × d=24:")
+    assert lines[1] == model.plan_.describe().replace("memory plan:", "memory plan of the choice (pick):")
+    assert f"{model.n_gaussians_} Gaussians" in lines[1] and model.n_gaussians_ < per_position.gaussians
+
+
 def test_nothing_left_to_vary_fits_as_given_without_a_selection(tmp_path, monkeypatch):
     calls = _recording_select(monkeypatch, {})
     train = shifted_texture_folder(tmp_path / "good", n=8)
