@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .backbones import build_backbone
+from .errors import first_line
+from .modelfile import ModelFileError
 from .net import Embedder, ScoreHead, ScoringNet
 
 METADATA_KEY = "padim"
@@ -87,15 +88,10 @@ def check_exportable(model) -> None:
 
 def export_net(model) -> ScoringNet:
     """The model's scoring core on the CPU with a plain backbone (no oneDNN-only fused operators)."""
-    backbone = build_backbone(model.backbone, model.weights, prepare=False)
-    expected = getattr(model, "backbone_fingerprint_", None)
-    if expected is not None:
-        from .model import _fingerprint
-
-        found = _fingerprint(backbone)
-        if found != expected:
-            raise ExportError(f"the {model.backbone} weights differ from those the model was fitted with "
-                              f"(fingerprint {found} ≠ {expected}); pass the same weights file")
+    try:
+        backbone = model.fitted_backbone(prepare=False)
+    except ModelFileError as exc:  # weights other than the fitted ones
+        raise ExportError(first_line(exc)) from None
     embedder = Embedder(backbone, model.spec, model.layers_, model.channel_index_, channels_last=False)
     gaussian = model.gaussian_.to("cpu")
     head = ScoreHead(gaussian.mean, gaussian.whitener, model.cell_, model.input_size_,

@@ -193,29 +193,35 @@ class PaDiM:
         return self._extractor
 
     def _checked_backbone(self) -> torch.nn.Module:
-        """The network ``backbone`` and ``weights`` build. A fit records its fingerprint and the
-        weights file's name; a fitted model checks that it is the one it was fitted with, and names
-        that file when it is not given."""
+        """The network ``backbone`` and ``weights`` build (checked by ``fitted_backbone``); a fit
+        records its fingerprint and the weights file's name."""
+        backbone = self.fitted_backbone()
+        if getattr(self, "backbone_fingerprint_", None) is None:  # a fit
+            self.backbone_weights_file_ = None if self.weights is None else Path(self.weights).name
+            self.backbone_fingerprint_ = _fingerprint(backbone)
+        return backbone
+
+    def fitted_backbone(self, prepare: bool = True) -> torch.nn.Module:
+        """The network ``backbone`` and ``weights`` build; for a fitted model, checked to be the one
+        it was fitted with (``ModelFileError`` otherwise), naming the fitted weights file when it is
+        not given. ``prepare=False``: a plain network, for export."""
         expected = getattr(self, "backbone_fingerprint_", None)
         named = getattr(self, "backbone_weights_file_", None) if expected is not None else None
         fitted_with = f"this model was fitted with the {self.backbone} weights file '{named}'"
         try:
-            backbone = build_backbone(self.backbone, self.weights)
+            backbone = build_backbone(self.backbone, self.weights, prepare=prepare)
         except WeightsUnavailableError as exc:
             if named is None or self.weights is not None:
                 raise
             raise WeightsUnavailableError(f"{fitted_with}: pass it with weights=PATH (CLI: --weights PATH); "
                                           f"without it, {first_line(exc)}") from None
-        found = _fingerprint(backbone)
-        if expected is not None and expected != found:
-            raise ModelFileError(
-                f"the {self.backbone} weights in use differ from those the model was fitted with "
-                f"(fingerprint {found} ≠ {expected}); "
-                + (f"{fitted_with}: pass that file" if named else "pass the same weights file")
-            )
-        if expected is None:  # a fit
-            self.backbone_weights_file_ = None if self.weights is None else Path(self.weights).name
-        self.backbone_fingerprint_ = found
+        if expected is not None:
+            found = _fingerprint(backbone)
+            if expected != found:
+                raise ModelFileError(
+                    f"the {self.backbone} weights in use differ from those the model was fitted with "
+                    f"(fingerprint {found} ≠ {expected}); "
+                    + (f"{fitted_with}: pass that file" if named else "pass the same weights file"))
         return backbone
 
     def _loader(self, sources, size: tuple[int, int], keep_original: bool = False):

@@ -285,3 +285,25 @@ def test_runtime_without_opencv_resizes_with_pillow(tmp_path, monkeypatch):
     assert np.abs(pillow - reference).mean() <= 1.5 / 255  # box filter vs area averaging: differ at sharp edges
     without = [r.score for r in ExportedModel(path).predict(files, maps=False)]
     np.testing.assert_allclose(without, with_cv2, rtol=5e-2)
+
+
+def test_export_with_other_weights_names_the_fitted_weights_file(tmp_path):
+    """Exporting a model with weights other than those it was fitted with is refused in one line
+    that names the fitted weights file (it said only "pass the same weights file")."""
+    import torchvision
+
+    files = []
+    for seed, name in ((1, "fitted_r18.pth"), (2, "other_r18.pth")):
+        torch.manual_seed(seed)
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / name)
+        files.append(str(tmp_path / name))
+    model = fitted(backbone="resnet18", weights=files[0], d=20)
+    model.save(tmp_path / "m.padim")
+    wrong = PaDiM.load(tmp_path / "m.padim", device="cpu", weights=files[1])
+    with pytest.raises(ExportError, match=r"^the resnet18 weights in use differ .* fitted with the resnet18 "
+                                          r"weights file 'fitted_r18\.pth': pass that file$"):
+        export_model(wrong, tmp_path / "wrong.onnx")
+    assert not (tmp_path / "wrong.onnx").exists()
+    right = PaDiM.load(tmp_path / "m.padim", device="cpu", weights=files[0])
+    _, scores = onnx_run(export_model(right, tmp_path / "m.onnx"), as_batch(sample_images()))
+    np.testing.assert_allclose(scores, model.score_samples(sample_images()), rtol=1e-4)
