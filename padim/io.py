@@ -83,9 +83,10 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
         return np.asarray(image, dtype=np.float32)
     if mode in ("L", "RGB", "RGBA"):
         return np.asarray(image)
-    if mode == "LA":
-        return np.asarray(image.convert("RGBA"))
-    return np.asarray(image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB"))
+    if mode == "La":  # premultiplied alpha, which Pillow converts to RGBA only through LA
+        image = image.convert("LA")
+    alpha = image.mode in ("LA", "PA", "RGBa") or "transparency" in image.info  # RGBa: premultiplied
+    return np.asarray(image.convert("RGBA" if alpha else "RGB"))
 
 
 def _has_16bit_colour(image: Image.Image) -> bool:
@@ -142,7 +143,10 @@ def read_pixels(source) -> np.ndarray:
     if isinstance(source, np.ndarray):
         return source
     if isinstance(source, Image.Image):
-        return _pil_to_array(source)
+        try:
+            return _pil_to_array(source)
+        except Exception as exc:  # noqa: BLE001 - Pillow raises ValueError, OSError, … for odd modes
+            raise ImageReadError(f"PIL image input: cannot convert mode {source.mode!r} ({first_line(exc)})") from None
     path = Path(source)
     where = f"'{path}'"
     if not path.is_file():

@@ -242,6 +242,28 @@ def test_palette_with_transparency_under_a_model_range(tmp_path):
     np.testing.assert_allclose(out[9, 9], np.array([250, 128, 0]) / 255, rtol=1e-6)
 
 
+
+def test_premultiplied_pil_inputs_composite_onto_black():
+    # La / RGBa store colour already multiplied by alpha, which is exactly the colour composited
+    # onto black: the loaded image is the stored colour (to Pillow's un- and re-multiplying rounding).
+    rng = np.random.default_rng(7)
+    alpha = rng.integers(1, 256, (16, 16), dtype=np.uint8)
+    colour = (rng.integers(0, 256, (16, 16, 3)) * (alpha[..., None] / 255)).astype(np.uint8)
+    rgba = Image.fromarray(np.dstack([colour, alpha]), "RGBA")
+    gray = Image.fromarray(np.dstack([colour[..., 0], alpha]), "LA")
+    # Image.frombytes labels the same bytes premultiplied (no conversion happens)
+    cases = [(Image.frombytes("RGBa", (16, 16), rgba.tobytes()), colour),
+             (Image.frombytes("La", (16, 16), gray.tobytes()), np.repeat(colour[..., :1], 3, axis=2))]
+    for image, expected in cases:
+        np.testing.assert_allclose(load_image(image) * 255, expected, atol=1.01, err_msg=image.mode)
+
+
+def test_a_pil_input_that_cannot_be_converted_is_one_line(monkeypatch):
+    monkeypatch.setattr(Image.Image, "convert", lambda self, mode=None: (_ for _ in ()).throw(ValueError("no\nway")))
+    image = Image.new("CMYK", (40, 40))
+    with pytest.raises(ImageReadError, match=r"^PIL image input: cannot convert mode 'CMYK' \(no\)$"):
+        load_image(image)
+
 def _displayed(stored, orientation):
     """How an image with EXIF ``orientation`` is displayed, from the EXIF definition, by index."""
     h, w = stored.shape[:2]
