@@ -55,6 +55,19 @@ _N_PIVOTS = 4096        # simulated estimate pairs defining the predictive p-val
 _MAX_PIVOT_N = 500      # beyond this the parameter uncertainty is negligible
 _FORMAT = 2             # 2: logistic centred on the threshold (1 is read and re-centred)
 _READABLE_FORMATS = (1, 2)
+_TEXT_FIELDS = ("method", "feature", "threshold_method")
+
+
+def _valid_field(key: str, value) -> bool:
+    """Whether a saved calibrator's field has its type and range (a hand-edited or corrupted file)."""
+    if key in _TEXT_FIELDS:
+        return isinstance(value, str) and (key != "feature" or value in ("raw", "log"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if key == "n_good":
+        return isinstance(value, int) and value >= 1
+    return math.isfinite(value) and {"scale": value > 0, "alpha": 0 <= value <= 1,
+                                     "max_false_reject": 0 < value < 1}.get(key, True)
 
 
 def _lmoment_gumbel(x):
@@ -294,8 +307,9 @@ class Calibrator:
             raise ValueError(f"calibrator dict lacks {', '.join(missing)}")
         self = cls()
         for k in keys:
-            cast = {"method": str, "feature": str, "threshold_method": str, "n_good": int}
-            setattr(self, k + "_", cast.get(k, float)(d[k]))
+            if not _valid_field(k, d[k]):
+                raise ValueError(f"calibrator {k} is invalid: {d[k]!r}"[:200])
+            setattr(self, k + "_", d[k] if k in _TEXT_FIELDS or k == "n_good" else float(d[k]))
         if self.method_ == "logistic":
             self._set_threshold(self.threshold_)  # format 1 stored an uncentred intercept
         return self

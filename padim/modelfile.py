@@ -49,6 +49,8 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         metadata = json.loads(raw)
     except json.JSONDecodeError:
         raise ModelFileError(f"'{path}': padim metadata is corrupted") from None
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"'{path}': padim metadata is corrupted (not a JSON object)")
     if metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(f"'{path}': not a padim model file")
     version = metadata.get("format_version")

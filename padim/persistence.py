@@ -17,7 +17,9 @@ from . import __version__
 from .calibration import Calibrator
 from .gaussian import GaussianModel
 from .geometry import Geometry
+from .errors import first_line
 from .memory import MemoryPlan
+from .metadata import check_metadata, check_tensors
 from .modelfile import ModelFileError, read_model_file, write_model_file
 from .model import cell_count
 from .value_range import as_value_range
@@ -56,12 +58,18 @@ def save_model(model, path: str | Path) -> Path:
     return path
 
 
+# What building the model from checked metadata may still raise on a file the checks let through.
+_INVALID = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
 def load_model(cls, path: str | Path, device: str = "auto", weights: str | None = None, **overrides):
     """A ``cls`` (:class:`padim.PaDiM`) read from a file written by :func:`save_model`; runtime
     options (device, batch_size, …) may be given. Its configuration is the one it was fitted with
     (``config="fixed"``): a refit keeps it rather than choosing again."""
     tensors, meta = read_model_file(path)
     try:
+        check_metadata(meta)
+        check_tensors(tensors, meta)
         params = dict(meta["params"])
         if isinstance(params.get("image_size"), list):
             params["image_size"] = tuple(params["image_size"])
@@ -98,8 +106,8 @@ def load_model(cls, path: str | Path, device: str = "auto", weights: str | None 
         model.auto_table_, model.auto_choice_ = auto.get("table"), auto.get("choice")
         if meta.get("calibrator"):
             model.calibrator_ = Calibrator.from_dict(meta["calibrator"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"'{path}': model metadata is incomplete or invalid ({exc})") from None
+    except _INVALID as exc:
+        raise ModelFileError(f"'{path}': model file is incomplete or invalid ({first_line(exc)})") from None
     p, d = model.n_gaussians_, model.n_features_
     g = model.gaussian_
     stored = (p, d * (d + 1) // 2) if g.packed is not None else (p, d, d)

@@ -22,6 +22,7 @@ from PIL import Image
 from .errors import first_line
 from .image_result import ImageResult
 from .io import ImageReadError, list_images, load_image
+from .metadata import check_export_metadata
 from .value_range import as_value_range
 
 METADATA_KEY = "padim"  # as padim.export.METADATA_KEY (not imported: that module needs torch)
@@ -72,6 +73,13 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(anomaly_map, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def _parsed_metadata(path: Path, raw: str):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ExportedModelError(f"'{path}': padim metadata is corrupted (not JSON)") from None
+
+
 class _OnnxSession:
     def __init__(self, path: Path, threads: int | None):
         try:
@@ -89,7 +97,7 @@ class _OnnxSession:
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
             raise ExportedModelError(f"'{path}': an ONNX model, but not exported by padim (no padim metadata)")
-        self.metadata = json.loads(raw)
+        self.metadata = _parsed_metadata(path, raw)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         maps, scores = self.session.run(["anomaly_map", "score"], {"image": images})
@@ -109,7 +117,7 @@ class _OpenVinoSession:
             raise ExportedModelError(f"'{path}': not a readable OpenVINO model ({first_line(exc)})") from None
         if not model.has_rt_info([METADATA_KEY]):
             raise ExportedModelError(f"'{path}': an OpenVINO model, but not exported by padim (no padim metadata)")
-        self.metadata = json.loads(model.get_rt_info([METADATA_KEY]).astype(str))
+        self.metadata = _parsed_metadata(path, model.get_rt_info([METADATA_KEY]).astype(str))
         # f32 arithmetic: on CPUs with bf16/AMX units OpenVINO would otherwise pick bf16 (2 % off)
         config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
         self.compiled = core.compile_model(model, "CPU", config)
@@ -134,17 +142,22 @@ class ExportedModel:
         self.batch_size = max(1, int(batch_size))
         self._session = (_OpenVinoSession if self.path.suffix == ".xml" else _OnnxSession)(self.path, threads)
         meta = self.metadata = self._session.metadata
-        if meta.get("format") != EXPORT_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
             raise ExportedModelError(f"'{self.path}': metadata is not a padim export")
-        self.input_size_ = tuple(int(v) for v in meta["input_size"])
-        self.value_range_ = None if meta.get("value_range") is None else as_value_range(meta["value_range"])
-        self.value_kind_ = meta.get("value_kind")
-        self.map_floor_ = meta.get("map_floor")
-        self.calibrator_ = None
-        if meta.get("calibrator"):
-            from .calibration import Calibrator
+        try:
+            check_export_metadata(meta)
+            self.input_size_ = tuple(meta["input_size"])
+            self.value_range_ = None if meta.get("value_range") is None else as_value_range(meta["value_range"])
+            self.value_kind_ = meta.get("value_kind")
+            self.map_floor_ = meta.get("map_floor")
+            self.calibrator_ = None
+            if meta.get("calibrator"):
+                from .calibration import Calibrator
 
-            self.calibrator_ = Calibrator.from_dict(meta["calibrator"])
+                self.calibrator_ = Calibrator.from_dict(meta["calibrator"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ExportedModelError(f"'{self.path}': export metadata is incomplete or invalid "
+                                     f"({first_line(exc)})") from None
         # Result files of an export must not be resumed with the torch model's rows (or another format's).
         self.fingerprint_ = f"{meta['model_fingerprint']}:{self.path.suffix.lstrip('.')}{':fp16' if meta.get('fp16') else ''}"
 

@@ -224,6 +224,45 @@ def test_an_unloadable_onnx_file_with_a_silent_error_is_one_line_naming_it(tmp_p
         ExportedModel(path)
 
 
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_model(fitted(), tmp_path_factory.mktemp("export") / "m.onnx")
+
+
+def _with_metadata(src, dst, change=None, raw=None):
+    """The exported graph ``src`` with its padim metadata changed by ``change`` (or replaced by ``raw``)."""
+    graph = onnx.load(str(src))
+    entry = next(p for p in graph.metadata_props if p.key == "padim")
+    meta = json.loads(entry.value)
+    if change is not None:
+        change(meta)
+    entry.value = raw if raw is not None else json.dumps(meta)
+    onnx.save(graph, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("name,change,raw,expected", [
+    ("not JSON", None, "{not json", "metadata is corrupted"),
+    ("not an object", None, "[1, 2]", "not a padim export"),
+    ("input size of one side", lambda m: m.update(input_size=[64]), None, "input_size"),
+    ("no fingerprint", lambda m: m.pop("model_fingerprint"), None, "model_fingerprint"),
+    ("unknown value kind", lambda m: m.update(value_kind="x"), None, "value_kind"),
+    ("map floor as text", lambda m: m.update(map_floor="x"), None, "map_floor"),
+    ("calibrator with no good images", lambda m: m["calibrator"].update(n_good=-1), None, "n_good"),
+    ("calibrator as a list", lambda m: m.update(calibrator=[1]), None, "calibrator"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_corrupted_export_metadata_is_one_line_naming_file_and_field(exported, tmp_path, name, change, raw,
+                                                                     expected):
+    from padim.runtime import ExportedModel, ExportedModelError
+
+    assert ExportedModel(_with_metadata(exported, tmp_path / "ok.onnx")).calibrator_ is not None  # the control
+    path = _with_metadata(exported, tmp_path / "bad.onnx", change, raw)
+    with pytest.raises(ExportedModelError) as info:
+        ExportedModel(path)
+    message = str(info.value)
+    assert message.startswith(f"'{path}': ") and expected in message and "\n" not in message
+
 @pytest.mark.skipif(not (SHARED / "cookies").is_dir(), reason="real data in ../shared not present")
 @pytest.mark.parametrize("dataset", ["cookies", "bsdata"])
 def test_parity_on_real_images(tmp_path, dataset):

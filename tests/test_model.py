@@ -218,15 +218,17 @@ def test_format_1_files_with_a_dense_whitener_still_load(fitted, saved, data, tm
     np.testing.assert_array_equal(loaded.score_samples(data["test"]), fitted.score_samples(data["test"]))
 
 
-def _rewrite_metadata(src, dst, change):
+def _rewrite(src, dst, change_meta=None, change_tensors=None, raw=None):
+    """``src`` with its metadata and tensors changed in place by the given callables."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     with safe_open(str(src), framework="pt") as handle:
         meta = json.loads(handle.metadata()["padim"])
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    change(meta)
-    save_file(tensors, str(dst), metadata={"padim": json.dumps(meta)})
+    (change_meta or (lambda m: None))(meta)
+    (change_tensors or (lambda t: None))(tensors)
+    save_file(tensors, str(dst), metadata={"padim": raw if raw is not None else json.dumps(meta)})
     return dst
 
 
@@ -244,25 +246,15 @@ def _corrupt(kind, saved, tmp_path):
     elif kind == "foreign":
         save_file({"weight": torch.zeros(3, 3)}, str(path), metadata={"framework": "other"})
     elif kind == "version":
-        _rewrite_metadata(saved, path, lambda m: m.update(format_version=99))
+        _rewrite(saved, path, lambda m: m.update(format_version=99))
     elif kind == "format":
-        _rewrite_metadata(saved, path, lambda m: m.update(format="something-else"))
+        _rewrite(saved, path, lambda m: m.update(format="something-else"))
     elif kind == "incomplete":
-        _rewrite_metadata(saved, path, lambda m: m.pop("params"))
+        _rewrite(saved, path, lambda m: m.pop("params"))
     elif kind == "badjson":
-        from safetensors import safe_open
-
-        with safe_open(str(saved), framework="pt") as handle:
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        save_file(tensors, str(path), metadata={"padim": "{not json"})
+        _rewrite(saved, path, raw="{not json")
     elif kind == "shapes":
-        from safetensors import safe_open
-
-        with safe_open(str(saved), framework="pt") as handle:
-            meta = handle.metadata()
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        tensors["mean"] = tensors["mean"][:-1].contiguous()
-        save_file(tensors, str(path), metadata=meta)
+        _rewrite(saved, path, change_tensors=lambda t: t.update(mean=t["mean"][:-1].contiguous()))
     elif kind == "missing":
         pass
     return path
@@ -281,6 +273,83 @@ def test_bad_model_files_raise_model_file_error(kind, saved, tmp_path):
     if kind == "foreign":
         assert "padim" in message
 
+
+
+# A calibrator as a fit writes it (good-only): every value in range.
+CALIBRATOR = {"format": 2, "method": "good-only", "threshold": 3.0, "max_false_reject": 0.01, "alpha": 0.01,
+              "loc": 1.0, "scale": 0.5, "n_good": 12}
+
+
+def _set(path, value):
+    """A change that sets ``meta[path[0]][path[1]]…`` to ``value``."""
+    def change(meta):
+        for key in path[:-1]:
+            meta = meta[key]
+        meta[path[-1]] = value
+    return change
+
+
+def _nan_first(key):
+    def change(tensors):
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = float("nan")
+    return change
+
+
+# (name, change of the metadata, change of the tensors, what the message must name)
+CORRUPTIONS = [
+    ("backbone not a name", _set(("params", "backbone"), [1]), None, "params.backbone"),
+    ("blur missing a value", _set(("params", "blur_sigma"), None), None, "params.blur_sigma"),
+    ("blur overflowing the kernel", _set(("params", "blur_sigma"), 1e308), None, "params.blur_sigma"),
+    ("unknown hook point", _set(("layers",), ["_blocks.99"]), None, "_blocks.99"),
+    ("layers not a list", _set(("layers",), "x"), None, "layers"),
+    ("input size of one side", _set(("geometry", "input_size"), [96]), None, "geometry.input_size"),
+    ("batch as text", _set(("geometry", "batch"), "x"), None, "geometry.batch"),
+    ("memory plan as text", _set(("memory_plan",), "x"), None, "memory_plan"),
+    ("memory plan field null", _set(("memory_plan", "statistics"), None), None, "memory_plan.statistics"),
+    ("cell zero", _set(("cell",), 0), None, "cell"),
+    ("calibrator as text", _set(("calibrator",), "x"), None, "calibrator"),
+    ("calibrator with no good images", _set(("calibrator",), {**CALIBRATOR, "n_good": -1}), None, "n_good"),
+    ("calibrator threshold NaN", _set(("calibrator",), {**CALIBRATOR, "threshold": float("nan")}), None, "threshold"),
+    ("calibrator scale zero", _set(("calibrator",), {**CALIBRATOR, "scale": 0}), None, "scale"),
+    ("value kind a list", _set(("value_kind",), ["uint8"]), None, "value_kind"),
+    ("value kind unknown", _set(("value_kind",), "x"), None, "value_kind"),
+    ("value range reversed", _set(("value_range",), [255, 0]), None, "value_range"),
+    ("map floor as text", _set(("map_floor",), "x"), None, "map_floor"),
+    ("auto as text", _set(("auto",), "x"), None, "auto"),
+    ("auto table of numbers", _set(("auto",), {"table": [1, 2], "choice": "default"}), None, "auto.table"),
+    ("mean NaN", None, _nan_first("mean"), "mean"),
+    ("whitener NaN", None, _nan_first("whitener_packed"), "whitener_packed"),
+    ("float16 whitener without its scale", None, lambda t: t.pop("whitener_scale"), "whitener_scale"),
+    ("channels out of range", None, lambda t: t.update(channel_index=t["channel_index"] + 10_000), "channel_index"),
+    ("channels as floats", None, lambda t: t.update(channel_index=t["channel_index"].float()), "channel_index"),
+    ("channels missing", None, lambda t: t.pop("channel_index"), "channel_index"),
+]
+
+
+@pytest.mark.parametrize("name,change_meta,change_tensors,field", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_corrupted_metadata_or_tensors_fail_at_load_naming_the_field(saved, tmp_path, name, change_meta,
+                                                                    change_tensors, field):
+    path = _rewrite(saved, tmp_path / "bad.safetensors", change_meta, change_tensors)
+    with pytest.raises(ModelFileError) as info:
+        PaDiM.load(path, device="cpu")
+    message = str(info.value)
+    assert message.startswith(f"'{path}': model file is incomplete or invalid (") and "\n" not in message
+    assert field in message
+
+
+def test_the_corruptions_start_from_a_file_that_loads(saved, data, tmp_path):
+    # The control: the unchanged file, and the one given a valid calibrator, load and score.
+    for change in (None, _set(("calibrator",), CALIBRATOR)):
+        model = PaDiM.load(_rewrite(saved, tmp_path / "ok.safetensors", change), device="cpu", workers=0)
+        assert np.isfinite(model.score_samples(data["test"])).all()
+    assert model.calibrator_.threshold_ == 3.0 and model.predict_proba(data["test"]).shape == (4,)
+
+
+def test_metadata_that_is_not_an_object_is_a_model_file_error(saved, tmp_path):
+    path = _rewrite(saved, tmp_path / "list.safetensors", raw="[1, 2]")
+    with pytest.raises(ModelFileError, match="not a JSON object"):
+        PaDiM.load(path, device="cpu")
 
 # ------------------------------------------------------------- errors while scoring
 
