@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import linecache
+import math
 import os
 import sys
 import traceback
@@ -49,26 +50,48 @@ class CliError(Exception):
     """An error to print as one line (exit code 2)."""
 
 
+def _int_at_least(low: int, high: int | None = None):
+    """An argparse type: an integer in ``low..high`` (a negative seed or thread count, a port
+    beyond 65535, would otherwise fail deep inside numpy, torch or the server)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            wanted = f"an integer ≥ {low}" if high is None else f"an integer in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def _workers(text: str):
     if text == "auto":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected auto or a count ≥ 0, got {text!r}")
-    return value
+        return _int_at_least(0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a count ≥ 0, got {text!r}") from None
 
 
 def _image_size(text: str):
     try:
-        if "x" in text.lower():
-            h, w = text.lower().split("x")
-            return int(h), int(w)
-        return int(text)
+        sides = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+        sides = ()
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW (integers ≥ 1), got {text!r}")
+    return sides if len(sides) == 2 else sides[0]
 
 
 def _tile(text: str):
@@ -102,10 +125,11 @@ def _value_range(text: str):
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=16)
     p.add_argument("--workers", type=_workers, default="auto",
                    help="image-decoding processes (default auto: only on cores PyTorch's threads leave free, up to 4 with a GPU)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)")
+    p.add_argument("--threads", type=_int_at_least(0), default=None,
+                   help="CPU threads for PyTorch (default or 0: its own choice)")
     p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_debug(p)
@@ -139,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or HxW (fixed)")
     p.add_argument("--squash", action="store_true", help="with --image-size N, resize to N×N ignoring aspect")
     # --channels: the same under torchrun, whose Python 3.11 parser takes --d for its --duplicate-*
-    p.add_argument("--d", "--channels", dest="d", type=int, default=None, help="random feature channels kept (0: all)")
-    p.add_argument("--eps", type=float, default=None, help="covariance regulariser relative to feature variance")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--d", "--channels", dest="d", type=_int_at_least(0), default=None, help="random feature channels kept (0: all)")
+    p.add_argument("--eps", type=_positive_float, default=None, help="covariance regulariser relative to feature variance")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--folds", type=int, default=5, help="k-fold held-out scoring for calibration")
     p.add_argument("--max-false-reject", type=float, default=0.01, help="target share of good images flagged NG")
     p.add_argument("--threshold", type=float, default=None, help="fixed score threshold")
@@ -204,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", "Export a fitted model to ONNX or OpenVINO IR for scoring without torch.")
     p.add_argument("model", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="file to write (.onnx; .xml for openvino)")
-    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "openvino"), default=None,
+                   help="default: openvino for an -o ending in .xml, else onnx (the suffix is made to match)")
     p.add_argument("--fp16", action="store_true", help="store weights and Gaussians in float16 (half the file)")
     p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
     _add_debug(p)
@@ -216,15 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", "Serve a model over HTTP (/predict, /predict_batch, /heatmap, a web page at /).")
     p.add_argument("model", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_int_at_least(0, 65535), default=8000)
     p.add_argument("--api-key", default=None,
                    help="require the header X-API-Key: KEY (default: environment variable PADIM_API_KEY)")
-    p.add_argument("--max-upload-mb", type=float, default=50, help="largest request body")
-    p.add_argument("--max-batch", type=int, default=16, help="most images scored in one model pass")
-    p.add_argument("--max-queue", type=int, default=None,
+    p.add_argument("--max-upload-mb", type=_positive_float, default=50, help="largest request body")
+    p.add_argument("--max-batch", type=_int_at_least(1), default=16, help="most images scored in one model pass")
+    p.add_argument("--max-queue", type=_int_at_least(1), default=None,
                    help="most images waiting to be scored before requests get 503 (default: 4 × --max-batch)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)")
+    p.add_argument("--threads", type=_int_at_least(0), default=None,
+                   help="CPU threads for PyTorch (default or 0: its own choice)")
     p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
     _add_debug(p)
     return parser
@@ -350,7 +376,8 @@ def cmd_export(args) -> int:
     from .model import PaDiM
 
     model = PaDiM.load(args.model, device="cpu", weights=args.weights)
-    written = export_model(model, args.output, fmt=args.format, fp16=args.fp16)
+    fmt = args.format or ("openvino" if args.output.suffix.lower() == ".xml" else "onnx")
+    written = export_model(model, args.output, fmt=fmt, fp16=args.fp16)
     print(f"exported {args.model} → {written}")
     return 0
 

@@ -101,7 +101,8 @@ def export_net(model) -> ScoringNet:
 
 def export_model(model, out: str | Path, fmt: str = "onnx", fp16: bool = False) -> Path:
     """Write ``model`` (a fitted, untiled :class:`padim.PaDiM`) as ONNX (``.onnx``) or OpenVINO IR
-    (``.xml`` + ``.bin``) with its metadata; returns the path written."""
+    (``.xml`` + ``.bin``) with its metadata; returns the path written. ``out`` takes the format's
+    suffix if it has another one: scoring recognises an export by its suffix."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
     check_exportable(model)
@@ -109,6 +110,7 @@ def export_model(model, out: str | Path, fmt: str = "onnx", fp16: bool = False) 
     metadata = export_metadata(model, fp16)
     net = export_net(model)
     if fmt == "onnx":
+        out = out if out.suffix.lower() == ".onnx" else out.with_suffix(".onnx")
         _write_onnx(net, model.input_size_, out, metadata, fp16, model.gaussian_)
         return out
     return _write_openvino(net, model.input_size_, out, metadata, fp16, model.gaussian_)
@@ -250,7 +252,7 @@ def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16
         import openvino as ov
     except ImportError:
         raise ExportError("OpenVINO export needs the package 'openvino': pip install 'padim[openvino]'") from None
-    xml = out if out.suffix == ".xml" else out.with_suffix(".xml")
+    xml = out if out.suffix.lower() == ".xml" else out.with_suffix(".xml")
     xml.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
         staged = Path(tmp) / "staged.onnx"

@@ -210,6 +210,8 @@ def decide_geometry(height: int, width: int, *, image_size, keep_aspect: bool, t
         factor = _check_scale(scale)
         return build((height * factor, width * factor), factor)
     if isinstance(image_size, (tuple, list)):
+        if len(image_size) != 2 or not min(float(v) for v in image_size) > 0:
+            raise ValueError(f"image_size must be a positive side or (height, width), got {image_size!r}")
         return build((float(image_size[0]), float(image_size[1])))
     base = float(image_size)
     if not base > 0:

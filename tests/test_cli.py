@@ -651,6 +651,33 @@ ERROR_CASES = {
 }
 
 
+# Option values numpy, torch or the server rejected deep inside, with a traceback (exit 3):
+# argparse's usage and one error line naming the option.
+USAGE_CASES = {
+    "fit-negative-seed": ("fit", "{train} -o {root}/m.padim --seed -1", "--seed: expected an integer ≥ 0"),
+    "fit-negative-threads": ("fit", "{train} -o {root}/m.padim --threads -1", "--threads: expected an integer ≥ 0"),
+    "fit-zero-batch": ("fit", "{train} -o {root}/m.padim --batch-size 0", "--batch-size: expected an integer ≥ 1"),
+    "fit-zero-width": ("fit", "{train} -o {root}/m.padim --image-size 64x0", "integers ≥ 1"),
+    "fit-zero-eps": ("fit", "{train} -o {root}/m.padim --eps 0", "--eps: expected a finite number > 0"),
+    "fit-infinite-eps": ("fit", "{train} -o {root}/m.padim --eps inf", "--eps: expected a finite number > 0"),
+    "score-zero-batch": ("score", "{model} {inputs} -o {root}/s.tsv --batch-size -3", "--batch-size"),
+    "serve-negative-port": ("serve", "{model} --port -1", "--port: expected an integer in 0..65535"),
+    "serve-zero-batch": ("serve", "{model} --max-batch 0", "--max-batch: expected an integer ≥ 1"),
+    "serve-nan-upload-limit": ("serve", "{model} --max-upload-mb nan", "--max-upload-mb"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_CASES))
+def test_out_of_range_option_values_are_usage_errors(case, error_setup):
+    command, template, needle = USAGE_CASES[case]
+    args = template.format(**{k: str(v) for k, v in error_setup.items()}).split()
+    rc, out, err = cli(command, *args)
+    assert rc == 2, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"padim {command}: error: argument ") and needle in last, err
+    assert "Traceback" not in err
+
+
 def _write_record(tsv, model_path, fmt):
     """The provenance record ``padim score`` writes beside a TSV, for a hand-made TSV."""
     import hashlib

@@ -197,6 +197,20 @@ def test_cli_export_then_score_gives_the_same_tsv(tmp_path):
                  "--resume"]) == 2
 
 
+def test_cli_export_gives_the_file_its_format_suffix(tmp_path, capsys):
+    """`padim score` tells an export from a model file by its suffix: an ONNX file written as
+    m.txt was scored as a (corrupted) model file. -o ending in .xml picks OpenVINO."""
+    from padim.runtime import ExportedModel
+
+    model_file = fitted().save(tmp_path / "m.padim")
+    assert main(["export", str(model_file), "-o", str(tmp_path / "m.txt")]) == 0
+    assert not (tmp_path / "m.txt").exists() and f"→ {tmp_path / 'm.onnx'}" in capsys.readouterr().out
+    onnx.checker.check_model(str(tmp_path / "m.onnx"))  # a standard reader
+    assert ExportedModel(tmp_path / "m.onnx").input_size_ == (SIZE, SIZE)
+    pytest.importorskip("openvino")
+    assert main(["export", str(model_file), "-o", str(tmp_path / "ir.xml")]) == 0
+    assert (tmp_path / "ir.xml").read_text().lstrip().startswith("<?xml") and (tmp_path / "ir.bin").is_file()
+
 def test_score_refuses_a_foreign_onnx_file(tmp_path, capsys):
     from onnx import TensorProto, helper
 

@@ -305,3 +305,10 @@ def test_model_files_without_batch_keep_their_batching():
     old_small = Geometry.from_dict({"input_size": [288, 224], "stride": 8, "multiple": 32, "tile": None,
                                     "margin": 0, "scale": None})
     assert old_large.images_per_batch(16) == 1 and old_small.images_per_batch(16) == 16
+
+
+@pytest.mark.parametrize("size", [(64, 0), (0, 64), (-8, 64), (64,), (64, 64, 3), 0, -1])
+def test_an_image_size_without_two_positive_sides_is_refused(size):
+    # (64, 0) used to fit a model on an empty 64×0 input
+    with pytest.raises(ValueError, match="image_size must be"):
+        geometry(600, 800, image_size=size)
