@@ -245,7 +245,8 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
         return {"filename": name, "score": outcome.score, "probability": outcome.probability,
                 "label": "NG" if outcome.ng else "OK", "threshold": scorer.threshold}
 
-    @app.get("/health", summary="200 once the model is loaded")
+    # HEAD too: load balancers and uptime probes often check with HEAD (GET alone answered 405)
+    @app.api_route("/health", methods=["GET", "HEAD"], summary="200 once the model is loaded")
     async def health():
         return {"status": "ok", "queued": batcher.queued,
                 "batches": batcher.batches, "images": batcher.images}

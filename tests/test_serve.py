@@ -136,6 +136,7 @@ def assert_healthy(srv) -> None:
 def test_health_model_and_docs(server, model_path):
     health = httpx.get(server.url + "/health", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert httpx.head(server.url + "/health", timeout=10).status_code == 200
     rc, out, err = cli("info", model_path)
     assert rc == 0, err
     shown = dict(line.split(": ", 1) for line in out.splitlines())
