@@ -58,18 +58,19 @@ def _dict(meta: dict, key: str, optional: bool = True) -> dict:
     return value
 
 
-# (field, test, what it must be); a field a file lacks takes the constructor's default.
+# (field, test, what it must be); a field a file lacks takes the constructor's default. These are
+# what a refit uses: as lenient as a fit that succeeded with them may have been.
 _PARAMS = (
     ("layers", lambda v: v is None or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)),
      "null or a list of hook point names"),
     ("d", lambda v: v is None or _is_int(v), "null or an integer ≥ 0"),  # 0: all channels
     ("image_size", _is_size, "a side or [height, width] > 0"),
     ("keep_aspect", lambda v: isinstance(v, bool), "true or false"),
-    ("eps", lambda v: _is_number(v, 0, above=True), "a number > 0"),
+    ("eps", lambda v: _is_number(v, 0), "a number ≥ 0"),
     ("blur_sigma", lambda v: _is_number(v, 0) and v <= 1e4, "a number in [0, 10000]"),  # kernel side 8σ
     ("seed", lambda v: v is None or _is_int(v), "null or an integer ≥ 0"),
     ("calibration_folds", _is_int, "an integer ≥ 0"),
-    ("max_false_reject", lambda v: _is_number(v, 0, above=True) and v < 1, "a number in (0, 1)"),
+    ("max_false_reject", lambda v: _is_number(v, 0) and v <= 1, "a number in [0, 1]"),  # unused without folds
     ("tile", lambda v: v is None or v == "auto" or v is True or _is_number(v, 1), "null, 'auto' or a side ≥ 1"),
     ("overlap", lambda v: v is None or _is_number(v, 0), "null or a number ≥ 0"),
     ("scale", lambda v: v is None or _is_number(v, 0, above=True), "null or a number > 0"),
