@@ -133,6 +133,14 @@ def decode_opened(image: Image.Image, encoded: Callable[[], np.ndarray]) -> np.n
     return _read_16bit_colour(encoded(), orientation, fallback=array) if deep_colour else array
 
 
+def _check_source(source) -> None:
+    """A path, a PIL image or a numpy array; anything else (a torch tensor, bytes, None) is a
+    one-line error rather than pathlib's TypeError."""
+    if not isinstance(source, (str, os.PathLike, np.ndarray, Image.Image)):
+        raise ImageReadError(f"unsupported image source of type {type(source).__name__} "
+                             f"(expected a file path, a PIL image or a numpy array)")
+
+
 def read_pixels(source) -> np.ndarray:
     """The stored values of an image, at their own dtype (uint8, uint16, int32, float32, …), with
     EXIF rotation applied and other colour modes (palette, CMYK, LA, …) converted by Pillow to RGB(A).
@@ -140,6 +148,7 @@ def read_pixels(source) -> np.ndarray:
     Shape HxW, HxWx1, HxWx3 or HxWx4 (alpha last). No scaling: see :func:`load_image`.
     Raises :class:`ImageReadError` with a one-line message naming the file.
     """
+    _check_source(source)
     if isinstance(source, np.ndarray):
         return source
     if isinstance(source, Image.Image):
@@ -191,6 +200,7 @@ def colour_values(source) -> np.ndarray:
 def pixel_kind(source) -> str:
     """``"uint8"``, ``"bool"``, ``"int"`` or ``"float"``: how deep the image's stored values are.
     For files this reads the header only (Pillow's mode), never the pixels."""
+    _check_source(source)
     if isinstance(source, np.ndarray):
         return pixel_kind_of_dtype(source.dtype)
     if isinstance(source, Image.Image):
@@ -204,7 +214,10 @@ def pixel_kind(source) -> str:
 
 def image_size(source) -> tuple[int, int]:
     """(height, width) after EXIF rotation, read from the header when ``source`` is a file."""
+    _check_source(source)
     if isinstance(source, np.ndarray):
+        if source.ndim < 2:
+            raise ImageReadError(f"array input: expected an HxW, HxWx3 or HxWx4 image, got shape {source.shape}")
         return int(source.shape[0]), int(source.shape[1])
     if isinstance(source, Image.Image):
         image = ImageOps.exif_transpose(source)
@@ -223,14 +236,16 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``root`` in sorted order (hidden and non-image files are skipped)."""
+    """Image files under ``root`` in sorted order (hidden and non-image files are skipped). A
+    broken link named like an image is listed, so that reading it reports it instead of a
+    silently shorter folder."""
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"'{root}': no such file or folder")
     pattern = root.rglob("*") if recursive else root.glob("*")
-    files = sorted(p for p in pattern if p.is_file() and is_image_file(p)
+    files = sorted(p for p in pattern if (p.is_file() or (p.is_symlink() and not p.exists())) and is_image_file(p)
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
         raise FileNotFoundError(

@@ -565,3 +565,26 @@ def test_an_exception_reads_as_its_first_nonblank_line_or_its_type(exc, line):
     from padim.errors import first_line
 
     assert first_line(exc) == line
+
+
+@pytest.mark.parametrize("source", [None, 5, b"\x89PNG", [1, 2, 3]], ids=["None", "int", "bytes", "list"])
+def test_an_unsupported_source_is_a_one_line_read_error(source):
+    # a torch tensor or raw bytes used to reach pathlib and raise its TypeError
+    for read in (load_image, read_pixels, image_size, pixel_kind):
+        with pytest.raises(ImageReadError, match=r"^unsupported image source of type \w+ \(expected a file path"):
+            read(source)
+
+
+def test_a_zero_dimensional_array_has_no_size():
+    with pytest.raises(ImageReadError, match=r"array input: expected an HxW.*got shape \(\)"):
+        image_size(np.array(5))
+
+
+def test_a_broken_link_named_like_an_image_is_listed_and_reported_when_read(tmp_path):
+    # it was skipped, so a folder scored one image fewer without a word
+    Image.fromarray(ramp(), "L").save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "c.png").mkdir()  # a folder named like an image is not an image
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.png"]
+    with pytest.raises(ImageReadError, match=r"b\.png': no such file$"):
+        load_image(tmp_path / "b.png")
