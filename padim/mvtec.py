@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .io import IMAGE_EXTENSIONS, ImageReadError, list_images
+from .io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_pixels
 
 
 @dataclass
@@ -65,14 +65,24 @@ def read_labelled_set(root: str | Path) -> LabelledSet:
 
 
 def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
-    """Binary mask at ``shape`` (all False when ``path`` is None)."""
+    """Binary mask at ``shape`` (all False when ``path`` is None): a pixel is defective where the
+    mask's colour is non-zero and, in a mask with alpha, not transparent.
+
+    Read as images are (Pillow, EXIF rotation, any bit depth). Alpha matters: masks drawn in an
+    editor are often RGBA, opaque black around the strokes or transparent with any colour under
+    it, and the largest channel counted the opaque alpha as a defect everywhere. A mask of another
+    size is resized (nearest); one of another aspect ratio is not this image's mask and is refused.
+    """
     if path is None:
         return np.zeros(shape, dtype=bool)
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ImageReadError(f"'{path}': cannot read mask")
+    mask = read_pixels(path)
     if mask.ndim == 3:
-        mask = mask.max(axis=2)
-    if mask.shape != shape:
-        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+        colour = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
+        mask = np.where(mask[..., 3] > 0, colour, 0) if mask.shape[2] == 4 else colour
+    if mask.shape != tuple(shape):
+        (mh, mw), (h, w) = mask.shape, shape
+        if abs(mh * w - mw * h) > 0.02 * mw * h:
+            raise ImageReadError(f"'{path}': mask of {mw}×{mh} px for an image of {w}×{h} px "
+                                 f"(another aspect ratio: not this image's mask?)")
+        mask = cv2.resize((mask > 0).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
     return mask > 0
