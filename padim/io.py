@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -255,9 +256,23 @@ def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
     return files
 
 
+def _mode_for(path: Path) -> int:
+    """Permission bits for a file written to ``path``: its current ones, else 0666 & ~umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)  # the only way to read it; set straight back
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_output(path: str | Path, mode: str = "w"):
-    """Open a temporary file beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Open a temporary file beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    The result gets the permissions a plain ``open`` would give it (those of the file it replaces,
+    else 0666 less the umask), not the temporary file's 0600, which left models and TSVs
+    unreadable to the other accounts of a line (a service scoring them, a colleague)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -266,6 +281,7 @@ def atomic_output(path: str | Path, mode: str = "w"):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _mode_for(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

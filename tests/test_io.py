@@ -588,3 +588,22 @@ def test_a_broken_link_named_like_an_image_is_listed_and_reported_when_read(tmp_
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.png"]
     with pytest.raises(ImageReadError, match=r"b\.png': no such file$"):
         load_image(tmp_path / "b.png")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path):
+    # the temporary file's 0600 made models and TSVs unreadable to the line's other accounts
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "new.tsv", "x\n")
+        with open(tmp_path / "plain.tsv", "w") as handle:  # the reference: what open() creates
+            handle.write("x\n")
+        kept = tmp_path / "kept.padim"
+        kept.write_bytes(b"old")
+        os.chmod(kept, 0o604)
+        atomic_write_bytes(kept, b"new")
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "new.tsv") == mode(tmp_path / "plain.tsv") == 0o640
+    assert mode(kept) == 0o604 and kept.read_bytes() == b"new"
