@@ -261,6 +261,38 @@ def _runtime(args) -> dict:
                 progress=not args.quiet)
 
 
+# Where each command writes: (argument, "file" or "folder"). Checked before any work, so that an
+# -o naming a folder, or a place that cannot be written, does not throw away a finished fit.
+_OUTPUTS = {"fit": (("output", "file"),), "export": (("output", "file"),), "eval": (("output", "folder"),),
+            "demo": (("output", "folder"),),
+            "score": (("output", "file"), ("heatmaps", "folder"), ("save_maps", "folder"))}
+
+
+def _check_outputs(args) -> None:
+    """A :class:`CliError` for an output that is a folder where a file is written (or the
+    reverse), or whose nearest existing folder cannot be written to (tried with a temporary file)."""
+    import tempfile
+
+    for name, kind in _OUTPUTS.get(args.command, ()):
+        path = getattr(args, name, None)
+        if not isinstance(path, Path):
+            continue
+        option = "-o" if name == "output" else "--" + name.replace("_", "-")
+        if kind == "file" and path.is_dir():
+            raise CliError(f"{option} '{path}' is a folder; give the name of a file to write")
+        if kind == "folder" and path.exists() and not path.is_dir():
+            raise CliError(f"{option} '{path}' is a file; give a folder")
+        existing = next(p for p in ((path if kind == "folder" else path.parent).absolute(), *path.absolute().parents)
+                        if p.exists())
+        if not existing.is_dir():
+            raise CliError(f"{option} '{path}': '{existing}' is a file, not a folder")
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            raise CliError(f"{option} '{path}': cannot write in '{existing}' ({exc.strerror or exc})") from None
+
+
 def cmd_fit(args) -> int:
     from .model import PaDiM
 
@@ -444,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False) or os.environ.get("PADIM_DEBUG", "") not in ("", "0")
     try:
         _start_distributed(args)
+        _check_outputs(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print(f"padim {args.command}: interrupted", file=sys.stderr)

@@ -648,6 +648,15 @@ ERROR_CASES = {
     "eval-garbage-model": ("eval", "{root}/garbage.padim {mvtec}", "garbage.padim"),
     "info-garbage-model": ("info", "{root}/garbage.padim", "garbage.padim"),
     "info-missing-model": ("info", "{root}/none.padim", "none.padim"),
+    # outputs checked before any work (a fit into -o FOLDER ran to the end, then failed to write)
+    "fit-output-is-a-folder": ("fit", "{train} -o {root}/empty", "-o '{root}/empty' is a folder"),
+    "export-output-is-a-folder": ("export", "{model} -o {root}/empty", "is a folder"),
+    "score-output-is-a-folder": ("score", "{model} {inputs} -o {root}/empty", "is a folder"),
+    "score-output-under-a-file": ("score", "{model} {inputs} -o {root}/foreign.tsv/s.tsv", "is a file, not a folder"),
+    "score-heatmaps-is-a-file": ("score", "{model} {inputs} -o {root}/s.tsv --heatmaps {root}/foreign.tsv",
+                                 "--heatmaps '{root}/foreign.tsv' is a file"),
+    "eval-report-is-a-file": ("eval", "{model} {mvtec} -o {root}/foreign.tsv", "is a file; give a folder"),
+    "demo-output-is-a-file": ("demo", "-o {root}/foreign.tsv", "is a file; give a folder"),
 }
 
 
@@ -712,6 +721,7 @@ def error_setup(data, fitted, tmp_path_factory):
 def test_boundary_errors_are_one_line_with_exit_code_2(case, error_setup):
     command, template, needle = ERROR_CASES[case]
     args = template.format(**{k: str(v) for k, v in error_setup.items()}).split()
+    needle = needle.format(**{k: str(v) for k, v in error_setup.items()})
     extra = FIT if command == "fit" else RUNTIME if command in ("score", "eval") else []
     rc, out, err = cli(command, *args, *extra)
     assert rc == 2, (out, err)
@@ -720,6 +730,8 @@ def test_boundary_errors_are_one_line_with_exit_code_2(case, error_setup):
     assert lines[0].startswith(f"padim {command}: error: ")
     assert needle in lines[0]
     assert "Traceback" not in err
+    if "output" in case or "report" in case:
+        assert "memory plan" not in err and "fitted" not in out  # refused before the work
 
 
 def test_score_with_an_uncalibrated_model_is_a_boundary_error(data, tmp_path):
