@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -274,6 +275,8 @@ def atomic_output(path: str | Path, mode: str = "w"):
     else 0666 less the umask), not the temporary file's 0600, which left models and TSVs
     unreadable to the other accounts of a line (a service scoring them, a colleague)."""
     path = Path(path)
+    if path.is_dir():  # else os.replace's error names the temporary file, after all the work
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

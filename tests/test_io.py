@@ -607,3 +607,10 @@ def test_atomic_writes_get_the_permissions_a_plain_open_gives(tmp_path):
     mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
     assert mode(tmp_path / "new.tsv") == mode(tmp_path / "plain.tsv") == 0o640
     assert mode(kept) == 0o604 and kept.read_bytes() == b"new"
+
+
+def test_an_atomic_write_onto_a_folder_names_the_folder(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"a folder, not a file to write: '.*out'$"):
+        atomic_write_text(tmp_path / "out", "x")
+    assert list((tmp_path / "out").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
