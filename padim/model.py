@@ -252,13 +252,17 @@ class PaDiM:
 
     # -------------------------------------------------------------------- fit
     def _training_sizes(self, sources) -> list[tuple[int, int]]:
-        """``(height, width)`` of every readable training image, from the file headers."""
-        sizes = []
+        """``(height, width)`` of every readable training image, from the file headers; when none
+        is readable, a ValueError with the first one's reason (the loader, which reports the
+        others, never runs then)."""
+        sizes, first = [], None
         for source in sources:
             try:
                 sizes.append(read_image_size(source))
-            except Exception:  # noqa: BLE001 - unreadable files are reported by the loader
-                continue
+            except Exception as exc:  # noqa: BLE001 - unreadable files are reported by the loader
+                first = first or first_line(exc)
+        if not sizes and first is not None:
+            raise ValueError(f"none of the {len(sources)} training images can be read; first: {first}")
         return sizes
 
     def _plan_for(self, geometry: Geometry, budget: int, n_images: int):

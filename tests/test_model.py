@@ -91,6 +91,14 @@ def test_unreadable_training_image_is_skipped_with_a_warning(fitted, data):
     assert any("broken.png" in w for w in fitted.fit_warnings_)
 
 
+def test_a_fit_with_no_readable_image_gives_the_first_reason(data):
+    # it said only "none of the training images can be read"
+    sources = [data["broken"], None]
+    with pytest.raises(ValueError, match=r"^none of the 2 training images can be read; first: '.*broken\.png': "
+                                         r"cannot read image"):
+        PaDiM(**PARAMS).fit(sources)
+
+
 def test_fit_needs_two_readable_images(data):
     with pytest.raises(ValueError, match="2"):
         with warnings.catch_warnings():
