@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
     _add_debug(p)
 
-    p = add("info", "Print what a model file holds.")
+    p = add("info", "Print what a model file (or an .onnx / .xml export) holds.")
     p.add_argument("model", type=Path)
     _add_debug(p)
 
@@ -435,8 +435,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _export_description(path: Path) -> dict:
+    """What ``padim info`` shows of an exported model: its metadata, as the runtime reads it."""
+    from .runtime import ExportedModel
+
+    meta = ExportedModel(path).metadata
+    keys = ("padim_version", "input_size", "backbone", "layers", "cell", "blur_sigma", "threshold", "value_range",
+            "value_kind", "fp16", "model_fingerprint")
+    return {"file": str(path), "format": "OpenVINO IR" if path.suffix.lower() == ".xml" else "ONNX",
+            **{key.replace("_", " "): meta.get(key) for key in keys}}
+
+
 def cmd_info(args) -> int:
-    from .model import PaDiM, format_description
+    from .model import format_description
+    from .runtime import is_exported_model
+
+    if is_exported_model(args.model):
+        print(format_description(_export_description(args.model)))
+        return 0
+    from .model import PaDiM
 
     model = PaDiM.load(args.model, device="cpu")
     print(format_description(model.describe()))

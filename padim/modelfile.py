@@ -37,6 +37,9 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"'{path}': no such model file")
+    if path.suffix.lower() in (".onnx", ".xml"):  # as padim.runtime.is_exported_model
+        raise ModelFileError(f"'{path}': an exported model; this needs the model file it was exported from "
+                             f"(padim score and padim.runtime.ExportedModel score exports)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             raw = (handle.metadata() or {}).get(_META_KEY)

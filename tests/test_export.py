@@ -360,3 +360,16 @@ def test_export_with_other_weights_names_the_fitted_weights_file(tmp_path):
     right = PaDiM.load(tmp_path / "m.padim", device="cpu", weights=files[0])
     _, scores = onnx_run(export_model(right, tmp_path / "m.onnx"), as_batch(sample_images()))
     np.testing.assert_allclose(scores, model.score_samples(sample_images()), rtol=1e-4)
+
+
+def test_info_shows_an_export_and_loading_one_as_a_model_says_what_it_is(exported, capsys):
+    # `padim info m.onnx` and `padim serve m.onnx` said "not a readable padim model file (header too large)"
+    from padim.modelfile import ModelFileError
+
+    assert main(["info", str(exported)]) == 0
+    shown = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    graph_meta = json.loads(next(p.value for p in onnx.load(str(exported)).metadata_props if p.key == "padim"))
+    assert shown["format"] == "ONNX" and shown["input size"] == json.dumps(graph_meta["input_size"])
+    assert shown["model fingerprint"] == graph_meta["model_fingerprint"]
+    with pytest.raises(ModelFileError, match=r"m\.onnx': an exported model; this needs the model file"):
+        PaDiM.load(exported, device="cpu")
