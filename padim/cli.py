@@ -43,6 +43,7 @@ EXIT_CODES = """exit codes:
   2    usage or input error (one line on stderr)
   3    internal error (a bug: traceback printed)
   130  interrupted
+  141  the output pipe was closed by its reader (e.g. padim info model.padim | head)
 add --debug to any command (or set PADIM_DEBUG=1) for the full traceback of an error"""
 
 
@@ -498,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"padim {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left (| head): no error, and none at exit either
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     except (CliError, OSError, ImageReadError, ModelFileError, WeightsUnavailableError,
             ValueError, RuntimeError, MemoryError) as exc:
         if debug:

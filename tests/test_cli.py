@@ -592,6 +592,19 @@ def test_info_describes_the_model(fitted, model):
     assert f"threshold {model.calibrator_.threshold_:.6g} at a 1 % false-reject rate" in fields["calibration"]
 
 
+def test_info_into_a_closed_pipe_is_quiet(fitted, monkeypatch, capsys):
+    # `padim info model.padim | head -3` printed "padim info: error: [Errno 32] Broken pipe"
+    from padim.cli import main
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info", str(fitted["path"])]) == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_version():
     rc, out, err = cli("--version")
     assert rc == 0
