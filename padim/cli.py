@@ -283,8 +283,8 @@ def _check_outputs(args) -> None:
             raise CliError(f"{option} '{path}' is a folder; give the name of a file to write")
         if kind == "folder" and path.exists() and not path.is_dir():
             raise CliError(f"{option} '{path}' is a file; give a folder")
-        existing = next(p for p in ((path if kind == "folder" else path.parent).absolute(), *path.absolute().parents)
-                        if p.exists())
+        folder = path.absolute() if kind == "folder" else path.absolute().parent
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
         if not existing.is_dir():
             raise CliError(f"{option} '{path}': '{existing}' is a file, not a folder")
         try:

@@ -18,20 +18,26 @@ import math
 from .value_range import KIND_NAMES, as_value_range
 
 
-def _is_int(value, low: int = 0) -> bool:
+def is_int(value, low: int = 0) -> bool:
+    """An integer (not a bool) ≥ ``low``, as JSON gives it."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _is_number(value, low: float = -math.inf, above: bool = False) -> bool:
+def is_number(value, low: float = -math.inf, above: bool = False) -> bool:
     """A finite real (not a bool) ≥ ``low`` (> ``low`` with ``above``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
     return value > low if above else value >= low
 
 
+def _is_height_width(value) -> bool:
+    """``[height, width]`` of integers ≥ 1 (an input size)."""
+    return isinstance(value, list) and len(value) == 2 and all(is_int(v, 1) for v in value)
+
+
 def _is_size(value) -> bool:
     """An image side or ``[height, width]``, positive numbers (the size rule takes floats)."""
-    positive = lambda v: _is_number(v, 0, above=True)  # noqa: E731
+    positive = lambda v: is_number(v, 0, above=True)  # noqa: E731
     return positive(value) or (isinstance(value, list) and len(value) == 2 and all(map(positive, value)))
 
 
@@ -63,30 +69,29 @@ def _dict(meta: dict, key: str, optional: bool = True) -> dict:
 _PARAMS = (
     ("layers", lambda v: v is None or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)),
      "null or a list of hook point names"),
-    ("d", lambda v: v is None or _is_int(v), "null or an integer ≥ 0"),  # 0: all channels
+    ("d", lambda v: v is None or is_int(v), "null or an integer ≥ 0"),  # 0: all channels
     ("image_size", _is_size, "a side or [height, width] > 0"),
     ("keep_aspect", lambda v: isinstance(v, bool), "true or false"),
-    ("eps", lambda v: _is_number(v, 0), "a number ≥ 0"),
-    ("blur_sigma", lambda v: _is_number(v, 0) and v <= 1e4, "a number in [0, 10000]"),  # kernel side 8σ
-    ("seed", lambda v: v is None or _is_int(v), "null or an integer ≥ 0"),
-    ("calibration_folds", _is_int, "an integer ≥ 0"),
-    ("max_false_reject", lambda v: _is_number(v, 0) and v <= 1, "a number in [0, 1]"),  # unused without folds
-    ("tile", lambda v: v is None or v == "auto" or v is True or _is_number(v, 1), "null, 'auto' or a side ≥ 1"),
-    ("overlap", lambda v: v is None or _is_number(v, 0), "null or a number ≥ 0"),
-    ("scale", lambda v: v is None or _is_number(v, 0, above=True), "null or a number > 0"),
-    ("cell", lambda v: v in ("auto", "image") or _is_int(v, 1), "'auto', 'image' or an integer ≥ 1"),
+    ("eps", lambda v: is_number(v, 0), "a number ≥ 0"),
+    ("blur_sigma", lambda v: is_number(v, 0) and v <= 1e4, "a number in [0, 10000]"),  # kernel side 8σ
+    ("seed", lambda v: v is None or is_int(v), "null or an integer ≥ 0"),
+    ("calibration_folds", is_int, "an integer ≥ 0"),
+    ("max_false_reject", lambda v: is_number(v, 0) and v <= 1, "a number in [0, 1]"),  # unused without folds
+    ("tile", lambda v: v is None or v == "auto" or v is True or is_number(v, 1), "null, 'auto' or a side ≥ 1"),
+    ("overlap", lambda v: v is None or is_number(v, 0), "null or a number ≥ 0"),
+    ("scale", lambda v: v is None or is_number(v, 0, above=True), "null or a number > 0"),
+    ("cell", lambda v: v in ("auto", "image") or is_int(v, 1), "'auto', 'image' or an integer ≥ 1"),
     ("max_memory", lambda v: v is None or _parses(_parse_memory, v), "null or a memory size"),
     ("value_range", lambda v: v in (None, "auto") or _parses(as_value_range, v), "null, 'auto' or [lo, hi]"),
 )
 _GEOMETRY = (
-    ("input_size", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x, 1) for x in v),
-     "[height, width] of integers ≥ 1", True),
-    ("stride", lambda v: _is_int(v, 1), "an integer ≥ 1", True),
-    ("multiple", lambda v: _is_int(v, 1), "an integer ≥ 1", True),
-    ("tile", lambda v: v is None or _is_int(v, 1), "null or an integer ≥ 1", False),
-    ("margin", _is_int, "an integer ≥ 0", False),
-    ("scale", lambda v: v is None or _is_number(v, 0, above=True), "null or a number > 0", False),
-    ("batch", _is_int, "an integer ≥ 0", False),
+    ("input_size", _is_height_width, "[height, width] of integers ≥ 1", True),
+    ("stride", lambda v: is_int(v, 1), "an integer ≥ 1", True),
+    ("multiple", lambda v: is_int(v, 1), "an integer ≥ 1", True),
+    ("tile", lambda v: v is None or is_int(v, 1), "null or an integer ≥ 1", False),
+    ("margin", is_int, "an integer ≥ 0", False),
+    ("scale", lambda v: v is None or is_number(v, 0, above=True), "null or a number > 0", False),
+    ("batch", is_int, "an integer ≥ 0", False),
 )
 _COUNTS = ("gaussians", "d", "batch_size", "feature_positions")  # memory plan fields that count things
 
@@ -100,7 +105,7 @@ def _parse_memory(value) -> int:
 def _check_value_fields(meta: dict) -> None:
     """The fields a model file and an export share: value range and kind, map floor, calibrator."""
     floor = meta.get("map_floor")
-    _need(floor is None or _is_number(floor), "map_floor", "null or a finite number", floor)
+    _need(floor is None or is_number(floor), "map_floor", "null or a finite number", floor)
     if meta.get("value_range") is not None:
         as_value_range(meta["value_range"], where="value_range")
     kind = meta.get("value_kind")
@@ -110,20 +115,18 @@ def _check_value_fields(meta: dict) -> None:
 
 
 def check_export_metadata(meta) -> None:
-    """The fields of an export's metadata that ``padim.runtime.ExportedModel`` uses."""
-    _need(isinstance(meta, dict), "metadata", "a JSON object", None, type(meta).__name__)
-    size = meta.get("input_size")
-    _need(isinstance(size, list) and len(size) == 2 and all(_is_int(v, 1) for v in size), "input_size",
-          "[height, width] of integers ≥ 1", size)
+    """The fields of an export's metadata (a dict) that ``padim.runtime.ExportedModel`` uses."""
+    _need(_is_height_width(meta.get("input_size")), "input_size", "[height, width] of integers ≥ 1",
+          meta.get("input_size"))
     _need(isinstance(meta.get("model_fingerprint"), str), "model_fingerprint", "a string", meta.get("model_fingerprint"))
     _check_value_fields(meta)
 
 
 def check_metadata(meta) -> None:
-    """Every field of a model file's metadata that loading and scoring use, by type and range."""
+    """Every field of a model file's metadata (a dict: ``read_model_file``) that loading and
+    scoring use, by type and range."""
     from .backbones import get_spec
 
-    _need(isinstance(meta, dict), "metadata", "a JSON object", None, type(meta).__name__)
     params = _dict(meta, "params", optional=False)
     backbone = params.get("backbone")
     _need(isinstance(backbone, str), "params.backbone", "a backbone name", backbone)
@@ -141,16 +144,16 @@ def check_metadata(meta) -> None:
         if required or key in geometry:
             _need(key in geometry and test(geometry[key]), f"geometry.{key}", expected, geometry.get(key))
     cell = meta.get("cell")
-    _need(cell == "image" or _is_int(cell, 1), "cell", "'image' or an integer ≥ 1", cell)
+    _need(cell == "image" or is_int(cell, 1), "cell", "'image' or an integer ≥ 1", cell)
     for key in ("n_features", "n_train"):
-        _need(_is_int(meta.get(key), 1), key, "an integer ≥ 1", meta.get(key))
-    _need(_is_number(meta.get("regularisation"), 0), "regularisation", "a number ≥ 0", meta.get("regularisation"))
+        _need(is_int(meta.get(key), 1), key, "an integer ≥ 1", meta.get(key))
+    _need(is_number(meta.get("regularisation"), 0), "regularisation", "a number ≥ 0", meta.get("regularisation"))
     for key, value in _dict(meta, "memory_plan").items():
         if key == "downdate":
             _need(isinstance(value, bool), "memory_plan.downdate", "true or false", value)
         elif key != "peak":  # written for reading, recomputed from the parts
             counts = key in _COUNTS
-            _need(_is_int(value, 1) if counts else _is_number(value, 0), f"memory_plan.{key}",
+            _need(is_int(value, 1) if counts else is_number(value, 0), f"memory_plan.{key}",
                   "an integer ≥ 1" if counts else "a number of bytes ≥ 0", value)
     for key in ("backbone_fingerprint", "backbone_weights_file"):
         _need(meta.get(key) is None or isinstance(meta[key], str), key, "null or a string", meta.get(key))

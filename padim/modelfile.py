@@ -9,6 +9,7 @@ import torch
 
 from .errors import first_line
 from .io import atomic_write_bytes
+from .runtime import is_exported_model
 
 FORMAT_NAME = "padim-model"
 FORMAT_VERSION = 2  # 2: whitener as packed float16 lower triangle + per-position scale
@@ -37,7 +38,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"'{path}': no such model file")
-    if path.suffix.lower() in (".onnx", ".xml"):  # as padim.runtime.is_exported_model
+    if is_exported_model(path):
         raise ModelFileError(f"'{path}': an exported model; this needs the model file it was exported from "
                              f"(padim score and padim.runtime.ExportedModel score exports)")
     try:

@@ -690,11 +690,15 @@ USAGE_CASES = {
 }
 
 
+def _filled(template, setup):
+    """A case's text with the error set-up's paths filled in."""
+    return template.format(**{k: str(v) for k, v in setup.items()})
+
+
 @pytest.mark.parametrize("case", sorted(USAGE_CASES))
 def test_out_of_range_option_values_are_usage_errors(case, error_setup):
     command, template, needle = USAGE_CASES[case]
-    args = template.format(**{k: str(v) for k, v in error_setup.items()}).split()
-    rc, out, err = cli(command, *args)
+    rc, out, err = cli(command, *_filled(template, error_setup).split())
     assert rc == 2, (out, err)
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"padim {command}: error: argument ") and needle in last, err
@@ -734,10 +738,9 @@ def error_setup(data, fitted, tmp_path_factory):
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
 def test_boundary_errors_are_one_line_with_exit_code_2(case, error_setup):
     command, template, needle = ERROR_CASES[case]
-    args = template.format(**{k: str(v) for k, v in error_setup.items()}).split()
-    needle = needle.format(**{k: str(v) for k, v in error_setup.items()})
+    needle = _filled(needle, error_setup)
     extra = FIT if command == "fit" else RUNTIME if command in ("score", "eval") else []
-    rc, out, err = cli(command, *args, *extra)
+    rc, out, err = cli(command, *_filled(template, error_setup).split(), *extra)
     assert rc == 2, (out, err)
     lines = error_lines(err, command)
     assert len(lines) == 1, err
