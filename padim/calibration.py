@@ -46,7 +46,6 @@ import numpy as np
 from scipy import optimize, special
 from scipy.stats import qmc
 
-from .metadata import is_int, is_number
 from .metrics import best_f1_threshold, youden_threshold
 
 __all__ = ["Calibrator"]
@@ -59,17 +58,17 @@ _READABLE_FORMATS = (1, 2)
 _TEXT_FIELDS = ("method", "feature", "threshold_method")
 
 
-# Ranges of a saved calibrator's numbers (a hand-edited or corrupted file); any other must be finite.
-_FIELD_CHECKS = {"n_good": lambda v: is_int(v, 1), "scale": lambda v: is_number(v, 0, above=True),
-                 "alpha": lambda v: is_number(v, 0) and v <= 1,
-                 "max_false_reject": lambda v: is_number(v, 0, above=True) and v < 1}
-
-
 def _valid_field(key: str, value) -> bool:
-    """Whether a saved calibrator's field has its type and range."""
+    """Whether a saved calibrator's field has its type and range (a hand-edited or corrupted file).
+    Not padim.metadata's predicates: this module depends on numpy, scipy and padim.metrics only."""
     if key in _TEXT_FIELDS:
         return isinstance(value, str) and (key != "feature" or value in ("raw", "log"))
-    return _FIELD_CHECKS.get(key, is_number)(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if key == "n_good":
+        return isinstance(value, int) and value >= 1
+    return math.isfinite(value) and {"scale": value > 0, "alpha": 0 <= value <= 1,
+                                     "max_false_reject": 0 < value < 1}.get(key, True)
 
 
 def _lmoment_gumbel(x):
