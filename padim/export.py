@@ -8,7 +8,7 @@ calibration and threshold — is stored as JSON metadata (ONNX ``metadata_props`
 
 The Gaussians' whitener travels as the model file stores it — packed lower triangle, float16
 times a power-of-two scale per Gaussian — and a constant ``Gather`` rebuilds the dense float32
-matrix, which ONNX Runtime folds once at load: the same values the torch model scores with, a
+matrix, which ONNX Runtime folds once at load: the same scores the torch model gives, a
 quarter of a dense float32 file. ``fp16`` also stores the backbone's weights in float16 (a
 ``Cast`` after each), computing in float32; scores stay within 1e-2 relative. Tiled models
 cannot be one fixed-size graph and are refused, saying what to do instead.
@@ -185,9 +185,12 @@ def name_is_exact(name: str) -> bool:
 
 def store_whitener_packed(graph, gaussian) -> None:
     """Replace the dense ``[G, d, d]`` transposed whitener the tracer folded into an initialiser by
-    the model file's packed lower triangle (float16 times a power-of-two scale per Gaussian, or
-    float32 rows for old files) and a ``Gather`` that rebuilds it: the same float32 values, a
-    quarter of the bytes. Its inputs are all constants, so ONNX Runtime folds it once at load."""
+    the model file's packed lower triangle (float16, or float32 rows for old files) and a
+    ``Gather`` + ``Cast`` that rebuild it: the same float32 values, a quarter of the bytes. Their
+    inputs are all constants, so ONNX Runtime folds them once at load. The per-Gaussian
+    power-of-two scale multiplies the distance (``[G, S]``) instead of the matrix (exact either
+    way): every folded intermediate is a full-size copy that ONNX Runtime keeps until the end of
+    the load, so the fewer steps, the lower its peak memory (RESULTS.md §33)."""
     from onnx import TensorProto, helper, numpy_helper
 
     dense_t = gaussian.whitener.transpose(1, 2).contiguous().numpy()
@@ -197,32 +200,54 @@ def store_whitener_packed(graph, gaussian) -> None:
     if len(matches) != 1:
         raise ExportError(f"internal: expected one whitener initialiser of shape {[g, d, d]}, found {len(matches)}")
     target = matches[0].name
+    products = [node for node in graph.graph.node if node.op_type == "MatMul" and list(node.input)[1:] == [target]]
+    if len(products) != 1 or sum(target in node.input for node in graph.graph.node) != 1:
+        raise ExportError(f"internal: expected the whitener to feed one MatMul, found {len(products)}")
     packed = gaussian.packed if gaussian.packed is not None else None
     if packed is None:
         from .gaussian import pack_whitener
 
         packed = pack_whitener(gaussian.whitener)
     packed = packed.cpu().numpy()
-    scale = (np.ones(g, np.float32) if gaussian.scale is None else gaussian.scale.cpu().numpy().astype(np.float32))
-    # dense_t[g, i, j] = L⁻¹[g, j, i]: packed entry j(j+1)/2 + i where j ≥ i, else 0 (column 0 of the padded rows)
+    padded = np.concatenate([np.zeros((g, 1), packed.dtype), packed], axis=1)  # column 0: the upper triangle
+    # dense_t[g, i, j] = L⁻¹[g, j, i]: packed entry j(j+1)/2 + i where j ≥ i (shifted by the zero column), else 0
     i, j = np.divmod(np.arange(d * d), d)
-    gather = np.where(j >= i, 1 + j * (j + 1) // 2 + i, 0).astype(np.int64)
+    gather = np.where(j >= i, 1 + j * (j + 1) // 2 + i, 0).astype(np.int64).reshape(d, d)
     base = target + PACKED_SUFFIX
-    new_inits = [numpy_helper.from_array(packed, base), numpy_helper.from_array(scale[:, None], base + "_scale"),
-                 numpy_helper.from_array(np.zeros((g, 1), np.float32), base + "_zero"),
-                 numpy_helper.from_array(gather, base + "_index"),
-                 numpy_helper.from_array(np.array([g, d, d], np.int64), base + "_shape")]
-    nodes = [helper.make_node("Cast", [base], [base + "_f32"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", [base + "_f32", base + "_scale"], [base + "_scaled"]),
-             helper.make_node("Concat", [base + "_zero", base + "_scaled"], [base + "_padded"], axis=1),
-             helper.make_node("Gather", [base + "_padded", base + "_index"], [base + "_flat"], axis=1),
-             helper.make_node("Reshape", [base + "_flat", base + "_shape"], [target])]
+    new_inits = [numpy_helper.from_array(padded, base), numpy_helper.from_array(gather, base + "_index")]
+    nodes = [helper.make_node("Gather", [base, base + "_index"], [base + "_dense"], axis=1),
+             helper.make_node("Cast", [base + "_dense"], [target], to=TensorProto.FLOAT)]
+    old = list(graph.graph.node)
+    if gaussian.scale is not None:  # ‖L⁻¹(x − μ)‖·s, right after the square root (topological order kept)
+        root = _distance_root(old, products[0])
+        new_inits.append(numpy_helper.from_array(gaussian.scale.cpu().numpy().astype(np.float32).reshape(g, 1),
+                                                 base + "_scale"))
+        for node in old:
+            node.input[:] = [base + "_scaled_distance" if x == root.output[0] else x for x in node.input]
+        for output in graph.graph.output:
+            if output.name == root.output[0]:
+                raise ExportError("internal: the distance is a graph output")
+        old.insert(old.index(root) + 1, helper.make_node("Mul", [root.output[0], base + "_scale"],
+                                                         [base + "_scaled_distance"]))
     kept = [init for init in graph.graph.initializer if init.name != target]
     del graph.graph.initializer[:]
     graph.graph.initializer.extend(kept + new_inits)
-    old = list(graph.graph.node)
     del graph.graph.node[:]
     graph.graph.node.extend(nodes + old)
+
+
+def _distance_root(nodes, product):
+    """The ``Sqrt`` that ends ``‖whitened‖`` after ``product``, the whitening ``MatMul``: the
+    traced chain square, sum, clamp, square root, each node the only reader of the one before."""
+    node = product
+    for _ in range(6):
+        readers = [n for n in nodes if node.output[0] in n.input]
+        if len(readers) != 1 or readers[0].op_type not in ("Mul", "Pow", "ReduceSum", "Clip", "Max", "Relu", "Sqrt"):
+            break
+        node = readers[0]
+        if node.op_type == "Sqrt":
+            return node
+    raise ExportError("internal: no square root of the whitened distance after the whitening MatMul")
 
 
 def store_initializers_as_float16(graph) -> None:
