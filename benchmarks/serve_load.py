@@ -5,8 +5,11 @@ request scored alone) on a free 127.0.0.1 port, then for each client count runs 
 httpx load generator: every client posts the images to ``/predict`` in turn until
 ``--requests`` answers arrived or ``--seconds`` passed. Reports images/s and p50/p99 latency,
 and the ratio to in-process throughput (files read from disk by the estimator, same threads).
+With ``--exports onnx openvino`` the model's exports are served too (``padim serve model.onnx``,
+no torch in the server); each row also gives the server's resident memory after the load (peak).
 
     python benchmarks/serve_load.py --data /work/shared/data/cookies --clients 1 4 16 --plain
+    python benchmarks/serve_load.py --clients 1 16 --exports onnx openvino
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def fit_model(train: Path, out: Path, image_size: int, threads: int) -> Path:
     return out
 
 
+def export(model_path: Path, fmt: str) -> Path:
+    out = model_path.with_suffix(".xml" if fmt == "openvino" else ".onnx")
+    subprocess.run([sys.executable, "-m", "padim.cli", "export", str(model_path), "-o", str(out)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+    return out
+
+
 def in_process(model_path: Path, paths: list[Path], threads: int, batch: int, repeats: int) -> float:
     """Images/s of ``PaDiM.score_samples`` on the files (after one warm-up pass)."""
     from padim import PaDiM
@@ -71,6 +81,13 @@ class Served:
                 time.sleep(0.3)
         self.stop()
         raise RuntimeError("server did not become healthy")
+
+    def peak_rss_mb(self) -> float:
+        """The server process's peak resident memory so far (Linux VmHWM)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return float("nan")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -117,6 +134,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--plain", action="store_true", help="also a server scoring each request alone")
+    parser.add_argument("--exports", nargs="*", choices=("onnx", "openvino"), default=[],
+                        help="also serve the model's exports (micro-batched)")
     args = parser.parse_args()
 
     paths = sorted(p for p in (args.data / "test").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -129,21 +148,25 @@ def main() -> None:
         print(json.dumps({"in_process_images_per_s": round(baseline, 2), "images": len(paths),
                           "threads": args.threads}), flush=True)
         rows = []
-        for label, max_batch in [("micro-batched", args.max_batch)] + ([("plain", 1)] if args.plain else []):
-            server = Served(model_path, args.threads, max_batch)
+        servers = [("micro-batched", model_path, args.max_batch)] + ([("plain", model_path, 1)] if args.plain else [])
+        servers += [(f"{fmt}, micro-batched", export(model_path, fmt), args.max_batch) for fmt in args.exports]
+        for label, served_path, max_batch in servers:
+            server = Served(served_path, args.threads, max_batch)
             try:
                 for clients in args.clients:
                     row = asyncio.run(load(server.url, uploads, clients, args.requests, args.seconds))
-                    row.update(server=label, ratio=round(row["images_per_s"] / baseline, 2))
+                    row.update(server=label, ratio=round(row["images_per_s"] / baseline, 2),
+                               peak_rss_mb=server.peak_rss_mb())
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:
                 server.stop()
-    print("\n| server | clients | images/s | × in-process | p50 ms | p99 ms | requests |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| server | clients | images/s | × in-process | p50 ms | p99 ms | server peak RSS MB | requests |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['server']} | {r['clients']} | {r['images_per_s']} | {r['ratio']} | {r['p50_ms']} | "
-              f"{r['p99_ms']} | {r['requests']}{' (' + str(r['failures']) + ' failed)' if r['failures'] else ''} |")
+              f"{r['p99_ms']} | {r['peak_rss_mb']} | "
+              f"{r['requests']}{' (' + str(r['failures']) + ' failed)' if r['failures'] else ''} |")
 
 
 if __name__ == "__main__":

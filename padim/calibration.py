@@ -281,6 +281,14 @@ class Calibrator:
         self._check_fitted()
         return copy.deepcopy(self)._set_threshold(threshold)
 
+    def describe(self) -> str:
+        """One line for ``padim info``: the method and the threshold."""
+        self._check_fitted()
+        if self.method_ == "logistic":
+            return f"logistic on labelled defects, threshold {self.threshold_:.6g} ({self.threshold_method_})"
+        return (f"good images only ({self.n_good_} held-out scores), threshold {self.threshold_:.6g} "
+                f"at a {100 * self.alpha_:.3g} % false-reject rate")
+
     # ------------------------------------------------------------------ persistence
 
     _KEYS = ("method", "threshold", "max_false_reject", "alpha", "loc", "scale", "n_good")

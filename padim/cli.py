@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path)
     _add_debug(p)
 
-    p = add("serve", "Serve a model over HTTP (/predict, /predict_batch, /heatmap, a web page at /).")
+    p = add("serve", "Serve a model over HTTP (/predict, /predict_batch, /heatmap, a web page at /); "
+                     "an .onnx / .xml export is served without torch.")
     p.add_argument("model", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=_int_at_least(0, 65535), default=8000)
@@ -249,10 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_int_at_least(1), default=16, help="most images scored in one model pass")
     p.add_argument("--max-queue", type=_int_at_least(1), default=None,
                    help="most images waiting to be scored before requests get 503 (default: 4 × --max-batch)")
-    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda (an export: the CPU)")
     p.add_argument("--threads", type=_int_at_least(0), default=None,
-                   help="CPU threads for PyTorch (default or 0: its own choice)")
-    p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")
+                   help="CPU threads for PyTorch, or for ONNX Runtime / OpenVINO serving an export "
+                        "(default or 0: its own choice)")
+    p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors; .padim models)")
     _add_debug(p)
     return parser
 
@@ -381,10 +383,11 @@ def _start_distributed(args) -> None:
 
 
 def cmd_score(args) -> int:
-    from .runtime import ExportedModel, is_exported_model
+    from .runtime import ExportedModel, check_export_options, is_exported_model
     from .workflows import score_folder
 
     if is_exported_model(args.model):  # .onnx / .xml: the torch-free runtime, the same TSV
+        check_export_options(device=args.device, weights=args.weights)
         model = ExportedModel(args.model, threads=args.threads, batch_size=args.batch_size)
     else:
         from .model import PaDiM
@@ -436,23 +439,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _export_description(path: Path) -> dict:
-    """What ``padim info`` shows of an exported model: its metadata, as the runtime reads it."""
-    from .runtime import ExportedModel
-
-    meta = ExportedModel(path).metadata
-    keys = ("padim_version", "input_size", "backbone", "layers", "cell", "blur_sigma", "threshold", "value_range",
-            "value_kind", "fp16", "model_fingerprint")
-    return {"file": str(path), "format": "OpenVINO IR" if path.suffix.lower() == ".xml" else "ONNX",
-            **{key.replace("_", " "): meta.get(key) for key in keys}}
-
-
 def cmd_info(args) -> int:
-    from .model import format_description
-    from .runtime import is_exported_model
+    from .metadata import format_description
+    from .runtime import ExportedModel, is_exported_model
 
     if is_exported_model(args.model):
-        print(format_description(_export_description(args.model)))
+        print(format_description(ExportedModel(args.model).describe()))
         return 0
     from .model import PaDiM
 
@@ -487,10 +479,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from .backbones import WeightsUnavailableError
-    from .io import ImageReadError
-    from .modelfile import ModelFileError
-
     debug = getattr(args, "debug", False) or os.environ.get("PADIM_DEBUG", "") not in ("", "0")
     try:
         _start_distributed(args)
@@ -505,8 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 141
-    except (CliError, OSError, ImageReadError, ModelFileError, WeightsUnavailableError,
-            ValueError, RuntimeError, MemoryError) as exc:
+    # padim's own errors (ImageReadError, ModelFileError, ExportedModelError, WeightsUnavailableError) are
+    # ValueErrors and RuntimeErrors: named here, their modules would import torch before an export is scored.
+    except (CliError, OSError, ValueError, RuntimeError, MemoryError) as exc:
         if debug:
             traceback.print_exc()
         if not _raised_by_padim(exc):

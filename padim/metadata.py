@@ -13,6 +13,7 @@ file may lack (older files) are checked only when present.
 
 from __future__ import annotations
 
+import json
 import math
 
 from .value_range import KIND_NAMES, as_value_range
@@ -198,3 +199,8 @@ def check_tensors(tensors: dict, meta: dict) -> None:
     in_range = channels.numel() == 0 or (int(channels.min()) >= 0 and int(channels.max()) < total)
     _need(in_range and channels.unique().numel() == channels.numel(), "channel_index",
           f"distinct channels in 0..{total - 1}", None, "others")
+
+
+def format_description(info: dict) -> str:
+    """A model's ``describe()`` as ``padim info`` prints it: one ``key: value`` line per field."""
+    return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in info.items())

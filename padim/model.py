@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -717,7 +716,7 @@ class PaDiM:
             "regularisation λ": self.gaussian_.reg,
             "model tensors (MB)": round(
                 sum(t.numel() * t.element_size() for t in self.gaussian_.storage_tensors().values()) / 2**20, 1),
-            "calibration": None if self.calibrator_ is None else self._describe_calibration(),
+            "calibration": None if self.calibrator_ is None else self.calibrator_.describe(),
             "auto-configuration": (None if not getattr(self, "auto_table_", None) else
                                    f"chose {self.auto_choice_!r} among {len(self.auto_table_)} candidates"),
             "value range": (f"{self.value_range_.describe()} → 0..1 for every "
@@ -725,13 +724,6 @@ class PaDiM:
                             if self.value_range_ is not None else
                             "each image by its pixel type's full scale (8-bit 0..255, 16-bit 0..65535)"),
         }
-
-    def _describe_calibration(self) -> str:
-        cal = self.calibrator_
-        if cal.method_ == "logistic":
-            return f"logistic on labelled defects, threshold {cal.threshold_:.6g} ({cal.threshold_method_})"
-        return (f"good images only ({cal.n_good_} held-out scores), threshold {cal.threshold_:.6g} "
-                f"at a {100 * cal.alpha_:.3g} % false-reject rate")
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._PARAMS)
@@ -821,7 +813,3 @@ class _EmbeddingCache:
         if members == list(range(self.filled)):
             return store[:self.filled]
         return store[torch.as_tensor(members)]
-
-
-def format_description(info: dict) -> str:
-    return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in info.items())

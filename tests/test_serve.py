@@ -424,3 +424,93 @@ def test_a_failing_model_pass_is_a_one_line_500_and_the_app_keeps_serving(model_
         model.iter_results = working
         assert client.post("/predict", files={"file": upload(data["inputs"] / "a_good.png")}).status_code == 200
         assert client.get("/health").status_code == 200
+
+
+# ----------------------------------------------------------------------------- an export, served without torch
+
+@pytest.fixture(scope="module", params=["onnx", "openvino"])
+def served_export(request, model_path, data):
+    """The model exported to ONNX (or OpenVINO IR), ``padim score`` of the export with heatmaps,
+    and a server of the export."""
+    pytest.importorskip("onnxruntime", reason="exports need the export extra (.ci/run installs it)")
+    if request.param == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO needs the openvino extra (.ci/run installs it)")
+    root = data["root"] / f"export-{request.param}"
+    path = root / ("model.xml" if request.param == "openvino" else "model.onnx")
+    rc, _, err = cli("export", model_path, "-o", path)
+    assert rc == 0, err
+    rc, _, err = cli("score", path, data["inputs"], "-o", root / "scores.tsv", "--heatmaps", root / "heatmaps", *RUNTIME)
+    assert rc == 0, err
+    with open(root / "scores.tsv", newline="", encoding="utf-8") as handle:
+        rows = {r["path"]: (float(r["score"]), float(r["probability"]), r["label"])
+                for r in csv.DictReader(handle, delimiter="\t")}
+    srv = Server(path, log_path=root / "server.log")
+    yield {"path": path, "rows": rows, "heatmaps": root / "heatmaps", "server": srv}
+    srv.stop()
+
+
+def test_an_export_is_served_as_padim_score_scores_it_without_importing_torch(served_export, reference, data):
+    srv, rows = served_export["server"], served_export["rows"]
+    mapped = Path(f"/proc/{srv.process.pid}/maps")
+    if mapped.exists():  # Linux: the libraries the server process has loaded
+        assert "libtorch" not in mapped.read_text()
+    rc, out, err = cli("info", served_export["path"])
+    assert rc == 0, err
+    shown = dict(line.split(": ", 1) for line in out.splitlines())
+    info = httpx.get(srv.url + "/model", timeout=10).json()
+    assert list(info) == list(shown) and info["format"] in ("ONNX", "OpenVINO IR")
+    for name in TOP_LEVEL + ["sub/f_good.png"]:
+        response = httpx.post(srv.url + "/predict", files={"file": upload(data["inputs"] / name)}, timeout=60)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        score, probability, label = rows[name]
+        assert result["score"] == pytest.approx(score, rel=1e-3)  # the TSV keeps 6 digits
+        assert result["score"] == pytest.approx(reference["scores"][Path(name).name], rel=1e-3)  # the torch model
+        assert result["probability"] == pytest.approx(probability, rel=1e-3, abs=1e-6)
+        assert result["label"] == label
+        assert result["threshold"] == pytest.approx(reference["threshold"], rel=1e-6)
+    names = ["c_wide.png", "notes.txt", "a_good.png"]
+    files = [("files", upload(data["inputs"] / n) if n != "notes.txt" else (n, b"not an image", "text/plain"))
+             for n in names]
+    results = httpx.post(srv.url + "/predict_batch", files=files, timeout=60).json()["results"]
+    assert [r["filename"] for r in results] == names and "error" in results[1]
+    assert [r["label"] for r in results if "label" in r] == [rows["c_wide.png"][2], rows["a_good.png"][2]]
+    for name in ("a_good.png", "b_blob.png"):
+        response = httpx.post(srv.url + "/heatmap", files={"file": upload(data["inputs"] / name)}, timeout=60)
+        assert response.status_code == 200, response.text
+        served = np.asarray(Image.open(io.BytesIO(response.content)))
+        assert np.array_equal(served, np.asarray(Image.open(served_export["heatmaps"] / name))), name
+    response = httpx.post(srv.url + "/predict", files={"file": ("bomb.png", png_header_only(60000, 60000))}, timeout=30)
+    assert response.status_code == 413 and "bomb.png" in one_line_detail(response)
+    assert_healthy(srv)
+
+
+def test_serving_or_scoring_an_export_refuses_the_torch_only_options(served_export, data, tmp_path):
+    from serve_support import free_port
+
+    path = served_export["path"]
+    for command, options, named in [
+            (["serve", path, "--port", free_port()], ["--weights", "w.pth"], "--weights w.pth"),
+            (["serve", path, "--port", free_port()], ["--device", "cuda"], "--device cuda"),
+            (["score", path, data["inputs"], "-o", tmp_path / "s.tsv", "--quiet"], ["--device", "cuda:1"],
+             "--device cuda:1")]:
+        rc, _, err = cli(*command, *options)
+        assert rc == 2
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"padim {command[0]}: error: ") and named in line and ".padim" in line
+    assert not (tmp_path / "s.tsv").exists()
+
+
+def test_an_export_without_calibration_is_refused_in_one_line(data, tmp_path):
+    pytest.importorskip("onnxruntime", reason="exports need the export extra (.ci/run installs it)")
+    from serve_support import free_port
+
+    model = tmp_path / "plain.padim"
+    rc, _, err = cli("fit", data["train"], "-o", model, "--folds", "0", *FIT)
+    assert rc == 0, err
+    rc, _, err = cli("export", model, "-o", tmp_path / "plain.onnx")
+    assert rc == 0, err
+    rc, _, err = cli("serve", tmp_path / "plain.onnx", "--port", free_port())
+    assert rc == 2
+    assert err.strip().splitlines() == ["padim serve: error: the model has no calibration, so no probabilities; "
+                                        "refit it with `padim fit` and export it again"]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import test_serve
-from test_serve import data, httpx, model_path, scored, server, upload  # noqa: F401 - fixtures (and skips)
+from test_serve import data, httpx, model_path, scored, served_export, server, upload  # noqa: F401 - fixtures (and skips)
 
 pytest.importorskip("selenium")
 
@@ -96,3 +96,26 @@ def test_operator_page_shows_label_score_probability_and_heatmap(browser, server
         label = card.find_element(By.CSS_SELECTOR, ".label").text
         colour = np.median(badge.reshape(-1, 3), axis=0)
         assert np.abs(colour - LABEL_COLOURS[label]).max() <= 12, (name, label, colour)
+
+
+def test_operator_page_serves_an_export(browser, served_export, data):
+    """The page of ``padim serve model.onnx``: the model line (an export has no training-set size)
+    and a result as ``padim score`` of the export gives it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    srv = served_export["server"]
+    browser.get(srv.url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "export" in d.find_element(By.ID, "model").text)
+    shown = browser.find_element(By.ID, "model").text
+    info = httpx.get(srv.url + "/model", timeout=10).json()
+    assert shown == (f"{info['backbone']} ({info['format']} export), input "
+                     f"{'×'.join(map(str, info['input size (h, w)']))}; calibration: {info['calibration']}")
+    browser.find_element(By.ID, "files").send_keys(str(data["inputs"] / "b_blob.png"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '.card[data-filename="b_blob.png"][data-state="done"]'))
+    card = browser.find_element(By.CSS_SELECTOR, '.card[data-filename="b_blob.png"]')
+    score, _, label = served_export["rows"]["b_blob.png"]
+    assert card.find_element(By.CSS_SELECTOR, ".label").text == label == "NG"
+    assert float(card.find_element(By.CSS_SELECTOR, ".score").text.split()[1]) == pytest.approx(score, rel=1e-3)
+

@@ -27,8 +27,11 @@ async function showModel() {
     const response = await fetch("model", { headers: authHeaders() });
     if (!response.ok) throw new Error((await response.json()).detail);
     const info = await response.json();
-    target.textContent = `${info["backbone"]}, input ${info["input size (h, w)"].join("×")}, ` +
-      `${info["training images"]} training images; calibration: ${info["calibration"]}`;
+    // A model file and an export (which has a format, not a training-set size) share the other fields.
+    const parts = [info["format"] ? `${info["backbone"]} (${info["format"]} export)` : info["backbone"],
+                   `input ${info["input size (h, w)"].join("×")}`];
+    if (info["training images"] !== undefined) parts.push(`${info["training images"]} training images`);
+    target.textContent = `${parts.join(", ")}; calibration: ${info["calibration"]}`;
   } catch (err) {
     target.textContent = `model: ${err.message}`;
   }
