@@ -101,6 +101,40 @@ def test_colour_16bit_with_alpha(tmp_path):
     np.testing.assert_allclose(out[6:], np.broadcast_to(rgba[6:, :, :3] / 65535.0, (6, 12, 3)), rtol=1e-6)
 
 
+def png_16bit(samples: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG written by hand (big-endian samples, filter 0 on every row), independent of
+    the readers under test. ``samples`` is uint16 [H, W, C]."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = samples.shape[:2]
+    rows = samples.astype(">u2").reshape(h, -1)  # astype keeps the big-endian order (np.stack would not)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_gray_16bit_with_alpha_png_keeps_precision(tmp_path):
+    """PNG colour type 4 at 16 bits (gray + alpha): Pillow decodes it to 8 bits per channel."""
+    rng = np.random.default_rng(11)
+    gray = rng.integers(0, 65536, (9, 14)).astype(np.uint16)
+    alpha = np.full((9, 14), 65535, np.uint16)
+    alpha[:3] = 0
+    alpha[3:5] = 32768
+    path = tmp_path / "la16.png"
+    path.write_bytes(png_16bit(np.stack([gray, alpha], axis=-1), colour_type=4))
+    pixels = read_pixels(path)
+    assert pixels.dtype == np.uint16 and pixels.shape == (9, 14, 4)
+    np.testing.assert_array_equal(pixels[..., :3], np.repeat(gray[..., None], 3, axis=2))
+    np.testing.assert_array_equal(pixels[..., 3], alpha)
+    out = load_image(path)  # composited onto black
+    expected = gray / 65535.0 * (alpha / 65535.0)
+    np.testing.assert_allclose(out, np.repeat(expected[..., None], 3, axis=2), atol=1e-6)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientations_of_16bit_colour_follow_pillow(tmp_path, orientation):
     # The 16-bit colour path re-reads pixels with OpenCV and applies EXIF orientation itself;
