@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="override the model's score threshold")
     _add_runtime(p)
 
-    p = add("eval", "Evaluate a model on a labelled set in MVTec AD layout.")
+    p = add("eval", "Evaluate a model (or an .onnx / .xml export) on a labelled set in MVTec AD layout.")
     p.add_argument("model", type=Path)
     p.add_argument("data_dir", type=Path)
     p.add_argument("-o", "--output", type=Path, default=None, help="report folder")
@@ -419,11 +419,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .model import PaDiM
+    from .runtime import ExportedModel, check_export_options, is_exported_model
     from .workflows import evaluate_folder
 
-    model = PaDiM.load(args.model, device=args.device, weights=args.weights,
-                       **{k: v for k, v in _runtime(args).items() if k != "device"})
+    if is_exported_model(args.model):  # the export as deployed: its own metrics, through the runtime
+        check_export_options(device=args.device, weights=args.weights)
+        model = ExportedModel(args.model, threads=args.threads, batch_size=args.batch_size, progress=not args.quiet)
+    else:
+        from .model import PaDiM
+
+        model = PaDiM.load(args.model, device=args.device, weights=args.weights,
+                           **{k: v for k, v in _runtime(args).items() if k != "device"})
     metrics = evaluate_folder(model, args.data_dir, args.output, heatmaps=args.heatmaps)
     shown = {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "pro", "best_f1") if k in metrics}
     print(json.dumps(shown))

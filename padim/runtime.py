@@ -132,11 +132,12 @@ class ExportedModel:
     """An exported padim model, ready to score: ``ExportedModel("model.onnx").predict(folder)``.
 
     threads: CPU threads of the inference engine (default: its own choice). batch_size: images
-    per engine call.
+    per engine call. progress: progress bars where a workflow shows them (``padim eval``'s metrics).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 8):
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 8, progress: bool = False):
         self.path = Path(path)
+        self.progress = bool(progress)
         if not self.path.is_file():
             raise ExportedModelError(f"'{self.path}': no such exported model file")
         self.batch_size = max(1, int(batch_size))

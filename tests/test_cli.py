@@ -567,6 +567,24 @@ def test_eval_metrics_match_hand_computed_values(evaluated, scored_test, model, 
     assert per["scratch"]["pixel_auroc"] is None and per["scratch"]["pro"] is None
 
 
+def test_eval_of_an_export_gives_the_model_files_metrics(data, fitted, evaluated, tmp_path):
+    pytest.importorskip("onnxruntime", reason="exports need the export extra (.ci/run installs it)")
+    rc, _, err = cli("export", fitted["path"], "-o", tmp_path / "m.onnx")
+    assert rc == 0, err
+    rc, out, err = cli("eval", tmp_path / "m.onnx", data["mvtec"], "-o", tmp_path / "report", "--heatmaps", *RUNTIME)
+    assert rc == 0, err
+    exported, reference = json.loads((tmp_path / "report" / "metrics.json").read_text()), evaluated["metrics"]
+    assert json.loads(out.splitlines()[0]).keys() == {"image_auroc", "pixel_auroc", "pro", "best_f1"}
+    for key in ("image_auroc", "pixel_auroc", "pro", "best_f1", "best_f1_threshold", "model_threshold"):
+        assert exported[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-4), key
+    for key in ("n_good", "n_defect", "n_images", "false_reject_rate", "miss_rate"):
+        assert exported[key] == reference[key], key
+    drawn = sorted(p.relative_to(tmp_path / "report" / "heatmaps").as_posix()
+                   for p in (tmp_path / "report" / "heatmaps").rglob("*.png"))
+    assert drawn == sorted(p.relative_to(evaluated["report"] / "heatmaps").as_posix()
+                           for p in (evaluated["report"] / "heatmaps").rglob("*.png"))
+
+
 def test_eval_without_masks_has_no_pixel_metrics(data, fitted, tmp_path):
     shutil.copytree(data["test"], tmp_path / "set" / "test")
     rc, out, err = cli("eval", fitted["path"], tmp_path / "set", "-o", tmp_path / "report", *RUNTIME)
