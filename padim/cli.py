@@ -535,7 +535,7 @@ def _missing_package(name: str) -> str:
     top = name.split(".")[0]
     message = f"this needs the Python package '{top}', which is not installed (pip install {_PIP_NAMES.get(top, top)})"
     if top in ("torch", "torchvision"):
-        message += "; without torch, padim scores, describes and serves .onnx / .xml exports only"
+        message += "; without torch, padim scores, evaluates, describes and serves .onnx / .xml exports only"
     return message
 
 

@@ -214,7 +214,7 @@ def test_cli_scores_describes_and_refuses_an_export_without_torch(tmp_path):
     assert needs_torch.returncode == 2
     assert needs_torch.stderr.splitlines() == [
         "padim score: error: this needs the Python package 'torch', which is not installed (pip install torch); "
-        "without torch, padim scores, describes and serves .onnx / .xml exports only"]
+        "without torch, padim scores, evaluates, describes and serves .onnx / .xml exports only"]
 
 
 def read_tsv(path):
