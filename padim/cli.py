@@ -383,17 +383,10 @@ def _start_distributed(args) -> None:
 
 
 def cmd_score(args) -> int:
-    from .runtime import ExportedModel, check_export_options, is_exported_model
+    from .runtime import load_scoring_model
     from .workflows import score_folder
 
-    if is_exported_model(args.model):  # .onnx / .xml: the torch-free runtime, the same TSV
-        check_export_options(device=args.device, weights=args.weights)
-        model = ExportedModel(args.model, threads=args.threads, batch_size=args.batch_size)
-    else:
-        from .model import PaDiM
-
-        model = PaDiM.load(args.model, device=args.device, weights=args.weights,
-                           **{k: v for k, v in _runtime(args).items() if k != "device"})
+    model = load_scoring_model(args.model, weights=args.weights, **_runtime(args))  # .onnx / .xml: no torch
     summary = score_folder(model, args.input, args.output, fmt=args.format, heatmaps=args.heatmaps,
                            save_maps=args.save_maps, resume=args.resume, threshold=args.threshold)
     if not _main_rank():  # under torchrun rank 0 reports for all
@@ -419,17 +412,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .runtime import ExportedModel, check_export_options, is_exported_model
+    from .runtime import load_scoring_model
     from .workflows import evaluate_folder
 
-    if is_exported_model(args.model):  # the export as deployed: its own metrics, through the runtime
-        check_export_options(device=args.device, weights=args.weights)
-        model = ExportedModel(args.model, threads=args.threads, batch_size=args.batch_size, progress=not args.quiet)
-    else:
-        from .model import PaDiM
-
-        model = PaDiM.load(args.model, device=args.device, weights=args.weights,
-                           **{k: v for k, v in _runtime(args).items() if k != "device"})
+    model = load_scoring_model(args.model, weights=args.weights, **_runtime(args))  # an export: as deployed
     metrics = evaluate_folder(model, args.data_dir, args.output, heatmaps=args.heatmaps)
     shown = {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "pro", "best_f1") if k in metrics}
     print(json.dumps(shown))

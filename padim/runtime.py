@@ -241,3 +241,18 @@ def check_export_options(device: str = "auto", weights: str | None = None) -> No
     if str(device).split(":")[0] not in ("auto", "cpu"):
         raise ExportedModelError(f"an export runs on the CPU (ONNX Runtime / OpenVINO): --device {device} applies to "
                                  f".padim models only")
+
+
+def load_scoring_model(path: str | Path, *, device: str = "auto", weights: str | None = None,
+                       threads: int | None = None, batch_size: int = 8, progress: bool = False, **torch_options):
+    """What ``padim score``, ``eval`` and ``serve`` score with: an ``.onnx`` / ``.xml`` export as
+    :class:`ExportedModel` (torch not imported; the torch-only ``device`` and ``weights`` refused),
+    any other file as :class:`padim.PaDiM` (``torch_options``: its runtime options, e.g. workers)."""
+    if is_exported_model(path):
+        check_export_options(device=device, weights=weights)
+        return ExportedModel(path, threads=threads, batch_size=batch_size, progress=progress)
+    from .model import PaDiM
+
+    return PaDiM.load(path, device=device, weights=weights, threads=threads, batch_size=batch_size, progress=progress,
+                      **torch_options)
+

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from .batcher import Job, MicroBatcher, QueueFullError, TooManyImagesError
 from .errors import first_line
 from .io import ImageReadError, load_image
-from .runtime import ExportedModel, check_export_options, is_exported_model
+from .runtime import ExportedModel, is_exported_model, load_scoring_model
 from .upload import DEFAULT_MAX_PIXELS, ImageTooLargeError, read_upload, upload_name
 from .viz import _close, heatmap_figure
 from .workflows import colour_scale, display_name
@@ -309,25 +309,14 @@ def serve(model_path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
         raise ValueError(f"--max-batch and --max-queue must be at least 1 and --max-upload-mb above 0, got "
                          f"{max_batch}, {max_queue} and {max_upload_mb}")
     _check_address(host, port)
-    model = load_served_model(model_path, device=device, threads=threads, weights=weights, batch_size=max_batch)
+    model = load_scoring_model(model_path, device=device, weights=weights, threads=threads, batch_size=max_batch,
+                               workers=0)
     app = create_app(model, api_key=api_key, max_upload_mb=max_upload_mb, max_batch=max_batch,
                      queue_capacity=max_queue)
     engine = model.describe()["format"] if is_exported_model(model_path) else "PyTorch"
     log(f"serving {model_path} ({engine}) on http://{host}:{port}/ (API docs: /docs"
         f"{', X-API-Key required' if api_key else ''})")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
-
-
-def load_served_model(model_path, *, device: str = "auto", threads: int | None = None, weights: str | None = None,
-                      batch_size: int = 16):
-    """A ``.padim`` file as :class:`padim.PaDiM`; an ``.onnx`` / ``.xml`` export as
-    :class:`padim.runtime.ExportedModel` (CPU, no torch imported), refusing the torch-only options."""
-    if is_exported_model(model_path):
-        check_export_options(device=device, weights=weights)
-        return ExportedModel(model_path, threads=threads, batch_size=batch_size)
-    from .model import PaDiM
-
-    return PaDiM.load(model_path, device=device, weights=weights, threads=threads, workers=0, progress=False)
 
 
 def _check_address(host: str, port: int) -> None:
