@@ -128,7 +128,8 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     p.add_argument("--batch-size", type=_int_at_least(1), default=16)
     p.add_argument("--workers", type=_workers, default="auto",
-                   help="image-decoding processes (default auto: only on cores PyTorch's threads leave free, up to 4 with a GPU)")
+                   help="image-decoding processes (default auto: only on cores PyTorch's threads leave free, up to 4 with a GPU; "
+                        "an export: decoding threads, up to 4)")
     p.add_argument("--threads", type=_int_at_least(0), default=None,
                    help="CPU threads for PyTorch (default or 0: its own choice)")
     p.add_argument("--weights", default=None, help="local backbone weights file (.pth or .safetensors)")

@@ -13,6 +13,8 @@ This module must not import torch (tests check it in a fresh interpreter).
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -132,12 +134,18 @@ class ExportedModel:
     """An exported padim model, ready to score: ``ExportedModel("model.onnx").predict(folder)``.
 
     threads: CPU threads of the inference engine (default: its own choice). batch_size: images
-    per engine call. progress: progress bars where a workflow shows them (``padim eval``'s metrics).
+    per engine call. workers: decoding threads, which read and resize the next batch while the
+    engine scores this one ("auto": up to 4, one per core; 0: read in the calling thread, one
+    batch at a time, which holds half the decoded images). progress: progress bars where a
+    workflow shows them (``padim eval``'s metrics).
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 8, progress: bool = False):
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 8, progress: bool = False,
+                 workers: int | str = "auto"):
         self.path = Path(path)
         self.progress = bool(progress)
+        self.workers = min(4, os.cpu_count() or 1) if workers == "auto" else max(0, int(workers))
+        self._pool = None
         if not self.path.is_file():
             raise ExportedModelError(f"'{self.path}': no such exported model file")
         self.batch_size = max(1, int(batch_size))
@@ -178,15 +186,27 @@ class ExportedModel:
         image = load_image(source, keep_uint8=True, value_range=self.value_range_, value_kind=self.value_kind_)
         return resize_rgb(image, self.input_size_), image
 
+    def _reading(self, sources: list, indices: range) -> list:
+        """The batch's reads: futures on the decoding threads (started now), or read here and now."""
+        if not self.workers:
+            return [_Done(self._read, sources[i]) for i in indices]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="padim-decode")
+        return [self._pool.submit(self._read, sources[i]) for i in indices]
+
     def iter_results(self, images: Any, maps: bool = True, originals: bool = False) -> Iterator[ImageResult]:
         """Results in input order, ``batch_size`` images per engine call; unreadable images carry an error.
         With ``originals`` each result holds the decoded image too (to draw its heatmap)."""
         sources = list(list_images(images)) if isinstance(images, (str, Path)) else list(images)
-        for start in range(0, len(sources), self.batch_size):
+        batches = [range(start, min(start + self.batch_size, len(sources)))
+                   for start in range(0, len(sources), self.batch_size)]
+        pending = self._reading(sources, batches[0]) if batches else []
+        for k, batch in enumerate(batches):
+            reads, pending = pending, self._reading(sources, batches[k + 1]) if k + 1 < len(batches) else []
             results, arrays, decoded, indices = {}, [], [], []
-            for index in range(start, min(start + self.batch_size, len(sources))):
+            for index, read in zip(batch, reads):
                 try:
-                    array, image = self._read(sources[index])
+                    array, image = read.result()
                 except ImageReadError as exc:
                     results[index] = ImageResult(index, error=str(exc))
                     continue
@@ -218,6 +238,21 @@ class ExportedModel:
         return results
 
 
+class _Done:
+    """A read made at once, with a future's ``result()`` (no decoding threads)."""
+
+    def __init__(self, read, source):
+        try:
+            self.value, self.error = read(source), None
+        except ImageReadError as exc:
+            self.value, self.error = None, exc
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 def score_folder(model_path: str | Path, input_path: str | Path, out: str | Path, **options):
     """``padim score`` for an exported model: the same TSV (see :func:`padim.workflows.score_folder`)."""
     from .workflows import score_folder as run
@@ -244,15 +279,17 @@ def check_export_options(device: str = "auto", weights: str | None = None) -> No
 
 
 def load_scoring_model(path: str | Path, *, device: str = "auto", weights: str | None = None,
-                       threads: int | None = None, batch_size: int = 8, progress: bool = False, **torch_options):
+                       threads: int | None = None, batch_size: int = 8, progress: bool = False,
+                       workers: int | str = "auto", **torch_options):
     """What ``padim score``, ``eval`` and ``serve`` score with: an ``.onnx`` / ``.xml`` export as
-    :class:`ExportedModel` (torch not imported; the torch-only ``device`` and ``weights`` refused),
-    any other file as :class:`padim.PaDiM` (``torch_options``: its runtime options, e.g. workers)."""
+    :class:`ExportedModel` (torch not imported; the torch-only ``device`` and ``weights`` refused;
+    ``workers`` its decoding threads), any other file as :class:`padim.PaDiM` (``workers`` its
+    decoding processes; ``torch_options``: its other runtime options)."""
     if is_exported_model(path):
         check_export_options(device=device, weights=weights)
-        return ExportedModel(path, threads=threads, batch_size=batch_size, progress=progress)
+        return ExportedModel(path, threads=threads, batch_size=batch_size, progress=progress, workers=workers)
     from .model import PaDiM
 
     return PaDiM.load(path, device=device, weights=weights, threads=threads, batch_size=batch_size, progress=progress,
-                      **torch_options)
+                      workers=workers, **torch_options)
 

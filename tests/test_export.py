@@ -371,6 +371,32 @@ def test_every_backbone_exports(tmp_path, backbone):
     np.testing.assert_allclose(scores, model.score_samples(images), rtol=1e-4)
 
 
+def test_runtime_decoding_threads_keep_order_errors_and_results(tmp_path):
+    """The next batch is read on decoding threads while the engine scores this one: the results
+    (and an unreadable file's error) are those of reading every image in the calling thread."""
+    from padim.runtime import ExportedModel
+
+    model = fitted()
+    path = export_model(model, tmp_path / "m.onnx")
+    sources = []
+    for i, im in enumerate(sample_images(6)):
+        sources.append(tmp_path / f"{i}.png")
+        Image.fromarray(im).save(sources[-1])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    sources.insert(3, tmp_path / "broken.png")
+    sources.append(sample_images(1)[0])  # an array among the files
+    serial = list(ExportedModel(path, batch_size=2, workers=0).iter_results(sources))
+    threaded = list(ExportedModel(path, batch_size=2, workers=3).iter_results(sources))
+    assert [r.index for r in threaded] == [r.index for r in serial] == list(range(len(sources)))
+    assert "broken.png" in threaded[3].error and threaded[3].error == serial[3].error
+    for a, b in zip(serial, threaded):
+        assert a.score == b.score and (a.anomaly_map is None) == (b.anomaly_map is None)
+        if a.anomaly_map is not None:
+            np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+    expected = model.score_samples([s for s in sources if not (isinstance(s, Path) and s.name == "broken.png")])
+    np.testing.assert_allclose([r.score for r in threaded if not r.error], expected, rtol=1e-4)
+
+
 def test_runtime_without_opencv_resizes_with_pillow(tmp_path, monkeypatch):
     from padim.runtime import ExportedModel, resize_rgb
 
