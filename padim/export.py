@@ -203,7 +203,7 @@ def store_whitener_packed(graph, gaussian) -> None:
     products = [node for node in graph.graph.node if node.op_type == "MatMul" and list(node.input)[1:] == [target]]
     if len(products) != 1 or sum(target in node.input for node in graph.graph.node) != 1:
         raise ExportError(f"internal: expected the whitener to feed one MatMul, found {len(products)}")
-    packed = gaussian.packed if gaussian.packed is not None else None
+    packed = gaussian.packed
     if packed is None:
         from .gaussian import pack_whitener
 
@@ -277,7 +277,7 @@ def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16
         import openvino as ov
     except ImportError:
         raise ExportError("OpenVINO export needs the package 'openvino': pip install 'padim[openvino]'") from None
-    xml = out if out.suffix.lower() == ".xml" else out.with_suffix(".xml")
+    xml = out if out.suffix == ".xml" else out.with_suffix(".xml")  # OpenVINO saves to a lower-case .xml only
     xml.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
         staged = Path(tmp) / "staged.onnx"

@@ -40,7 +40,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ModelFileError(f"'{path}': no such model file")
     if is_exported_model(path):
         raise ModelFileError(f"'{path}': an exported model; this needs the model file it was exported from "
-                             f"(padim score and padim.runtime.ExportedModel score exports)")
+                             f"(padim score, eval, info and serve, and padim.runtime.ExportedModel, take exports)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             raw = (handle.metadata() or {}).get(_META_KEY)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -149,7 +149,8 @@ class ExportedModel:
         if not self.path.is_file():
             raise ExportedModelError(f"'{self.path}': no such exported model file")
         self.batch_size = max(1, int(batch_size))
-        self._session = (_OpenVinoSession if self.path.suffix == ".xml" else _OnnxSession)(self.path, threads)
+        self.format = "OpenVINO IR" if self.path.suffix.lower() == ".xml" else "ONNX"  # as is_exported_model
+        self._session = (_OpenVinoSession if self.format == "OpenVINO IR" else _OnnxSession)(self.path, threads)
         meta = self.metadata = self._session.metadata
         if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
             raise ExportedModelError(f"'{self.path}': metadata is not a padim export")
@@ -174,7 +175,7 @@ class ExportedModel:
         """What ``padim info`` and ``padim serve``'s ``/model`` show of the export: its metadata,
         under the names a model file's ``describe()`` uses where they are the same fields."""
         meta = self.metadata
-        return {"file": str(self.path), "format": "OpenVINO IR" if self.path.suffix.lower() == ".xml" else "ONNX",
+        return {"file": str(self.path), "format": self.format,
                 "padim version": meta.get("padim_version"), "backbone": meta.get("backbone"),
                 "layers": meta.get("layers"), "input size (h, w)": list(self.input_size_), "cell": meta.get("cell"),
                 "blur sigma": meta.get("blur_sigma"),
@@ -189,10 +190,19 @@ class ExportedModel:
     def _reading(self, sources: list, indices: range) -> list:
         """The batch's reads: futures on the decoding threads (started now), or read here and now."""
         if not self.workers:
-            return [_Done(self._read, sources[i]) for i in indices]
+            return [self._read_now(sources[i]) for i in indices]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="padim-decode")
         return [self._pool.submit(self._read, sources[i]) for i in indices]
+
+    def _read_now(self, source) -> Future:
+        """A read made in the calling thread, as a finished future (the same ``result()``)."""
+        done = Future()
+        try:
+            done.set_result(self._read(source))
+        except ImageReadError as exc:
+            done.set_exception(exc)
+        return done
 
     def iter_results(self, images: Any, maps: bool = True, originals: bool = False) -> Iterator[ImageResult]:
         """Results in input order, ``batch_size`` images per engine call; unreadable images carry an error.
@@ -236,21 +246,6 @@ class ExportedModel:
         if failed:
             raise ValueError(f"{len(failed)} image(s) could not be read; first: {failed[0]}")
         return results
-
-
-class _Done:
-    """A read made at once, with a future's ``result()`` (no decoding threads)."""
-
-    def __init__(self, read, source):
-        try:
-            self.value, self.error = read(source), None
-        except ImageReadError as exc:
-            self.value, self.error = None, exc
-
-    def result(self):
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 def score_folder(model_path: str | Path, input_path: str | Path, out: str | Path, **options):

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from .batcher import Job, MicroBatcher, QueueFullError, TooManyImagesError
 from .errors import first_line
 from .io import ImageReadError, load_image
-from .runtime import ExportedModel, is_exported_model, load_scoring_model
+from .runtime import ExportedModel, load_scoring_model
 from .upload import DEFAULT_MAX_PIXELS, ImageTooLargeError, read_upload, upload_name
 from .viz import _close, heatmap_figure
 from .workflows import colour_scale, display_name
@@ -313,7 +313,7 @@ def serve(model_path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
                                workers=0)
     app = create_app(model, api_key=api_key, max_upload_mb=max_upload_mb, max_batch=max_batch,
                      queue_capacity=max_queue)
-    engine = model.describe()["format"] if is_exported_model(model_path) else "PyTorch"
+    engine = model.format if isinstance(model, ExportedModel) else "PyTorch"
     log(f"serving {model_path} ({engine}) on http://{host}:{port}/ (API docs: /docs"
         f"{', X-API-Key required' if api_key else ''})")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -120,6 +120,17 @@ def test_openvino_matches_onnx(tmp_path):
     out = compiled(batch)
     _, scores = onnx_run(export_model(model, tmp_path / "m.onnx"), batch)
     np.testing.assert_allclose(np.asarray(out[compiled.output("score")]), scores, rtol=1e-3)
+    # -o M.XML is written as M.xml (OpenVINO's serializer refused it, an internal error); a file
+    # named M.XML is read as OpenVINO, as padim score recognises it (it was read as ONNX)
+    from padim.runtime import ExportedModel
+
+    assert export_model(model, tmp_path / "M.XML", fmt="openvino").name == "M.xml"
+    upper = tmp_path / "U.XML"
+    upper.write_bytes(xml.read_bytes())
+    (tmp_path / "U.bin").write_bytes(xml.with_suffix(".bin").read_bytes())
+    assert ExportedModel(upper).describe()["format"] == "OpenVINO IR"
+    np.testing.assert_allclose([r.score for r in ExportedModel(upper).predict(sample_images(), maps=False)],
+                               scores, rtol=1e-3)
 
 
 def test_refusals_say_what_to_do(tmp_path):
