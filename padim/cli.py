@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --config auto and --val-defects: select on the real defects alone, no synthetic ones")
     p.add_argument("--threshold-method", choices=("youden", "f1"), default="youden",
                    help="threshold rule when --val-defects is given")
+    p.add_argument("--no-whole-image", action="store_true",
+                   help="keep the score the anomaly map's maximum: no whole-image check (by default an image "
+                        "whose whole map is raised, e.g. a black or blurred frame, scores high)")
     p.add_argument("--value-range", type=_value_range, default="auto", metavar="LO,HI",
                    help="stored pixel values mapped to 0..1 for every image, e.g. 0,4095 for 12-bit data "
                         "(default auto: 0..255 for 8-bit files, else measured on the training images)")
@@ -304,7 +307,7 @@ def cmd_fit(args) -> int:
                   seed=args.seed, weights=args.weights, calibration_folds=args.folds,
                   max_false_reject=args.max_false_reject, tile=args.tile, overlap=args.overlap,
                   scale=args.scale, cell=args.cell, max_memory=args.max_memory, value_range=args.value_range,
-                  config=args.config, **_runtime(args))
+                  config=args.config, whole_image=not args.no_whole_image, **_runtime(args))
     if args.config == "auto":
         from .autoconfig import parse_budget
 
@@ -351,7 +354,9 @@ def cmd_fit(args) -> int:
     _barrier()
     cal = model.calibrator_
     print(f"fitted on {model.n_train_} images in {time.time() - started:.1f} s → {args.output}"
-          + (f" (threshold {cal.threshold_:.4g}, {cal.method_} calibration)" if cal else ""))
+          + (f" (threshold {cal.threshold_:.4g}, {cal.method_} calibration" if cal else "")
+          + (f"; whole-image check at map mean {model.whole_image_.gate:.4g}" if model.whole_image_ else "")
+          + (")" if cal else ""))
     if cal is None:
         print("padim: warning: --folds 0: the model has no calibration, so it gives anomaly scores and maps "
               "(Python API) but no probabilities or OK/NG labels; `padim score` needs a calibrated model",

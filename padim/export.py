@@ -64,6 +64,7 @@ def export_metadata(model, fp16: bool) -> dict:
         "threshold": None if cal is None else float(cal.threshold_),
         "calibrator": None if cal is None else cal.to_dict(),
         "map_floor": None if model.map_floor_ is None else float(model.map_floor_),
+        "whole_image": None if getattr(model, "whole_image_", None) is None else model.whole_image_.to_dict(),
         "keep_aspect": bool(model.keep_aspect and not isinstance(model.image_size, (tuple, list))),
         "backbone": model.backbone,
         "layers": list(model.layers_),
@@ -96,7 +97,7 @@ def export_net(model) -> ScoringNet:
     gaussian = model.gaussian_.to("cpu")
     head = ScoreHead(gaussian.mean, gaussian.whitener, model.cell_, model.input_size_,
                                model.geometry_.stride, model.blur_sigma)
-    return ScoringNet(embedder, head).eval()
+    return ScoringNet(embedder, head, getattr(model, "whole_image_", None)).eval()
 
 
 def export_model(model, out: str | Path, fmt: str = "onnx", fp16: bool = False) -> Path:

@@ -45,7 +45,7 @@ def model_fingerprint(model) -> str:
 
     Covers every tensor of ``model.gaussian_`` (by attribute name), ``channel_index_``, and the
     settings that shape the outputs: layers, geometry, cell, blur sigma, eps, backbone (name and
-    weights fingerprint), calibrator and, where the model has them, ``value_range_`` and
+    weights fingerprint), calibrator, whole-image rule and, where the model has them, ``value_range_`` and
     ``value_kind_``. It costs one pass over the Gaussian tensors, so callers compute it once per
     scoring run.
     """
@@ -71,5 +71,7 @@ def model_fingerprint(model) -> str:
         "value_range": getattr(model, "value_range_", None),
         "value_kind": getattr(model, "value_kind_", None),
     }
+    if getattr(model, "whole_image_", None) is not None:  # absent, as before the rule: fingerprints unchanged
+        settings["whole_image"] = model.whole_image_.to_dict()
     digest.update(json.dumps(settings, sort_keys=True, default=_plain).encode())
     return digest.hexdigest()

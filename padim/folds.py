@@ -163,8 +163,10 @@ def held_out_scores(
     progress: Callable = lambda it, total, desc: it,
     all_at_once: bool = False,
     fold_cache_bytes: int = 0,
-) -> tuple[np.ndarray, float]:
-    """Max of each image's held-out anomaly map, and the median map value over all of them.
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Max and mean of each image's held-out anomaly map, and the median map value over all of
+    them (the maxima are the scores that calibrate; the means set the whole-image rule,
+    padim.whole_image; the median is the heatmaps' floor).
 
     ``embeddings(members)`` yields ``(local indices, embedding [b, d, h, w])`` for a fold's images;
     ``to_samples`` turns an embedding into ``[S, d, G]`` samples; ``to_maps(distances [S, G],
@@ -176,11 +178,14 @@ def held_out_scores(
     ``fold_cache_bytes``: how much of a refitted fold's embeddings may be kept between its two uses.
     """
     scores = np.full(n_images, np.nan)
+    means = np.full(n_images, np.nan)
     medians = []
 
     def record(members, local, distances, embedding):
         maps = to_maps(distances, embedding).flatten(1)
-        scores[members[np.asarray(local, dtype=int)]] = maps.amax(dim=1).cpu().numpy()
+        where = members[np.asarray(local, dtype=int)]
+        scores[where] = maps.amax(dim=1).cpu().numpy()
+        means[where] = maps.mean(dim=1).cpu().numpy()
         medians.append(maps.median(dim=1).values.cpu().numpy())
 
     members_of = fold_members(n_images, folds, seed)
@@ -198,7 +203,7 @@ def held_out_scores(
         for members, fold_rows in zip(members_of, rows):
             record(members, np.arange(len(members)), distances[torch.as_tensor(fold_rows)],
                    embedding[torch.as_tensor(members)])
-        return scores, float(np.median(np.concatenate(medians)))
+        return scores, means, float(np.median(np.concatenate(medians)))
     for members in progress(members_of, folds, "held-out folds"):
         parts = list(embeddings(members)) if stats is None else None
         if parts is not None:  # the downdate needs the whole fold at once (≤ d samples per Gaussian)
@@ -227,4 +232,4 @@ def held_out_scores(
             emb = emb.float()
             record(members, local, fold_model.mahalanobis(to_samples(emb)) * scale, emb)
         del fold_model, kept
-    return scores, float(np.median(np.concatenate(medians)))
+    return scores, means, float(np.median(np.concatenate(medians)))

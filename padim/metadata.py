@@ -17,6 +17,7 @@ import json
 import math
 
 from .value_range import KIND_NAMES, as_value_range
+from .whole_image import WholeImageRule
 
 
 def is_int(value, low: int = 0) -> bool:
@@ -84,6 +85,7 @@ _PARAMS = (
     ("cell", lambda v: v in ("auto", "image") or is_int(v, 1), "'auto', 'image' or an integer ≥ 1"),
     ("max_memory", lambda v: v is None or _parses(_parse_memory, v), "null or a memory size"),
     ("value_range", lambda v: v in (None, "auto") or _parses(as_value_range, v), "null, 'auto' or [lo, hi]"),
+    ("whole_image", lambda v: isinstance(v, bool), "true or false"),
 )
 _GEOMETRY = (
     ("input_size", _is_height_width, "[height, width] of integers ≥ 1", True),
@@ -104,7 +106,8 @@ def _parse_memory(value) -> int:
 
 
 def _check_value_fields(meta: dict) -> None:
-    """The fields a model file and an export share: value range and kind, map floor, calibrator."""
+    """The fields a model file and an export share: value range and kind, map floor, calibrator,
+    whole-image rule."""
     floor = meta.get("map_floor")
     _need(floor is None or is_number(floor), "map_floor", "null or a finite number", floor)
     if meta.get("value_range") is not None:
@@ -113,6 +116,8 @@ def _check_value_fields(meta: dict) -> None:
     _need(kind is None or (isinstance(kind, str) and kind in KIND_NAMES), "value_kind",
           f"null or one of {', '.join(KIND_NAMES)}", kind)
     _dict(meta, "calibrator")  # its fields: Calibrator.from_dict
+    if meta.get("whole_image") is not None:
+        WholeImageRule.from_dict(meta["whole_image"])  # ValueError("whole_image.<field>: …")
 
 
 def check_export_metadata(meta) -> None:
@@ -177,11 +182,15 @@ def check_tensors(tensors: dict, meta: dict) -> None:
     whitener = "whitener_packed" if "whitener_packed" in tensors else "whitener"
     for key in ("mean", whitener):
         _need(key in tensors, key, "a tensor", None, "none")
-    for key in ("mean", whitener, "whitener_scale", "calibration_scores"):
+    for key in ("mean", whitener, "whitener_scale", "calibration_scores", "calibration_means"):
         if key in tensors:
             tensor = tensors[key]
             _need(tensor.is_floating_point(), key, "a float tensor", None, str(tensor.dtype))
             _need(bool(torch.isfinite(tensor).all()), key, "finite values", None, "NaN or infinity")
+    if "calibration_means" in tensors:
+        scores = tensors.get("calibration_scores")
+        _need(scores is not None and scores.shape == tensors["calibration_means"].shape, "calibration_means",
+              "one mean per calibration score", None, str(tuple(tensors["calibration_means"].shape)))
     if whitener == "whitener_packed" and tensors[whitener].dtype == torch.float16:
         _need("whitener_scale" in tensors, "whitener_scale", "a tensor beside the float16 whitener", None, "none")
     if "whitener_scale" in tensors:

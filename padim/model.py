@@ -17,7 +17,7 @@ from .calibration import Calibrator
 from .data import Batch, Resize, as_sources, make_loader, source_name
 from .errors import first_line
 from .features import random_channel_index
-from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps
+from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps, image_scores
 from .gaussian import GaussianModel, GaussianStats, GroupedUpdates
 from .image_result import ImageResult
 from .io import ImageReadError, colour_values, pixel_kind
@@ -30,6 +30,7 @@ from .folds import held_out_scores, uses_downdate
 from .memory import (CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes,
                      held_out_cache_bytes, held_out_images, parse_memory, plan_memory)
 from .tiling import cell_grid, extract_tiled, samples_per_image, to_cells
+from .whole_image import WholeImageRule
 from .modelfile import ModelFileError
 
 # Above this a model scores from its packed whitener, unpacked chunk by chunk (the memory of
@@ -77,7 +78,10 @@ class PaDiM:
     (height, width).
     eps: covariance regulariser relative to the mean feature variance. blur_sigma: anomaly-map
     smoothing in input pixels. calibration_folds: k-fold held-out scoring of the good images
-    that calibrates probabilities and the threshold (0 disables it).
+    that calibrates probabilities and the threshold (0 disables it). whole_image: with calibration,
+    also fit the whole-image rule (``whole_image_``, padim.whole_image), so that an image whose whole
+    anomaly map is raised (a black or blurred frame, another product) scores high even when the
+    map's maximum does not; False keeps the score the map's maximum.
 
     Input size: one continuous rule (padim.geometry) from the training image of median pixel
     count: up to 768² px of area it is resized to ``image_size``² px of equal area; beyond, the
@@ -134,6 +138,7 @@ class PaDiM:
         budget: str | float = "4x",
         val_defects: Any = None,
         val_synthetic: bool = True,
+        whole_image: bool = True,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -163,6 +168,7 @@ class PaDiM:
         self.budget = budget
         self.val_defects = val_defects
         self.val_synthetic = val_synthetic
+        self.whole_image = whole_image
         self._extractor: Embedder | None = None
         self._extractor_source: tuple | None = None  # (backbone, weights) the extractor was built from
 
@@ -398,7 +404,8 @@ class PaDiM:
         ``calibration_folds`` ≥ 2 and at least that many images, held-out scores of the good
         images calibrate probabilities and the OK/NG threshold (``calibrator_``): all of them, or
         for many images a seeded subset of at most FIT_CACHE_MAX_BYTES of embeddings (~119 at
-        256 px; ``held_out_``: their input positions, in the order of ``calibration_scores_``).
+        256 px; ``held_out_``: their input positions, in the order of ``calibration_scores_``, their
+        held-out map maxima, and ``calibration_means_``, their map means).
 
         Inside a torch.distributed process group of more than one rank (``torchrun``, or one the
         caller initialised) every rank passes the same ``images``, reads its contiguous block of
@@ -441,8 +448,9 @@ class PaDiM:
             raise ValueError(f"need at least 2 readable training images, got {len(used)}")
         self.n_train_ = len(used)
         self.calibrator_ = None
-        self.calibration_scores_ = None
+        self.calibration_scores_ = self.calibration_means_ = None
         self.map_floor_ = None
+        self.whole_image_ = None
         calibrating = bool(folds and folds >= 2 and len(used) >= max(folds, 5))
         if folds and folds >= 2 and not calibrating and calibrate:
             raise ValueError(f"calibration needs at least {max(folds, 5)} good images, got {len(used)}: "
@@ -487,7 +495,8 @@ class PaDiM:
         if n_images < 2:
             raise ValueError(f"need at least 2 readable training images, got {n_images}")
         self.n_train_, self.skipped_ = n_images, []
-        self.calibrator_ = self.calibration_scores_ = self.map_floor_ = None
+        self.calibrator_ = self.calibration_scores_ = self.calibration_means_ = None
+        self.map_floor_ = self.whole_image_ = None
         self.gaussian_ = stats.finalize(self.eps)
         return self
 
@@ -537,25 +546,34 @@ class PaDiM:
 
     def _calibrate(self, sources, cache: "_EmbeddingCache", folds: int, model: GaussianModel,
                    stats: GaussianStats | None) -> None:
-        """Held-out scores of the good images (padim.folds), then the calibrator fitted on them."""
+        """Held-out maps of the good images (padim.folds): the calibrator fitted on their maxima
+        (``calibration_scores_``), the whole-image rule on their maxima and means
+        (``calibration_means_``). Two tests, so NG ⇔ map max ≥ threshold or map mean ≥ the gate."""
         def progress(iterable, total, desc):
             return self._progress(iterable, total, desc, unit="step")
 
-        self.calibration_scores_, self.map_floor_ = held_out_scores(
+        maxima, means, self.map_floor_ = held_out_scores(
             len(sources), folds, self.seed, self._fold_embeddings(sources, cache), self._to_samples,
             self._maps_from_distances, model, stats, progress, all_at_once=cache.has_all(range(len(sources))),
             fold_cache_bytes=getattr(self, "_refit_cache_bytes", FOLD_CACHE_BYTES))
-        self.calibrator_ = Calibrator().fit(self.calibration_scores_, max_false_reject=self.max_false_reject)
+        self.calibration_scores_, self.calibration_means_ = maxima, means
+        self.whole_image_ = WholeImageRule.fit(maxima, means, self.max_false_reject) if self.whole_image else None
+        self.calibrator_ = Calibrator().fit(maxima, max_false_reject=self.max_false_reject)
 
     def recalibrate(self, defect_images: Any = None, *, threshold: float | None = None,
                     threshold_method: str = "youden") -> "PaDiM":
         """Refit probabilities and threshold: with labelled defect images (a logistic posterior
-        and a Youden/F1 threshold), or with a fixed ``threshold``; held-out good scores are reused."""
+        and a Youden/F1 threshold), or with a fixed ``threshold``; held-out good scores are reused
+        (against defects, their scores under the whole-image rule, as the defects' are scored)."""
         self._check_fitted()
         if getattr(self, "calibration_scores_", None) is None:
             raise RuntimeError("no held-out good scores; fit with calibration_folds ≥ 2 first")
         defect_scores = None if defect_images is None else self.score_samples(defect_images)
-        self.calibrator_ = Calibrator().fit(self.calibration_scores_, defect_scores,
+        good = self.calibration_scores_
+        rule, means = getattr(self, "whole_image_", None), getattr(self, "calibration_means_", None)
+        if defect_scores is not None and rule is not None and means is not None:
+            good = rule.apply(good, means)
+        self.calibrator_ = Calibrator().fit(good, defect_scores,
                                             max_false_reject=self.max_false_reject, threshold=threshold,
                                             threshold_method=threshold_method)
         return self
@@ -585,7 +603,7 @@ class PaDiM:
         self._check_fitted()
         if self.geometry_.tiled:
             raise ValueError("this model tiles its input, so no single network scores a whole image")
-        return ScoringNet(self._get_extractor(), self._head())
+        return ScoringNet(self._get_extractor(), self._head(), getattr(self, "whole_image_", None))
 
     def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
         return self._head(model)(embedding)
@@ -606,7 +624,8 @@ class PaDiM:
         """Score images one batch at a time, in input order; unreadable ones carry an error.
 
         With ``maps`` each result holds its anomaly map at the image's original size. The image
-        score is the maximum of the map at the model's input size. With ``originals`` each result
+        score is the maximum of the map at the model's input size (raised by ``whole_image_`` where
+        the whole map is). With ``originals`` each result
         also holds the image as the loader decoded it (``image``), e.g. to draw its heatmap.
         """
         self._check_fitted()
@@ -630,14 +649,14 @@ class PaDiM:
                 yield results[index]
 
     def _score_embedding(self, embedding: torch.Tensor, sizes, maps: bool = True) -> tuple[np.ndarray, list | None]:
-        """Scores of a batch's embedding (max of each map at the input size) and, with ``maps``,
+        """Scores of a batch's embedding (:meth:`_score_maps`) and, with ``maps``,
         each map resized to its image's original ``(h, w)`` in ``sizes``."""
         return self._score_maps(self._maps_from_embedding(embedding), sizes, maps)
 
-    @staticmethod
-    def _score_maps(batch_maps: torch.Tensor, sizes, maps: bool = True) -> tuple[np.ndarray, list | None]:
-        """:meth:`_score_embedding` from the batch's maps ``[b, H, W]`` at the input size."""
-        scores = batch_maps.flatten(1).amax(dim=1).cpu().numpy()
+    def _score_maps(self, batch_maps: torch.Tensor, sizes, maps: bool = True) -> tuple[np.ndarray, list | None]:
+        """:meth:`_score_embedding` from the batch's maps ``[b, H, W]`` at the input size: each
+        map's maximum, raised by the whole-image rule (padim.net.image_scores)."""
+        scores = image_scores(batch_maps, getattr(self, "whole_image_", None)).cpu().numpy()
         if not maps:
             return scores, None
         return scores, [resize_map(m, size) for m, size in zip(batch_maps.cpu().numpy(), sizes)]
@@ -661,7 +680,8 @@ class PaDiM:
         return [r.anomaly_map for r in self._collect(images, maps=True)]
 
     def score_samples(self, images: Any) -> np.ndarray:
-        """Anomaly score of every image (max of its map); higher = more anomalous."""
+        """Anomaly score of every image (max of its map, raised by ``whole_image_`` where the whole
+        map is); higher = more anomalous."""
         return np.array([r.score for r in self._collect(images, maps=False)], dtype=np.float64)
 
     def _require_calibration(self):
@@ -683,7 +703,7 @@ class PaDiM:
     # ------------------------------------------------------------- save/load
     _PARAMS = ("backbone", "layers", "d", "image_size", "keep_aspect", "eps", "blur_sigma",
                "seed", "calibration_folds", "max_false_reject", "tile", "overlap", "scale", "cell", "max_memory",
-               "value_range")
+               "value_range", "whole_image")
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to one safetensors file (no pickled code); see padim.persistence."""
@@ -717,6 +737,8 @@ class PaDiM:
             "model tensors (MB)": round(
                 sum(t.numel() * t.element_size() for t in self.gaussian_.storage_tensors().values()) / 2**20, 1),
             "calibration": None if self.calibrator_ is None else self.calibrator_.describe(),
+            "whole-image check": (None if getattr(self, "whole_image_", None) is None
+                                  else self.whole_image_.describe()),
             "auto-configuration": (None if not getattr(self, "auto_table_", None) else
                                    f"chose {self.auto_choice_!r} among {len(self.auto_table_)} candidates"),
             "value range": (f"{self.value_range_.describe()} → 0..1 for every "

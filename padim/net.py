@@ -3,7 +3,8 @@
 ``ScoringNet`` = :class:`Embedder` (normalisation → backbone truncated after the last hooked
 layer → kept channels, coarse maps nearest-upsampled to the finest grid) followed by
 :class:`ScoreHead` (Mahalanobis distance to the stored Gaussians — per position, per k×k cell
-or one shared — → bilinear map at the input size → Gaussian blur → score = max of the map).
+or one shared — → bilinear map at the input size → Gaussian blur → score = max of the map,
+raised for maps raised everywhere by the model's whole-image rule, :mod:`padim.whole_image`).
 
 The estimator scores through these modules (tiled models embed tile by tile with the same
 ``Embedder``, tiles being images), and :mod:`padim.export` traces the same ``ScoringNet`` to
@@ -205,17 +206,31 @@ def _whitened_norm(samples: torch.Tensor, mean: torch.Tensor, whitener: torch.Te
     return whitened.square().sum(dim=2).clamp_min(0).sqrt()
 
 
+def image_scores(maps: torch.Tensor, rule=None) -> torch.Tensor:
+    """Image scores ``[N]`` of maps ``[N, H, W]``: each map's maximum, raised by a
+    :class:`padim.whole_image.WholeImageRule` where the map's mean reaches its gate (the numpy
+    side is ``WholeImageRule.apply``). Plain tensor operations, so the export traces them."""
+    flat = maps.flatten(1)
+    maxima = flat.amax(dim=1)
+    if rule is None:
+        return maxima
+    means = flat.mean(dim=1)
+    raised = torch.maximum(maxima, rule.base + rule.slope * (means - rule.gate))
+    return torch.where(means >= rule.gate, raised, maxima)
+
+
 class ScoringNet(nn.Module):
     """Image batch ``[N, 3, H, W]`` (RGB in [0, 1], the model's input size) → ``(anomaly_map [N, H, W],
-    score [N])``; the score is the maximum of the map."""
+    score [N])``; the score is the maximum of the map, raised by ``rule`` (a
+    :class:`padim.whole_image.WholeImageRule`, or None) where the whole map is."""
 
-    def __init__(self, embedder: Embedder, head: ScoreHead):
+    def __init__(self, embedder: Embedder, head: ScoreHead, rule=None):
         super().__init__()
         self.embedder = embedder
         self.head = head
+        self.rule = rule
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = self.head(self.embedder(image))
-        return maps, maps.flatten(1).amax(dim=1)
-
+        return maps, image_scores(maps, self.rule)

@@ -1,7 +1,7 @@
 """Model persistence: a fitted estimator to and from one safetensors file plus JSON metadata.
 
 The tensors are the Gaussians as stored (mean, packed float16 whitener rows and their per-position
-scale), the channel selection and the held-out calibration scores; the metadata holds the
+scale), the channel selection and the held-out calibration scores (map maxima and means); the metadata holds the
 parameters, the decided geometry, cell and value range, and the calibrator. See padim.modelfile
 for the container and its format versions. ``PaDiM.save`` / ``PaDiM.load`` call these.
 """
@@ -23,6 +23,7 @@ from .metadata import check_metadata, check_tensors
 from .modelfile import ModelFileError, read_model_file, write_model_file
 from .model import cell_count
 from .value_range import as_value_range
+from .whole_image import WholeImageRule
 
 
 def save_model(model, path: str | Path) -> Path:
@@ -34,6 +35,8 @@ def save_model(model, path: str | Path) -> Path:
         tensors["channel_index"] = model.channel_index_
     if getattr(model, "calibration_scores_", None) is not None:
         tensors["calibration_scores"] = torch.from_numpy(np.asarray(model.calibration_scores_))
+    if getattr(model, "calibration_means_", None) is not None:
+        tensors["calibration_means"] = torch.from_numpy(np.asarray(model.calibration_means_))
     metadata = {
         "padim_version": __version__,
         "params": {k: getattr(model, k) for k in model._PARAMS},
@@ -49,6 +52,7 @@ def save_model(model, path: str | Path) -> Path:
         "backbone_weights_file": getattr(model, "backbone_weights_file_", None),  # a name, for messages only
         "calibrator": None if model.calibrator_ is None else model.calibrator_.to_dict(),
         "map_floor": getattr(model, "map_floor_", None),
+        "whole_image": None if getattr(model, "whole_image_", None) is None else model.whole_image_.to_dict(),
         "value_range": None if model.value_range_ is None else list(model.value_range_),
         "value_kind": model.value_kind_,
         "auto": (None if not getattr(model, "auto_table_", None) else
@@ -95,8 +99,11 @@ def load_model(cls, path: str | Path, device: str = "auto", weights: str | None 
         model.backbone_weights_file_ = meta.get("backbone_weights_file")
         scores = tensors.get("calibration_scores")
         model.calibration_scores_ = None if scores is None else scores.numpy()
+        means = tensors.get("calibration_means")  # files before the whole-image check have none
+        model.calibration_means_ = None if means is None else means.numpy()
         model.calibrator_ = None
         model.map_floor_ = meta.get("map_floor")
+        model.whole_image_ = None if meta.get("whole_image") is None else WholeImageRule.from_dict(meta["whole_image"])
         # Files written before value ranges have none: None maps each image by its pixel type's
         # full scale, which is exactly how they were fitted (0..255 for 8-bit data).
         stored_range = meta.get("value_range")

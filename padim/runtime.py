@@ -26,6 +26,7 @@ from .image_result import ImageResult
 from .io import ImageReadError, list_images, load_image
 from .metadata import check_export_metadata
 from .value_range import as_value_range
+from .whole_image import WholeImageRule
 
 METADATA_KEY = "padim"  # as padim.export.METADATA_KEY (not imported: that module needs torch)
 EXPORT_FORMAT = "padim-export"
@@ -180,6 +181,8 @@ class ExportedModel:
                 "layers": meta.get("layers"), "input size (h, w)": list(self.input_size_), "cell": meta.get("cell"),
                 "blur sigma": meta.get("blur_sigma"),
                 "calibration": None if self.calibrator_ is None else self.calibrator_.describe(),
+                "whole-image check": (None if meta.get("whole_image") is None
+                                      else WholeImageRule.from_dict(meta["whole_image"]).describe()),
                 "value range": meta.get("value_range"), "value kind": meta.get("value_kind"),
                 "fp16": meta.get("fp16"), "model fingerprint": meta.get("model_fingerprint")}
 

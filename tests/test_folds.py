@@ -95,14 +95,21 @@ def test_held_out_scores_downdate_and_refit_agree():
 
     to_samples = lambda emb: emb.flatten(2)
     to_maps = lambda distances, emb: distances
-    by_downdate, median = held_out_scores(12, 3, 0, embeddings, to_samples, to_maps, model)
-    by_refit, median_refit = held_out_scores(12, 3, 0, embeddings, to_samples, to_maps, model, stats=stats)
+    by_downdate, means, median = held_out_scores(12, 3, 0, embeddings, to_samples, to_maps, model)
+    by_refit, means_refit, median_refit = held_out_scores(12, 3, 0, embeddings, to_samples, to_maps, model,
+                                                          stats=stats)
     np.testing.assert_allclose(by_downdate, by_refit, rtol=1e-4)
+    np.testing.assert_allclose(means, means_refit, rtol=1e-4)
     assert median == pytest.approx(median_refit, rel=1e-4)
-    expected = np.empty(12)
+    expected, expected_means, values = np.empty(12), np.empty(12), []
     for members in fold_members(12, 3, 0):
-        expected[members] = naive_fold_distances(x, members, model.reg).max(axis=1)
+        distances = naive_fold_distances(x, members, model.reg)  # [m, p]
+        expected[members] = distances.max(axis=1)
+        expected_means[members] = distances.mean(axis=1)
+        values.append(np.median(distances, axis=1))
     np.testing.assert_allclose(by_downdate, expected, rtol=1e-4)
+    np.testing.assert_allclose(means, expected_means, rtol=1e-4)  # the whole-image rule's statistic
+    assert median == pytest.approx(np.median(np.concatenate(values)), rel=1e-4)  # of the images' medians
 
 
 def test_all_folds_at_once_equal_one_fold_at_a_time():
@@ -113,9 +120,10 @@ def test_all_folds_at_once_equal_one_fold_at_a_time():
         yield list(range(len(members))), x[members].float()[:, :, :, None]
 
     args = (14, 4, 1, embeddings, lambda emb: emb.flatten(2), lambda distances, emb: distances, model)
-    one_by_one, median = held_out_scores(*args)
-    together, median_together = held_out_scores(*args, all_at_once=True)
+    one_by_one, means, median = held_out_scores(*args)
+    together, means_together, median_together = held_out_scores(*args, all_at_once=True)
     np.testing.assert_allclose(together, one_by_one, rtol=1e-5)
+    np.testing.assert_allclose(means_together, means, rtol=1e-5)
     assert median_together == pytest.approx(median, rel=1e-5)
 
 
@@ -130,7 +138,7 @@ def test_folds_of_cells_use_every_sample_of_an_image():
 
     to_samples = lambda emb: emb.permute(0, 2, 1, 3).reshape(-1, 4, 3)
     to_maps = lambda distances, emb: distances.reshape(emb.shape[0], -1)
-    got, _ = held_out_scores(8, 4, 0, embeddings, to_samples, to_maps, model, all_at_once=True)
+    got, _, _ = held_out_scores(8, 4, 0, embeddings, to_samples, to_maps, model, all_at_once=True)
     expected = np.empty(8)
     for members in fold_members(8, 4, 0):
         rows = np.concatenate([[2 * i, 2 * i + 1] for i in members])
@@ -149,9 +157,9 @@ def test_refit_keeps_a_fold_within_its_cache_budget_else_extracts_it_again():
         yield list(range(len(members))), x[members].float()[:, :, :, None]
 
     args = (12, 3, 0, embeddings, lambda emb: emb.flatten(2), lambda distances, emb: distances, model, stats)
-    kept, _ = held_out_scores(*args, fold_cache_bytes=10**6)
+    kept, _, _ = held_out_scores(*args, fold_cache_bytes=10**6)
     assert calls == [4, 4, 4]  # one extraction per fold
     calls.clear()
-    again, _ = held_out_scores(*args, fold_cache_bytes=0)
+    again, _, _ = held_out_scores(*args, fold_cache_bytes=0)
     assert calls == [4, 4, 4, 4, 4, 4]  # sums, then distances
     np.testing.assert_allclose(kept, again, rtol=1e-6)  # the kept embeddings are the same values

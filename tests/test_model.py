@@ -324,6 +324,11 @@ CORRUPTIONS = [
     ("value kind unknown", _set(("value_kind",), "x"), None, "value_kind"),
     ("value range reversed", _set(("value_range",), [255, 0]), None, "value_range"),
     ("map floor as text", _set(("map_floor",), "x"), None, "map_floor"),
+    ("whole-image rule as text", _set(("whole_image",), "x"), None, "whole_image"),
+    ("whole-image slope zero", _set(("whole_image",), {"gate": 1.0, "base": 2.0, "slope": 0}), None,
+     "whole_image.slope"),
+    ("whole-image base missing", _set(("whole_image",), {"gate": 1.0, "slope": 1.0}), None, "whole_image.base"),
+    ("whole-image switch as text", _set(("params", "whole_image"), "yes"), None, "params.whole_image"),
     ("auto as text", _set(("auto",), "x"), None, "auto"),
     ("auto table of numbers", _set(("auto",), {"table": [1, 2], "choice": "default"}), None, "auto.table"),
     ("mean NaN", None, _nan_first("mean"), "mean"),
@@ -332,6 +337,8 @@ CORRUPTIONS = [
     ("channels out of range", None, lambda t: t.update(channel_index=t["channel_index"] + 10_000), "channel_index"),
     ("channels as floats", None, lambda t: t.update(channel_index=t["channel_index"].float()), "channel_index"),
     ("channels missing", None, lambda t: t.pop("channel_index"), "channel_index"),
+    ("calibration means without scores", None, lambda t: t.update(calibration_means=torch.ones(3)),
+     "calibration_means"),
 ]
 
 
