@@ -26,7 +26,9 @@ So there are two tests, each calibrated on its own statistic, and NG ⇔ ``M`` �
 ``m`` ≥ gate (probability ≥ 0.5 on the same side). An image whose mean stays below the gate keeps
 its map maximum as score, so among those images the ranking (an image AUROC among them) is what
 it was without the check; past the gate an image scores at least the threshold, and more the
-further past it is. (A calibrator fitted on the held-out scores under the rule instead would let
+further past it is. A threshold set later (``padim score --threshold``, ``recalibrate`` on
+labelled defects) moves the threshold, not ``base``: past the gate an image then scores from the
+fit's threshold on. (A calibrator fitted on the held-out scores under the rule instead would let
 a held-out good image past the gate raise the threshold for every image: on 568 BSData images one
 did, 42.4 → 43.3, and a real defect went OK.) The map is the one at the model's input size; the
 torch side is :func:`padim.net.image_scores`. numpy and padim.calibration only: the exports'
