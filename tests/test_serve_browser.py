@@ -110,8 +110,10 @@ def test_operator_page_serves_an_export(browser, served_export, data):
     wait.until(lambda d: "export" in d.find_element(By.ID, "model").text)
     shown = browser.find_element(By.ID, "model").text
     info = httpx.get(srv.url + "/model", timeout=10).json()
+    assert info["whole-image check"]  # the page shows the export's check too
     assert shown == (f"{info['backbone']} ({info['format']} export), input "
-                     f"{'×'.join(map(str, info['input size (h, w)']))}; calibration: {info['calibration']}")
+                     f"{'×'.join(map(str, info['input size (h, w)']))}; calibration: {info['calibration']}"
+                     f"; whole-image check: {info['whole-image check']}")
     browser.find_element(By.ID, "files").send_keys(str(data["inputs"] / "b_blob.png"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '.card[data-filename="b_blob.png"][data-state="done"]'))
     card = browser.find_element(By.CSS_SELECTOR, '.card[data-filename="b_blob.png"]')

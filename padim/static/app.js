@@ -31,7 +31,9 @@ async function showModel() {
     const parts = [info["format"] ? `${info["backbone"]} (${info["format"]} export)` : info["backbone"],
                    `input ${info["input size (h, w)"].join("×")}`];
     if (info["training images"] !== undefined) parts.push(`${info["training images"]} training images`);
-    target.textContent = `${parts.join(", ")}; calibration: ${info["calibration"]}`;
+    const check = info["whole-image check"];  // absent from models and exports made before it
+    target.textContent = `${parts.join(", ")}; calibration: ${info["calibration"]}` +
+                         (check ? `; whole-image check: ${check}` : "");
   } catch (err) {
     target.textContent = `model: ${err.message}`;
   }
