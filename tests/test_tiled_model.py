@@ -448,3 +448,15 @@ def test_auto_tiles_under_a_small_budget_with_the_receptive_field_overlap(monkey
     # (EfficientNet-Lite0 blocks 2/4/10), one tile per batch (405 MB each)
     assert g.tiled and (g.tile, g.margin) == (1024, 192) and g.tiles_per_batch(16) == 1
     assert model.plan_.peak <= 2 * 2**30
+
+
+def test_a_tiled_model_fits_and_applies_the_whole_image_check(data, tests):
+    # The held-out maps and the scored ones are stitched maps at the input size (scale 1: the image's).
+    model = PaDiM(cell=1, **dict(TILED, calibration_folds=4)).fit(data["train_dir"])
+    rule = model.whole_image_
+    assert rule is not None and rule.base == model.calibrator_.threshold_
+    images = [tests["good0"], tests["centre"], np.zeros((H, W, 3), np.uint8)]
+    maps = np.stack(model.anomaly_maps(images)).reshape(3, -1).astype(np.float64)
+    np.testing.assert_allclose(model.score_samples(images), rule.apply(maps.max(axis=1), maps.mean(axis=1)),
+                               rtol=1e-5)
+    assert maps[0].mean() < rule.gate <= maps[2].mean() and model.predict(images[2:]).all()
