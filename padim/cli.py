@@ -353,10 +353,11 @@ def cmd_fit(args) -> int:
     model.save(args.output)
     _barrier()
     cal = model.calibrator_
-    print(f"fitted on {model.n_train_} images in {time.time() - started:.1f} s → {args.output}"
-          + (f" (threshold {cal.threshold_:.4g}, {cal.method_} calibration" if cal else "")
-          + (f"; whole-image check at map mean {model.whole_image_.gate:.4g}" if model.whole_image_ else "")
-          + (")" if cal else ""))
+    details = ""
+    if cal:
+        check = f"; whole-image check at map mean {model.whole_image_.gate:.4g}" if model.whole_image_ else ""
+        details = f" (threshold {cal.threshold_:.4g}, {cal.method_} calibration{check})"
+    print(f"fitted on {model.n_train_} images in {time.time() - started:.1f} s → {args.output}{details}")
     if cal is None:
         print("padim: warning: --folds 0: the model has no calibration, so it gives anomaly scores and maps "
               "(Python API) but no probabilities or OK/NG labels; `padim score` needs a calibrated model",

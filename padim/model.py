@@ -557,8 +557,8 @@ class PaDiM:
             self._maps_from_distances, model, stats, progress, all_at_once=cache.has_all(range(len(sources))),
             fold_cache_bytes=getattr(self, "_refit_cache_bytes", FOLD_CACHE_BYTES))
         self.calibration_scores_, self.calibration_means_ = maxima, means
-        self.whole_image_ = WholeImageRule.fit(maxima, means, self.max_false_reject) if self.whole_image else None
         self.calibrator_ = Calibrator().fit(maxima, max_false_reject=self.max_false_reject)
+        self.whole_image_ = WholeImageRule.fit(self.calibrator_, means) if self.whole_image else None
 
     def recalibrate(self, defect_images: Any = None, *, threshold: float | None = None,
                     threshold_method: str = "youden") -> "PaDiM":

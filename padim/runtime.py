@@ -166,6 +166,7 @@ class ExportedModel:
                 from .calibration import Calibrator
 
                 self.calibrator_ = Calibrator.from_dict(meta["calibrator"])
+            self.whole_image_ = None if meta.get("whole_image") is None else WholeImageRule.from_dict(meta["whole_image"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ExportedModelError(f"'{self.path}': export metadata is incomplete or invalid "
                                      f"({first_line(exc)})") from None
@@ -181,8 +182,7 @@ class ExportedModel:
                 "layers": meta.get("layers"), "input size (h, w)": list(self.input_size_), "cell": meta.get("cell"),
                 "blur sigma": meta.get("blur_sigma"),
                 "calibration": None if self.calibrator_ is None else self.calibrator_.describe(),
-                "whole-image check": (None if meta.get("whole_image") is None
-                                      else WholeImageRule.from_dict(meta["whole_image"]).describe()),
+                "whole-image check": None if self.whole_image_ is None else self.whole_image_.describe(),
                 "value range": meta.get("value_range"), "value kind": meta.get("value_kind"),
                 "fp16": meta.get("fp16"), "model fingerprint": meta.get("model_fingerprint")}
 

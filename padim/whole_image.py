@@ -62,17 +62,17 @@ class WholeImageRule:
     slope: float
 
     @classmethod
-    def fit(cls, maxima, means, max_false_reject: float) -> "WholeImageRule | None":
-        """The rule from held-out good images' map maxima and means; None when their means do not
-        vary (all equal: no spread to set a gate by)."""
+    def fit(cls, calibrator, means) -> "WholeImageRule | None":
+        """The rule from the model's good-only calibrator (a :class:`padim.calibration.Calibrator`
+        fitted on the held-out map maxima: ``base`` is its threshold) and the same images' map
+        means; None when the means do not vary (all equal: no spread to set a gate by)."""
         from .calibration import Calibrator  # here: padim.metadata reads rules without scipy
 
         means = np.asarray(means, dtype=np.float64)
         if means.size < 2 or np.ptp(means) == 0:
             return None
-        local = Calibrator().fit(maxima, max_false_reject=max_false_reject)
-        level = Calibrator().fit(means, max_false_reject=gate_false_reject(max_false_reject))
-        return cls(gate=level.threshold_, base=local.threshold_, slope=local.scale_ / level.scale_)
+        level = Calibrator().fit(means, max_false_reject=gate_false_reject(calibrator.max_false_reject_))
+        return cls(gate=level.threshold_, base=calibrator.threshold_, slope=calibrator.scale_ / level.scale_)
 
     def apply(self, maxima, means) -> np.ndarray:
         """Image scores (float64) from map maxima and means (numpy; for torch see padim.net.image_scores)."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from padim import PaDiM
+from padim.calibration import Calibrator
 from padim.cli import main
 from padim.net import image_scores
 from padim.whole_image import WholeImageRule, gate_false_reject
@@ -53,16 +54,17 @@ def test_gate_rejects_half_the_target_of_good_means_on_gumbel_data():
     for _ in range(trials):
         means = rng.gumbel(20.0, 2.0, size=n)
         maxima = rng.gumbel(60.0, 5.0, size=n)
-        rule = WholeImageRule.fit(maxima, means, alpha)
+        rule = WholeImageRule.fit(Calibrator().fit(maxima, max_false_reject=alpha), means)
         rates.append(-math.expm1(-math.exp(-(rule.gate - 20.0) / 2.0)))
     assert gate_false_reject(alpha) == 0.005 and gate_false_reject(0.004) == 0.002  # min(α/2, 0.5 %)
     assert np.mean(rates) == pytest.approx(gate_false_reject(alpha), rel=0.15)
     # the slope is the ratio of the two laws' scales (5 / 2), estimated
-    assert WholeImageRule.fit(rng.gumbel(60, 5, 4000), rng.gumbel(20, 2, 4000), alpha).slope == pytest.approx(2.5, rel=0.1)
+    local = Calibrator().fit(rng.gumbel(60, 5, 4000), max_false_reject=alpha)
+    assert WholeImageRule.fit(local, rng.gumbel(20, 2, 4000)).slope == pytest.approx(2.5, rel=0.1)
 
 
 def test_constant_means_give_no_rule():
-    assert WholeImageRule.fit([3.0, 4.0, 5.0], [2.0, 2.0, 2.0], 0.01) is None
+    assert WholeImageRule.fit(Calibrator().fit([3.0, 4.0, 5.0], max_false_reject=0.01), [2.0, 2.0, 2.0]) is None
 
 
 @pytest.mark.parametrize("bad,field", [
