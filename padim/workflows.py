@@ -14,6 +14,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from . import distributed
+from .artefacts import artefact_names, check_inputs_kept
 from .io import atomic_output, list_images, load_image
 from .mvtec import read_labelled_set, load_mask
 from .results import Provenance, ResultJournal, Row, write_error_list
@@ -98,6 +99,15 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
         if folder != top and folder.is_relative_to(top):
             paths = [p for p in paths if not p.resolve().is_relative_to(folder)]
     names = [relative_name(p, root) for p in paths]
+    if Path(out).resolve() in {p.resolve() for p in paths}:
+        raise ValueError(f"output '{out}' is one of the input images; give another file name")
+    # per-image files: distinct names (a.png and a.jpg do not share one), never an input image
+    heatmap_names = artefact_names(names, ".png")
+    map_names = artefact_names(names, ".npy")
+    for folder, artefacts, what in ((heatmaps, heatmap_names, "heatmaps folder"), (save_maps, map_names, "maps folder")):
+        if folder is not None:
+            check_inputs_kept(Path(folder), artefacts, paths, root, what)
+    artefact_of = {name: (png, npy) for name, png, npy in zip(names, heatmap_names, map_names)}
     # --resume keeps earlier rows only if this model, threshold and format produced them, and
     # drops the rows of images no longer under the input
     provenance = Provenance(getattr(model, "fingerprint_", None) or _fingerprint(model), calibrator.threshold_, fmt)
@@ -129,10 +139,10 @@ def score_folder(model: PaDiM, input_path: str | Path, out: str | Path, *, fmt: 
             probability = float(calibrator.probability([result.score])[0])
             ng = bool(calibrator.predict([result.score])[0])
             if save_maps is not None:
-                _write_map(Path(save_maps) / Path(name).with_suffix(".npy"), result.anomaly_map)
+                _write_map(Path(save_maps) / artefact_of[name][1], result.anomaly_map)
             if heatmaps is not None:
                 vmin, vmax = colour_scale(model, calibrator.threshold_, result.anomaly_map)
-                save_heatmap(Path(heatmaps) / Path(name).with_suffix(".png"), model_image(model, path, result.image),
+                save_heatmap(Path(heatmaps) / artefact_of[name][0], model_image(model, path, result.image),
                              result.anomaly_map,
                              vmin=vmin, vmax=vmax, threshold=calibrator.threshold_,
                              title=f"{display_name(name)}  score {result.score:.3g}  p(defect) {probability:.3f}  "
@@ -191,6 +201,8 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
     threshold = model.calibrator_.threshold_ if model.calibrator_ is not None else None
     started = time.time()
     drawing = bool(heatmaps and report is not None and threshold is not None)
+    test_root = data.root / "test"
+    heatmap_names = artefact_names([p.relative_to(test_root).as_posix() for p in data.paths], ".png")
     for result in model.iter_results(data.paths, maps=True, originals=drawing):
         path = data.paths[result.index]
         if result.error:
@@ -208,8 +220,8 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
         masks.append(mask)
         if drawing:
             vmin, vmax = colour_scale(model, threshold, amap)
-            rel = path.relative_to(data.root / "test")
-            save_heatmap(report / "heatmaps" / rel.with_suffix(".png"), model_image(model, path, result.image),
+            rel = path.relative_to(test_root)
+            save_heatmap(report / "heatmaps" / heatmap_names[result.index], model_image(model, path, result.image),
                          result.anomaly_map,
                          vmin=vmin, vmax=vmax, threshold=threshold,
                          mask=None if mask_path is None else load_mask(mask_path, result.anomaly_map.shape),

@@ -464,6 +464,39 @@ def test_heatmaps_inside_the_input_folder_are_not_scored_next_time(data, fitted,
     assert len(list((inputs / "heatmaps").rglob("*.png"))) == 5
 
 
+
+def test_per_image_files_replace_neither_an_input_nor_each_other(data, fitted, scored_inputs, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(data["inputs"], inputs)
+    with Image.open(inputs / "b_blob.png") as image:  # another image under a_good's stem
+        image.save(inputs / "a_good.bmp")
+    before = folder_bytes(inputs)
+    for args, needle in (((inputs, "-o", tmp_path / "s.tsv", "--heatmaps", inputs), "is the input folder"),
+                         ((inputs, "-o", tmp_path / "s.tsv", "--save-maps", inputs), "is the input folder"),
+                         ((inputs, "-o", inputs / "b_blob.png"), "is one of the input images"),
+                         ((inputs / "a_good.bmp", "-o", tmp_path / "s.tsv", "--heatmaps", inputs),
+                          "is the input folder"),
+                         ((inputs / "sub" / "c_good.png", "-o", tmp_path / "s.tsv", "--heatmaps", inputs / "sub"),
+                          "is the input folder")):
+        rc, out, err = cli("score", fitted["path"], *args, *RUNTIME)
+        assert rc == 2 and needle in err, err
+        assert folder_bytes(inputs) == before and not (tmp_path / "s.tsv").exists()
+    rc, out, err = cli("score", fitted["path"], inputs, "-o", tmp_path / "s.tsv", "--heatmaps", tmp_path / "hm",
+                       "--save-maps", tmp_path / "maps", *RUNTIME)
+    assert rc == 0, err
+    assert folder_bytes(inputs) == before
+    names = sorted(p.relative_to(tmp_path / "maps").as_posix() for p in (tmp_path / "maps").rglob("*.npy"))
+    assert names == sorted(["a_good.png.npy", "a_good.bmp.npy", "b_blob.npy", "sub/c_good.npy",
+                            "sub/deeper/d_blob.npy", "sub/e_good.npy"])
+    assert len(list((tmp_path / "hm").rglob("*.png"))) == 6 and (tmp_path / "hm" / "a_good.bmp.png").is_file()
+    # each file is its own image's: the same pixels as b_blob.png, the same map; a_good.png's as before
+    maps = {name: np.load(tmp_path / "maps" / name) for name in names}
+    np.testing.assert_allclose(maps["a_good.bmp.npy"], maps["b_blob.npy"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(maps["a_good.png.npy"], np.load(scored_inputs["maps"] / "a_good.npy"),
+                               rtol=1e-4, atol=1e-3)
+    assert not np.allclose(maps["a_good.png.npy"], maps["a_good.bmp.npy"], rtol=1e-2)
+
+
 # ----------------------------------------------------------------------------- score: bad inputs
 
 def test_unreadable_and_non_image_files_do_not_stop_the_run(data, fitted, tmp_path):
