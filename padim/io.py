@@ -44,9 +44,12 @@ def _split_channels(array: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarr
     return array, None
 
 
+def _alpha_scale(alpha: np.ndarray) -> float:
+    return 255.0 if alpha.dtype == np.uint8 else 65535.0 if alpha.dtype == np.uint16 else 1.0
+
+
 def _alpha_fraction(alpha: np.ndarray) -> np.ndarray:
-    scale = 255.0 if alpha.dtype == np.uint8 else 65535.0 if alpha.dtype == np.uint16 else 1.0
-    return np.clip(alpha.astype(np.float32) / np.float32(scale), 0.0, 1.0)
+    return np.clip(alpha.astype(np.float32) / np.float32(_alpha_scale(alpha)), 0.0, 1.0)
 
 
 def to_unit_rgb(array: np.ndarray, where: str, value_range: ValueRange | None = None,
@@ -59,6 +62,8 @@ def to_unit_rgb(array: np.ndarray, where: str, value_range: ValueRange | None = 
     With ``keep_uint8``, 8-bit gray or RGB mapped by (0, 255) stays uint8 (0–255): four times
     less memory to resize, and dividing by 255 afterwards gives the same values."""
     colour, alpha = _split_channels(array, where)
+    if alpha is not None and alpha.size and alpha.min() >= _alpha_scale(alpha):
+        alpha = None  # opaque everywhere (many tools save RGBA): the same pixels, the same path as RGB
     value_range = range_for(colour, value_range, value_kind, where)
     if np.issubdtype(colour.dtype, np.signedinteger) and colour.size and colour.min() < 0 \
             and value_range == natural_range(colour):  # a model's range clips instead

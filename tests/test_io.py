@@ -276,6 +276,25 @@ def test_palette_with_transparency_under_a_model_range(tmp_path):
     np.testing.assert_allclose(out[9, 9], np.array([250, 128, 0]) / 255, rtol=1e-6)
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_an_opaque_alpha_channel_changes_nothing(tmp_path, bits):
+    """RGBA saved with alpha at full scale everywhere reads as its RGB: the same values, and at
+    8 bits the same uint8 fast path (it had been composited in float)."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    top = 255 if bits == 8 else 65535
+    colour = rgb if bits == 8 else rgb.astype(np.uint16) * 257
+    rgba = np.dstack([colour, np.full(rgb.shape[:2], top, colour.dtype)])
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba[..., [2, 1, 0, 3]])
+    cv2.imwrite(str(tmp_path / "rgb.png"), colour[..., ::-1])
+    for kwargs in ({}, {"keep_uint8": True, "value_range": (0, 255)} if bits == 8 else {}):
+        with_alpha, plain = load_image(tmp_path / "rgba.png", **kwargs), load_image(tmp_path / "rgb.png", **kwargs)
+        assert with_alpha.dtype == plain.dtype
+        np.testing.assert_array_equal(with_alpha, plain)
+    if bits == 8:
+        assert load_image(tmp_path / "rgba.png", keep_uint8=True, value_range=(0, 255)).dtype == np.uint8
+
+
 
 def test_premultiplied_pil_inputs_composite_onto_black():
     # La / RGBa store colour already multiplied by alpha, which is exactly the colour composited
