@@ -557,6 +557,10 @@ class PaDiM:
             self._maps_from_distances, model, stats, progress, all_at_once=cache.has_all(range(len(sources))),
             fold_cache_bytes=getattr(self, "_refit_cache_bytes", FOLD_CACHE_BYTES))
         self.calibration_scores_, self.calibration_means_ = maxima, means
+        if np.ptp(maxima) == 0:
+            raise ValueError(f"every held-out good image scores {maxima[0]:g}: the good images look identical "
+                             f"(copies of one image?), so no threshold can be set from their spread; fit on varied "
+                             f"good images, or without calibration (calibration_folds=0, CLI --folds 0)")
         self.calibrator_ = Calibrator().fit(maxima, max_false_reject=self.max_false_reject)
         self.whole_image_ = WholeImageRule.fit(self.calibrator_, means) if self.whole_image else None
 

@@ -475,6 +475,15 @@ def test_calibration_needs_enough_images(data):
     assert model.calibrator_ is None
 
 
+def test_copies_of_one_image_are_refused_with_the_reason(data):
+    """Identical good images give held-out scores without spread: one line saying so and what to
+    do, not the calibrator's 'all scores are equal'."""
+    _calibrator_or_skip()
+    one = sorted(data["train"].glob("good_*.png"))[0]
+    with pytest.raises(ValueError, match=r"look identical \(copies of one image\?\).*calibration_folds=0"):
+        PaDiM(**dict(PARAMS, calibration_folds=3)).fit([one] * 6)
+
+
 def test_many_images_hold_out_a_bounded_subset_scored_without_its_fold(data, monkeypatch):
     # Beyond what the embedding cache holds (here 9 of 12 images), calibration holds out a seeded
     # subset: folds dealt from it, each removed from the model of all 12; no image extracted twice.
