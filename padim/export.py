@@ -26,6 +26,7 @@ import torch
 
 from . import __version__
 from .errors import first_line
+from .io import naming_path
 from .modelfile import ModelFileError
 from .net import Embedder, ScoreHead, ScoringNet
 
@@ -134,7 +135,7 @@ def _write_onnx(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bo
     import onnx
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    with naming_path(out), tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         traced = Path(tmp) / "traced.onnx"
         _trace_onnx(net, input_size, traced)
         graph = onnx.load(str(traced))
@@ -280,7 +281,7 @@ def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16
         raise ExportError("OpenVINO export needs the package 'openvino': pip install 'padim[openvino]'") from None
     xml = out if out.suffix == ".xml" else out.with_suffix(".xml")  # OpenVINO saves to a lower-case .xml only
     xml.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
+    with naming_path(xml), tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
         staged = Path(tmp) / "staged.onnx"
         _write_onnx(net, input_size, staged, metadata, False, gaussian)
         ov_model = ov.convert_model(str(staged))

@@ -272,6 +272,30 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
+class WriteError(OSError):
+    """A write that failed, named: "'PATH': cannot write (No space left on device)"."""
+
+    def __init__(self, path: str | Path, reason: str, errno_: int | None):
+        super().__init__(f"'{path}': cannot write ({reason})")
+        self.errno, self.reason = errno_, reason
+
+
+@contextmanager
+def naming_path(path: str | Path):
+    """Re-raise an OSError that names no file (a full disk, a quota, an I/O error: raised by a
+    write, which knows only its descriptor) as a :class:`WriteError` naming ``path``, instead of
+    a bare "[Errno 28] No space left on device". The outermost name wins: the file the user
+    asked for, not a temporary one it is staged in."""
+    try:
+        yield
+    except WriteError as exc:
+        raise WriteError(path, exc.reason, exc.errno) from exc.__cause__
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise WriteError(path, exc.strerror or first_line(exc), exc.errno) from exc
+
+
 @contextmanager
 def atomic_output(path: str | Path, mode: str = "w"):
     """Open a temporary file beside ``path``; it replaces ``path`` only if the block succeeds.
@@ -285,7 +309,7 @@ def atomic_output(path: str | Path, mode: str = "w"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as handle:
+        with naming_path(path), os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import __version__
-from .io import atomic_output, atomic_write_bytes
+from .io import atomic_output, atomic_write_bytes, naming_path
 
 FORMATS = ("default", "signate")
 HEADER = ("path", "score", "probability", "label")
@@ -310,11 +310,12 @@ class ResultJournal:
         return path in self.rows
 
     def add(self, rows: list[Row]) -> None:
-        for row in rows:
-            self.rows[row.path] = row
-            self._handle.write(_journal_line(row))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        with naming_path(self.partial):
+            for row in rows:
+                self.rows[row.path] = row
+                self._handle.write(_journal_line(row))
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
 
     def finish(self, ranks: int = 0) -> Path:
         """Write ``OUT`` from this journal's rows and those of ranks ``0 … ranks − 1`` (a

@@ -30,6 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib import colormaps
 
+from .io import naming_path
+
 __all__ = [
     "heatmap_figure",
     "save_heatmap",
@@ -182,7 +184,7 @@ def save_figure(fig: Figure, path: PathLike, *, dpi: Optional[float] = None) -> 
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming_path(path), os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=dpi or fig.dpi)
         os.replace(tmp, path)
     except BaseException:

@@ -4,6 +4,7 @@ The CLI runs in-process through ``padim.cli.main`` (one model fit shared by the 
 64-px images, one thread, no worker processes); two checks run the real ``padim`` console script.
 """
 
+import errno
 import io
 import json
 import os
@@ -179,6 +180,30 @@ def test_fit_writes_one_model_file_and_prints_a_memory_estimate(fitted):
     assert plan and "peak" in " ".join(plan)
     assert "fitted on 10 images" in fitted["out"]  # readme.txt ignored
     assert "good-only calibration" in fitted["out"]
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write to a full disk: no file name
+
+
+def test_a_full_disk_is_one_line_naming_the_file(data, fitted, tmp_path, monkeypatch):
+    """ENOSPC names no file; the error names the one being written (it was "[Errno 28] No space
+    left on device"), and what was written before stays."""
+    from matplotlib.figure import Figure
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", _disk_full)
+        rc, out, err = cli("fit", data["train"], "-o", tmp_path / "m.padim", *FIT)
+    assert rc == 2 and error_lines(err, "fit") == [
+        f"padim fit: error: '{tmp_path / 'm.padim'}': cannot write ({os.strerror(errno.ENOSPC)})"]
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(Figure, "savefig", _disk_full)
+    rc, out, err = cli("score", fitted["path"], data["inputs"], "-o", tmp_path / "s.tsv",
+                       "--heatmaps", tmp_path / "hm", *RUNTIME)
+    assert rc == 2 and error_lines(err, "score")[-1] == (
+        f"padim score: error: '{tmp_path / 'hm' / 'a_good.png'}': cannot write ({os.strerror(errno.ENOSPC)})")
+    assert "Traceback" not in err
+    assert list((tmp_path / "hm").iterdir()) == []
 
 
 def test_memory_estimate_is_printed_before_fitting_starts(data, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """padim.io: reading images of every mode and bit depth, listing folders, atomic writes."""
 
+import errno
 import os
 
 import cv2
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padim.io import (ImageReadError, atomic_output, atomic_write_bytes, atomic_write_text, image_size,
-                      list_images, load_image, pixel_kind, read_pixels)
+from padim.io import (ImageReadError, WriteError, atomic_output, atomic_write_bytes, atomic_write_text, image_size,
+                      list_images, load_image, naming_path, pixel_kind, read_pixels)
 
 
 def check_rgb(array, shape):
@@ -592,6 +593,31 @@ def test_failed_first_write_creates_nothing(tmp_path):
             handle.write("partial")
             raise KeyboardInterrupt
     assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write to a full disk: no file name
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "model.padim"
+    path.write_bytes(b"old model")
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    with pytest.raises(WriteError) as caught:
+        atomic_write_bytes(path, b"new model")
+    assert str(caught.value) == f"'{path}': cannot write ({os.strerror(errno.ENOSPC)})"
+    assert caught.value.errno == errno.ENOSPC and isinstance(caught.value, OSError)
+    assert path.read_bytes() == b"old model" and os.listdir(tmp_path) == ["model.padim"]
+
+
+def test_naming_path_keeps_named_errors_and_the_outermost_name(tmp_path):
+    with pytest.raises(FileNotFoundError) as caught:  # already names its file: unchanged
+        with naming_path(tmp_path / "out.onnx"):
+            open(tmp_path / "missing" / "x", "rb")
+    assert caught.value.filename == str(tmp_path / "missing" / "x")
+    with pytest.raises(WriteError, match=r"^'out\.xml': cannot write \(No space"):  # the user's file, not the staged one
+        with naming_path("out.xml"), naming_path("tmp/staged.onnx"):
+            _disk_full()
 
 
 def test_a_failing_16bit_colour_decoder_gives_one_line_naming_the_file_or_upload(tmp_path, monkeypatch):
