@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_pixels
+from .io import IMAGE_EXTENSIONS, ImageReadError, image_size, list_images, read_pixels
 
 
 @dataclass
@@ -72,6 +72,8 @@ def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
     editor are often RGBA, opaque black around the strokes or transparent with any colour under
     it, and the largest channel counted the opaque alpha as a defect everywhere. A mask of another
     size is resized (nearest); one of another aspect ratio is not this image's mask and is refused.
+    A JPEG mask is lossy: its compression leaves faint non-zero pixels up to a block (8 px) around
+    every stroke, so it counts from half its type's full scale (127 of 255) instead.
     """
     if path is None:
         return np.zeros(shape, dtype=bool)
@@ -79,10 +81,26 @@ def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
     if mask.ndim == 3:
         colour = mask[..., :3].max(axis=2) if mask.shape[2] >= 3 else mask[..., 0]
         mask = np.where(mask[..., 3] > 0, colour, 0) if mask.shape[2] == 4 else colour
+    lossy = Path(path).suffix.lower() in (".jpg", ".jpeg")
+    floor = (np.iinfo(mask.dtype).max // 2 if np.issubdtype(mask.dtype, np.integer) else 0.5) if lossy else 0
+    mask = mask > floor
     if mask.shape != tuple(shape):
-        (mh, mw), (h, w) = mask.shape, shape
-        if abs(mh * w - mw * h) > 0.02 * mw * h:
-            raise ImageReadError(f"'{path}': mask of {mw}×{mh} px for an image of {w}×{h} px "
-                                 f"(another aspect ratio: not this image's mask?)")
-        mask = cv2.resize((mask > 0).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-    return mask > 0
+        _check_aspect(path, mask.shape, shape)
+        (h, w) = shape
+        mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    return mask
+
+
+def _check_aspect(path: Path, mask_shape: tuple, shape: tuple) -> None:
+    (mh, mw), (h, w) = mask_shape, shape
+    if abs(mh * w - mw * h) > 0.02 * mw * h:
+        raise ImageReadError(f"'{path}': mask of {mw}×{mh} px for an image of {w}×{h} px "
+                             f"(another aspect ratio: not this image's mask?)")
+
+
+def check_masks(data: LabelledSet) -> None:
+    """An ImageReadError for the first mask that cannot be read or is of another aspect ratio than
+    its image, from the file headers: before a long evaluation rather than at that image."""
+    for path, mask_path in zip(data.paths, data.mask_paths):
+        if mask_path is not None:
+            _check_aspect(mask_path, image_size(mask_path), image_size(path))

@@ -653,6 +653,27 @@ def test_eval_without_masks_has_no_pixel_metrics(data, fitted, tmp_path):
     assert set(m["per_defect_type"]) == {"blob", "scratch"}
 
 
+@pytest.mark.parametrize("bad", ["rotated", "garbage"])
+def test_eval_refuses_a_bad_mask_before_scoring(data, fitted, tmp_path, monkeypatch, bad):
+    """A mask that cannot be read, or of another aspect ratio, stops `padim eval` in one line naming
+    it before any image is scored (it stopped at that image, after scoring the ones before)."""
+    from padim.model import PaDiM
+
+    shutil.copytree(data["mvtec"], tmp_path / "set")
+    masks = sorted((tmp_path / "set" / "ground_truth" / "blob").glob("*_mask.png"))
+    last = masks[-1]
+    if bad == "rotated":
+        save(np.zeros((64, 32), np.uint8), last)
+    else:
+        last.write_bytes(b"not a png")
+    monkeypatch.setattr(PaDiM, "iter_results", lambda *a, **k: pytest.fail("scored before the masks were checked"))
+    rc, out, err = cli("eval", fitted["path"], tmp_path / "set", "-o", tmp_path / "report", *RUNTIME)
+    assert rc == 2
+    lines = error_lines(err, "eval")
+    assert len(lines) == 1 and lines[0].startswith(f"padim eval: error: '{last}': ")
+    assert ("mask of 32×64 px for an image of 64×64 px" if bad == "rotated" else "cannot read image") in lines[0]
+
+
 # ----------------------------------------------------------------------------- info, version, help
 
 def test_info_describes_the_model(fitted, model):

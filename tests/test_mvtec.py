@@ -40,6 +40,20 @@ def test_rgba_masks_count_only_opaque_colour(tmp_path):
         np.testing.assert_array_equal(load_mask(tmp_path / name, (H, W)), truth, err_msg=name)
 
 
+@pytest.mark.parametrize("quality", [75, 95])
+def test_a_jpeg_mask_counts_from_half_scale_not_its_compression_noise(tmp_path, quality):
+    truth = np.zeros((H, W), bool)
+    truth[8:20, 5:50] = True
+    truth[26:36, 30:42] = True
+    path = tmp_path / "mask.jpg"
+    Image.fromarray(truth.astype(np.uint8) * 255, "L").save(path, quality=quality)
+    with Image.open(path) as decoded:
+        noisy = np.asarray(decoded)
+    assert ((noisy > 0) & ~truth).any()  # what "non-zero" had counted: the ringing around the strokes
+    np.testing.assert_array_equal(load_mask(path, (H, W)), truth)
+    np.testing.assert_array_equal(load_mask(path, (2 * H, 2 * W)), truth.repeat(2, 0).repeat(2, 1))
+
+
 def test_a_mask_of_another_size_is_resized_and_of_another_aspect_refused(tmp_path):
     half = np.zeros((H // 2, W // 2), np.uint8)
     half[5:7, 3:25] = 255
