@@ -329,7 +329,9 @@ def cmd_fit(args) -> int:
     model = PaDiM(**params)
     main_rank = _main_rank()
     if main_rank:
-        print(model.plan(args.train_dir).describe(), file=sys.stderr)
+        plan = model.plan(args.train_dir)
+        print(plan.describe(), file=sys.stderr)
+        _check_free_space(args.output, plan.file_bytes)
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -350,7 +352,7 @@ def cmd_fit(args) -> int:
         if model.auto_choice_ != "default" and model.plan_ is not None:  # the plan above was the defaults'
             chosen = f"memory plan of the choice ({model.auto_choice_}):"
             print(model.plan_.describe().replace("memory plan:", chosen, 1), file=sys.stderr)
-    model.save(args.output)
+    _save_or_rescue(model, args.output)
     _barrier()
     cal = model.calibrator_
     details = ""
@@ -363,6 +365,39 @@ def cmd_fit(args) -> int:
               "(Python API) but no probabilities or OK/NG labels; `padim score` needs a calibrated model",
               file=sys.stderr)
     return 1 if model.skipped_ else 0
+
+
+def _check_free_space(output: Path, needed: int) -> None:
+    """Refuse a fit whose model file (as planned for the default configuration) cannot fit on the
+    disk of ``-o``: before the work, not after it."""
+    import shutil
+
+    from .memory import fmt_bytes
+
+    folder = next(p for p in (output.absolute().parent, *output.absolute().parents) if p.exists())
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CliError(f"-o '{output}': the model file needs about {fmt_bytes(needed)} and '{folder}' has "
+                       f"{fmt_bytes(free)} free; free some space or write it elsewhere")
+
+
+def _save_or_rescue(model, output: Path) -> None:
+    """Save the fitted model to ``output``; if that write fails (a full disk, a larger model than
+    planned, a quota), save it in the temporary folder instead and say where: a finished fit
+    is not thrown away."""
+    import tempfile
+
+    from .io import WriteError
+
+    try:
+        model.save(output)
+    except WriteError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"{output.stem}.rescued-{os.getpid()}.padim"
+        try:
+            model.save(rescue)
+        except OSError:
+            raise exc from None
+        raise CliError(f"{exc}; the fitted model was saved to '{rescue}' instead: move it where it belongs") from None
 
 
 def _main_rank() -> bool:

@@ -57,6 +57,12 @@ class MemoryPlan:
             return max(fit_loop, self.statistics + self.finalize + self.embedding_cache, self.calibration)
         return max(fit_loop, self.statistics + self.finalize + self.model + self.calibration + self.embedding_cache)
 
+    @property
+    def file_bytes(self) -> int:
+        """Size of the saved model: per Gaussian the packed float16 whitener (d(d+1)/2 values), the
+        float32 mean and one scale; the rest of the file is a few kilobytes."""
+        return self.gaussians * (self.d * (self.d + 1) + 4 * self.d + 4)
+
     def as_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items()}
         out["peak"] = self.peak

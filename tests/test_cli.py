@@ -206,6 +206,58 @@ def test_a_full_disk_is_one_line_naming_the_file(data, fitted, tmp_path, monkeyp
     assert list((tmp_path / "hm").iterdir()) == []
 
 
+def test_a_fit_whose_model_file_cannot_fit_the_disk_is_refused_before_the_work(data, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from padim import PaDiM
+    from padim.memory import MIB
+
+    def plan_of(images):
+        return PaDiM(image_size=64, d=50, config="fixed", device="cpu", progress=False).plan(images)
+
+    real = shutil_module.disk_usage
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: real(p)._replace(free=MIB // 10))
+    rc, out, err = cli("fit", data["train"], "-o", tmp_path / "m.padim", *FIT)
+    assert rc == 2 and "fitted" not in out
+    (line,) = error_lines(err, "fit")
+    assert line.startswith(f"padim fit: error: -o '{tmp_path / 'm.padim'}': the model file needs about ")
+    assert f"'{tmp_path}' has 0.1 MiB free" in line and not (tmp_path / "m.padim").exists()
+    # the planned size is the file's: per Gaussian a packed float16 whitener, a float32 mean and scale
+    monkeypatch.setattr(shutil_module, "disk_usage", real)
+    assert cli("fit", data["train"], "-o", tmp_path / "m.padim", *FIT)[0] == 0
+    g, d = PaDiM.load(tmp_path / "m.padim", device="cpu").gaussian_.mean.shape
+    assert (tmp_path / "m.padim").stat().st_size == pytest.approx(g * (d * (d + 1) + 4 * d + 4), abs=64 * 1024)
+    assert plan_of(data["train"]).file_bytes == g * (d * (d + 1) + 4 * d + 4)
+
+
+def test_a_model_that_cannot_be_written_is_saved_in_the_temporary_folder(data, tmp_path, monkeypatch):
+    """The write failing after the fit (the disk filled meanwhile, a larger choice than planned)
+    does not throw the fit away."""
+    import tempfile
+
+    import padim.modelfile
+    from padim import PaDiM
+    from padim.io import WriteError
+
+    write = padim.modelfile.atomic_write_bytes
+
+    def full_under_out(path, blob):
+        if Path(path).parent == tmp_path / "out":
+            raise WriteError(path, os.strerror(errno.ENOSPC), errno.ENOSPC)
+        write(path, blob)
+
+    monkeypatch.setattr(padim.modelfile, "atomic_write_bytes", full_under_out)
+    (tmp_path / "rescue").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "rescue"))
+    rc, out, err = cli("fit", data["train"], "-o", tmp_path / "out" / "m.padim", *FIT)
+    assert rc == 2
+    (rescued,) = (tmp_path / "rescue").iterdir()
+    (line,) = error_lines(err, "fit")
+    assert line == (f"padim fit: error: '{tmp_path / 'out' / 'm.padim'}': cannot write ({os.strerror(errno.ENOSPC)}); "
+                    f"the fitted model was saved to '{rescued}' instead: move it where it belongs")
+    assert PaDiM.load(rescued, device="cpu").calibrator_ is not None
+
+
 def test_memory_estimate_is_printed_before_fitting_starts(data, tmp_path, monkeypatch):
     from padim.model import PaDiM
 
