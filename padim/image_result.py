@@ -1,8 +1,10 @@
-"""The outcome of scoring one image, shared by the estimator and the torch-free runtime."""
+"""The outcome of scoring one image, and the estimator methods built on it, shared by the torch
+model (:class:`padim.PaDiM`) and the torch-free runtime (:class:`padim.runtime.ExportedModel`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,3 +25,41 @@ class ImageResult:
     image: np.ndarray | None = None
     probability: float | None = None
     label: str | None = None
+
+
+class ScoringMethods:
+    """``anomaly_maps``, ``score_samples`` and ``predict_proba`` for a scorer with
+    ``iter_results(images, maps)`` and ``calibrator_``: the same calls for a model file and its
+    export, so code written for one runs on the other."""
+
+    def _check_fitted(self) -> None:  # a scorer that can be unfitted says so (PaDiM)
+        pass
+
+    def _collect(self, images: Any, maps: bool) -> list[ImageResult]:
+        """Every image's result; a ValueError naming the first unreadable one."""
+        self._check_fitted()
+        results = list(self.iter_results(images, maps=maps))
+        failed = [r.error for r in results if r.error]
+        if failed:
+            raise ValueError(f"{len(failed)} image(s) could not be read; first: {failed[0]}")
+        return results
+
+    def anomaly_maps(self, images: Any) -> list[np.ndarray]:
+        """Anomaly map of every image at its original size (float32; higher = more anomalous)."""
+        return [r.anomaly_map for r in self._collect(images, maps=True)]
+
+    def score_samples(self, images: Any) -> np.ndarray:
+        """Anomaly score of every image (max of its map, raised by ``whole_image_`` where the whole
+        map is); higher = more anomalous."""
+        return np.array([r.score for r in self._collect(images, maps=False)], dtype=np.float64)
+
+    def _require_calibration(self):
+        self._check_fitted()
+        if self.calibrator_ is None:
+            raise RuntimeError("this model has no calibration; fit with calibration_folds ≥ 2 and ≥ 5 images")
+        return self.calibrator_
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """Defect probability of every image, from the calibration on held-out good images."""
+        calibrator = self._require_calibration()
+        return calibrator.probability(self.score_samples(images))

@@ -19,7 +19,7 @@ from .errors import first_line
 from .features import random_channel_index
 from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps, image_scores
 from .gaussian import GaussianModel, GaussianStats, GroupedUpdates
-from .image_result import ImageResult
+from .image_result import ImageResult, ScoringMethods
 from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
 from .value_range import ValueRange, as_value_range, decide_value_range, training_kind, KIND_NAMES
@@ -66,7 +66,7 @@ def _fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-class PaDiM:
+class PaDiM(ScoringMethods):
     """Patch distribution model: one Gaussian per feature position, fitted on good images only.
 
     Parameters follow scikit-learn: they are stored as given; what is learned ends in ``_``.
@@ -671,33 +671,6 @@ class PaDiM:
             return False  # the user chose the geometry explicitly
         target = self.input_size_[0] / self.input_size_[1]
         return any(abs(np.log((h / w) / target)) > np.log(1.15) for h, w in sizes)
-
-    def _collect(self, images: Any, maps: bool) -> list[ImageResult]:
-        results = list(self.iter_results(images, maps=maps))
-        failed = [r.error for r in results if r.error]
-        if failed:
-            raise ValueError(f"{len(failed)} image(s) could not be read; first: {failed[0]}")
-        return results
-
-    def anomaly_maps(self, images: Any) -> list[np.ndarray]:
-        """Anomaly map of every image at its original size (float32; higher = more anomalous)."""
-        return [r.anomaly_map for r in self._collect(images, maps=True)]
-
-    def score_samples(self, images: Any) -> np.ndarray:
-        """Anomaly score of every image (max of its map, raised by ``whole_image_`` where the whole
-        map is); higher = more anomalous."""
-        return np.array([r.score for r in self._collect(images, maps=False)], dtype=np.float64)
-
-    def _require_calibration(self):
-        self._check_fitted()
-        if self.calibrator_ is None:
-            raise RuntimeError("this model has no calibration; fit with calibration_folds ≥ 2 and ≥ 5 images")
-        return self.calibrator_
-
-    def predict_proba(self, images: Any) -> np.ndarray:
-        """Defect probability of every image, from the calibration on held-out good images."""
-        calibrator = self._require_calibration()
-        return calibrator.probability(self.score_samples(images))
 
     def predict(self, images: Any) -> np.ndarray:
         """True where an image is NG (score at or above the model's threshold)."""

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import first_line
-from .image_result import ImageResult
+from .image_result import ImageResult, ScoringMethods
 from .io import ImageReadError, list_images, load_image
 from .metadata import check_export_metadata
 from .value_range import as_value_range
@@ -131,7 +131,7 @@ class _OpenVinoSession:
                 np.asarray(out[self.compiled.output("score")]))
 
 
-class ExportedModel:
+class ExportedModel(ScoringMethods):
     """An exported padim model, ready to score: ``ExportedModel("model.onnx").predict(folder)``.
 
     threads: CPU threads of the inference engine (default: its own choice). batch_size: images
@@ -243,12 +243,10 @@ class ExportedModel:
         return result
 
     def predict(self, images: Any, maps: bool = True) -> list[ImageResult]:
-        """Every image's score, probability, label (when calibrated) and map; unreadable ones raise."""
-        results = list(self.iter_results(images, maps=maps))
-        failed = [r.error for r in results if r.error]
-        if failed:
-            raise ValueError(f"{len(failed)} image(s) could not be read; first: {failed[0]}")
-        return results
+        """Every image's score, probability, label (when calibrated) and map; unreadable ones raise.
+        (``PaDiM.predict`` gives the NG flags; ``score_samples``, ``predict_proba`` and
+        ``anomaly_maps`` are the same calls on both.)"""
+        return self._collect(images, maps)
 
 
 def score_folder(model_path: str | Path, input_path: str | Path, out: str | Path, **options):

@@ -71,6 +71,27 @@ def test_onnx_round_trip_equals_torch_scoring(tmp_path, cell):
     assert scores[1] > scores[0] * 1.5  # the defect stands out after the round trip
 
 
+def test_an_export_answers_the_estimator_calls_of_its_model(tmp_path):
+    """score_samples, predict_proba and anomaly_maps are the same calls on a model and its export
+    (code written for one runs on the other); the scores against the graph run by ONNX Runtime."""
+    from padim.runtime import ExportedModel
+
+    model = fitted()
+    export = ExportedModel(export_model(model, tmp_path / "m.onnx"), threads=1)
+    images = sample_images(4)
+    _, graph_scores = onnx_run(export.path, as_batch(images))
+    np.testing.assert_allclose(export.score_samples(images), graph_scores, rtol=1e-6)
+    np.testing.assert_allclose(export.score_samples(images), model.score_samples(images), rtol=1e-4)
+    np.testing.assert_allclose(export.predict_proba(images), model.predict_proba(images), rtol=1e-3, atol=1e-6)
+    for got, expected in zip(export.anomaly_maps(images), model.anomaly_maps(images)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.max())
+    with pytest.raises(ValueError, match="1 image\\(s\\) could not be read; first: '.*nope.png'"):
+        export.score_samples([images[0], tmp_path / "nope.png"])
+    bare = ExportedModel(export_model(fitted(folds=0), tmp_path / "bare.onnx"))
+    with pytest.raises(RuntimeError, match="no calibration"):
+        bare.predict_proba(images)
+
+
 def test_batch_size_is_dynamic(tmp_path):
     path = export_model(fitted(), tmp_path / "m.onnx")
     batch = as_batch(sample_images(4))
