@@ -32,7 +32,9 @@ def _split_channels(array: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarr
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ImageReadError(f"{where}: expected an HxW, HxWx3 or HxWx4 image, got shape {array.shape}")
+        hint = ("; channels first? give HxWxC, e.g. array.transpose(1, 2, 0)"
+                if array.ndim == 3 and array.shape[0] in (1, 3, 4) else "")
+        raise ImageReadError(f"{where}: expected an HxW, HxWx3 or HxWx4 image, got shape {array.shape}{hint}")
     if array.shape[0] < 8 or array.shape[1] < 8:
         raise ImageReadError(f"{where}: image of {array.shape[1]}×{array.shape[0]} px is too small")
     if array.dtype != bool and not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
@@ -144,8 +146,10 @@ def _check_source(source) -> None:
     """A path, a PIL image or a numpy array; anything else (a torch tensor, bytes, None) is a
     one-line error rather than pathlib's TypeError."""
     if not isinstance(source, (str, os.PathLike, np.ndarray, Image.Image)):
+        hint = ("; a CxHxW tensor: tensor.permute(1, 2, 0).cpu().numpy()"
+                if type(source).__name__ == "Tensor" else "")
         raise ImageReadError(f"unsupported image source of type {type(source).__name__} "
-                             f"(expected a file path, a PIL image or a numpy array)")
+                             f"(expected a file path, a PIL image or a numpy array{hint})")
 
 
 def read_pixels(source) -> np.ndarray:
@@ -157,7 +161,7 @@ def read_pixels(source) -> np.ndarray:
     """
     _check_source(source)
     if isinstance(source, np.ndarray):
-        return source
+        return eight_bit_if_it_fits(source)
     if isinstance(source, Image.Image):
         try:
             return _pil_to_array(source)
@@ -172,6 +176,16 @@ def read_pixels(source) -> np.ndarray:
             array = decode_opened(image, lambda: np.fromfile(str(path), dtype=np.uint8))
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
         raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
+    return array
+
+
+def eight_bit_if_it_fits(array: np.ndarray) -> np.ndarray:
+    """A wide integer array (int16/32/64, uint32/64: what numpy arithmetic and ``np.array`` of
+    Python ints give) whose values all lie in 0..255, as uint8: an 8-bit image, not 16-bit data
+    that would be all but black at its type's full scale. uint16 stays the 16-bit type."""
+    if (array.dtype.kind in "iu" and array.dtype.itemsize > 1 and array.dtype != np.uint16 and array.size
+            and array.min() >= 0 and array.max() <= 255):
+        return array.astype(np.uint8)
     return array
 
 
@@ -209,7 +223,7 @@ def pixel_kind(source) -> str:
     For files this reads the header only (Pillow's mode), never the pixels."""
     _check_source(source)
     if isinstance(source, np.ndarray):
-        return pixel_kind_of_dtype(source.dtype)
+        return pixel_kind_of_dtype(eight_bit_if_it_fits(source).dtype)
     if isinstance(source, Image.Image):
         return pixel_kind_of_mode(source.mode)
     try:

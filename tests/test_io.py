@@ -386,8 +386,10 @@ def test_pixel_kind_reads_headers_and_dtypes(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.float32), "F").save(tmp_path / "c.tif")
     Image.fromarray(np.zeros((8, 8), np.uint8), "L").convert("P").save(tmp_path / "d.png")
     assert [pixel_kind(tmp_path / n) for n in ("a.png", "b.png", "c.tif", "d.png")] == ["uint8", "int", "float", "uint8"]
-    assert [pixel_kind(np.zeros(3, t)) for t in (np.uint8, bool, np.uint16, np.int32, np.float64)] == \
-        ["uint8", "bool", "int", "int", "float"]
+    assert [pixel_kind(np.zeros(3, t)) for t in (np.uint8, bool, np.uint16, np.float64)] == \
+        ["uint8", "bool", "int", "float"]
+    # wide integers by their values: 0..255 is 8-bit (test_wide_integer_arrays_of_8bit_values_are_8bit_images)
+    assert [pixel_kind(np.full(3, v, np.int32)) for v in (0, 255, 256, -1)] == ["uint8", "uint8", "int", "int"]
 
 
 # ------------------------------------------------------------------ load_image: arrays
@@ -652,6 +654,32 @@ def test_an_unsupported_source_is_a_one_line_read_error(source):
     for read in (load_image, read_pixels, image_size, pixel_kind):
         with pytest.raises(ImageReadError, match=r"^unsupported image source of type \w+ \(expected a file path"):
             read(source)
+
+
+def test_channels_first_inputs_say_how_to_give_them():
+    torch = pytest.importorskip("torch")
+    chw = np.zeros((3, 20, 30), np.uint8)
+    with pytest.raises(ImageReadError, match=r"got shape \(3, 20, 30\); channels first\? .*transpose\(1, 2, 0\)"):
+        load_image(chw)
+    with pytest.raises(ImageReadError, match=r"type Tensor .*tensor\.permute\(1, 2, 0\)\.cpu\(\)\.numpy\(\)"):
+        load_image(torch.zeros(3, 20, 30))
+    np.testing.assert_array_equal(load_image(chw.transpose(1, 2, 0)), 0)  # as the hint says
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64, np.uint32, np.uint64])
+def test_wide_integer_arrays_of_8bit_values_are_8bit_images(dtype):
+    """np.array of Python ints, or arithmetic on uint8, gives int64: with values in 0..255 it is an
+    8-bit image (its type's full scale made it black); 16-bit data, or uint16 at all, stays deep."""
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    wide = rgb.astype(dtype)
+    assert pixel_kind(wide) == "uint8" and read_pixels(wide).dtype == np.uint8
+    np.testing.assert_array_equal(load_image(wide, keep_uint8=True, value_range=(0, 255)), rgb)
+    np.testing.assert_array_equal(load_image(wide), load_image(rgb))
+    deep = wide.copy()
+    deep[0, 0, 0] = 300 if np.iinfo(dtype).max >= 300 else deep[0, 0, 0]
+    assert pixel_kind(deep) == "int"
+    assert pixel_kind(rgb.astype(np.uint16)) == "int"
 
 
 def test_a_zero_dimensional_array_has_no_size():
