@@ -205,16 +205,7 @@ def store_whitener_packed(graph, gaussian) -> None:
     products = [node for node in graph.graph.node if node.op_type == "MatMul" and list(node.input)[1:] == [target]]
     if len(products) != 1 or sum(target in node.input for node in graph.graph.node) != 1:
         raise ExportError(f"internal: expected the whitener to feed one MatMul, found {len(products)}")
-    packed = gaussian.packed
-    if packed is None:
-        from .gaussian import pack_whitener
-
-        packed = pack_whitener(gaussian.whitener)
-    packed = packed.cpu().numpy()
-    padded = np.concatenate([np.zeros((g, 1), packed.dtype), packed], axis=1)  # column 0: the upper triangle
-    # dense_t[g, i, j] = L⁻¹[g, j, i]: packed entry j(j+1)/2 + i where j ≥ i (shifted by the zero column), else 0
-    i, j = np.divmod(np.arange(d * d), d)
-    gather = np.where(j >= i, 1 + j * (j + 1) // 2 + i, 0).astype(np.int64).reshape(d, d)
+    padded, gather = packed_whitener_gather(gaussian)
     base = target + PACKED_SUFFIX
     new_inits = [numpy_helper.from_array(padded, base), numpy_helper.from_array(gather, base + "_index")]
     nodes = [helper.make_node("Gather", [base, base + "_index"], [base + "_dense"], axis=1),
@@ -236,6 +227,46 @@ def store_whitener_packed(graph, gaussian) -> None:
     graph.graph.initializer.extend(kept + new_inits)
     del graph.graph.node[:]
     graph.graph.node.extend(nodes + old)
+
+
+def packed_whitener_gather(gaussian) -> tuple[np.ndarray, np.ndarray]:
+    """The model file's packed lower triangles with a zero column in front, ``[G, 1 + d(d+1)/2]``,
+    and the ``[d, d]`` indices whose ``Gather`` along axis 1 rebuilds the transposed whitener."""
+    packed = gaussian.packed
+    if packed is None:
+        from .gaussian import pack_whitener
+
+        packed = pack_whitener(gaussian.whitener)
+    packed = packed.cpu().numpy()
+    g, d = packed.shape[0], gaussian.whitener.shape[-1]
+    padded = np.concatenate([np.zeros((g, 1), packed.dtype), packed], axis=1)  # column 0: the upper triangle
+    # dense_t[g, i, j] = L⁻¹[g, j, i]: packed entry j(j+1)/2 + i where j ≥ i (shifted by the zero column), else 0
+    i, j = np.divmod(np.arange(d * d), d)
+    gather = np.where(j >= i, 1 + j * (j + 1) // 2 + i, 0).astype(np.int64).reshape(d, d)
+    return padded, gather
+
+
+def store_openvino_whitener_packed(ov_model, gaussian) -> None:
+    """OpenVINO's conversion folds the ONNX graph's ``Gather`` + ``Cast`` (see
+    :func:`store_whitener_packed`) into one dense float32 ``[G, d, d]`` constant: an IR four times
+    the ONNX file. Put the packed rows and the ``Gather`` back in its place: the IR is as small as
+    the ONNX file, and the CPU plugin folds them once when the model is compiled, to the same
+    values (RESULTS.md §36)."""
+    from openvino import Type
+    from openvino import opset13 as ops
+
+    padded, gather = packed_whitener_gather(gaussian)
+    folded = padded[:, gather].astype(np.float32)  # what the conversion folded (the scale is applied later)
+    g, d, _ = folded.shape
+    found = [node for node in ov_model.get_ordered_ops() if node.get_type_name() == "Constant"
+             and list(node.get_output_shape(0)) == [g, d, d] and np.array_equal(node.get_data(), folded)]
+    del folded
+    if len(found) != 1:
+        raise ExportError(f"internal: expected one dense whitener constant of shape {[g, d, d]} in the "
+                          f"OpenVINO model, found {len(found)}")
+    dense = ops.convert(ops.gather(ops.constant(padded), ops.constant(gather), ops.constant(np.int64(1))), Type.f32)
+    for reader in list(found[0].output(0).get_target_inputs()):
+        reader.replace_source_output(dense.output(0))
 
 
 def _distance_root(nodes, product):
@@ -285,6 +316,7 @@ def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16
         staged = Path(tmp) / "staged.onnx"
         _write_onnx(net, input_size, staged, metadata, False, gaussian)
         ov_model = ov.convert_model(str(staged))
+        store_openvino_whitener_packed(ov_model, gaussian)
         ov_model.set_rt_info(json.dumps(metadata), [METADATA_KEY])
         ov.save_model(ov_model, str(xml), compress_to_fp16=bool(fp16))
     return xml

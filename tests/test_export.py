@@ -144,8 +144,20 @@ def test_openvino_matches_onnx(tmp_path):
     compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     batch = as_batch(sample_images())
     out = compiled(batch)
-    _, scores = onnx_run(export_model(model, tmp_path / "m.onnx"), batch)
+    onnx_path = export_model(model, tmp_path / "m.onnx")
+    _, scores = onnx_run(onnx_path, batch)
     np.testing.assert_allclose(np.asarray(out[compiled.output("score")]), scores, rtol=1e-3)
+    # the whitener travels packed, as in the ONNX file: against OpenVINO's own conversion of that
+    # file (a dense float32 constant), the IR saves exactly the dense bytes less the packed ones,
+    # and scores the same
+    dense_xml = tmp_path / "dense.xml"
+    ov.save_model(ov.convert_model(str(onnx_path)), str(dense_xml), compress_to_fp16=False)
+    g, d = model.gaussian_.mean.shape
+    saved = dense_xml.with_suffix(".bin").stat().st_size - xml.with_suffix(".bin").stat().st_size
+    assert saved == pytest.approx(g * d * d * 4 - g * (1 + d * (d + 1) // 2) * 2 - d * d * 8, abs=1024)
+    dense = ov.Core().compile_model(str(dense_xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(np.asarray(out[compiled.output("score")]),
+                               np.asarray(dense(batch)[dense.output("score")]), rtol=1e-6)
     # -o M.XML is written as M.xml (OpenVINO's serializer refused it, an internal error); a file
     # named M.XML is read as OpenVINO, as padim score recognises it (it was read as ONNX)
     from padim.runtime import ExportedModel
