@@ -22,9 +22,15 @@ def as_sources(images: Any) -> list:
     if isinstance(images, (str, Path)):
         return list(list_images(images))
     if isinstance(images, (np.ndarray, torch.Tensor)):
-        array = images.numpy() if isinstance(images, torch.Tensor) else images
+        array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
         if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
             return [array]  # one image, gray or with channels last
+        if array.ndim == 3 and array.shape[0] in (3, 4):
+            # one channels-first colour image or a stack of 3 or 4 gray ones: guessing would
+            # silently score the wrong thing (three channels as three images)
+            raise ValueError(f"an array of shape {tuple(array.shape)} is either one channels-first image or "
+                             f"{array.shape[0]} gray images: give array.transpose(1, 2, 0) (HxWxC) for the "
+                             f"first, list(array) for the second")
         if array.ndim in (3, 4):
             return list(array)  # a stack of images
         raise ValueError(f"cannot interpret an array of shape {array.shape} as images")

@@ -36,3 +36,23 @@ def test_loader_decodes_inline_by_default_on_a_small_machine(tmp_path, monkeypat
     assert loader.num_workers == 0
     values = [float(batch.images[j, 0, 0, 0]) * 255 for batch in loader for j in range(len(batch.indices))]
     np.testing.assert_allclose(values, np.arange(40), atol=1e-3)  # in input order
+
+
+def test_as_sources_reads_array_layouts_and_refuses_the_ambiguous_one():
+    import torch
+
+    from padim.data import as_sources
+
+    rgb = np.zeros((16, 20, 3), np.uint8)
+    assert len(as_sources(rgb)) == 1 and as_sources(rgb)[0].shape == (16, 20, 3)
+    assert len(as_sources(np.zeros((16, 20), np.uint8))) == 1  # one gray image
+    assert len(as_sources(np.zeros((5, 16, 20), np.uint8))) == 5  # a stack of gray images
+    assert len(as_sources(np.zeros((2, 16, 20, 3), np.uint8))) == 2  # a stack of colour images
+    tensor = torch.zeros(16, 20, 3, requires_grad=True)  # a tensor that needs grad still converts
+    assert as_sources(tensor)[0].shape == (16, 20, 3)
+    for channels in (3, 4):  # channels first, or 3-4 gray images: refused, with both readings' calls
+        with pytest.raises(ValueError, match=r"either one channels-first image or .* array.transpose\(1, 2, 0\)"):
+            as_sources(np.zeros((channels, 16, 20), np.uint8))
+    with pytest.raises(ValueError, match="channels-first"):
+        as_sources(torch.zeros(3, 16, 20))
+    assert len(as_sources(list(np.zeros((3, 16, 20), np.uint8)))) == 3  # the list is unambiguous
