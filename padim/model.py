@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -177,6 +178,15 @@ class PaDiM(ScoringMethods):
     def spec(self):
         return get_spec(self.backbone)
 
+
+    def _check_fit_params(self) -> None:
+        """Refuse, before any work, the parameters no fit can use (the others are checked where
+        they are decided: d, image_size, layers, backbone, max_false_reject)."""
+        folds = self.calibration_folds
+        if not isinstance(folds, (int, np.integer)) or isinstance(folds, bool) or folds < 0 or folds == 1:
+            raise ValueError(f"calibration_folds must be 0 (no calibration) or at least 2, got {folds!r}")
+        if not isinstance(self.eps, (int, float, np.number)) or not math.isfinite(self.eps) or self.eps < 0:
+            raise ValueError(f"eps must be a finite number ≥ 0, got {self.eps!r}")
 
     def _device(self) -> torch.device:
         return resolve_device(self.device)
@@ -384,6 +394,7 @@ class PaDiM(ScoringMethods):
     def fit(self, images: Any, calibrate: bool | None = None) -> "PaDiM":
         """Fit on good images (see :meth:`_fit_plain`); with ``config="auto"`` first choose the
         configuration (padim.autoconfig)."""
+        self._check_fit_params()
         if self.config == "auto":
             from .autoconfig import auto_fit
 
@@ -413,6 +424,7 @@ class PaDiM(ScoringMethods):
         equal to one process's up to summation order. Only rank 0 need save it.
         """
         self._apply_threads()
+        self._check_fit_params()
         sources = as_sources(images)
         self._prepare_fit(sources)
         if self._extractor is None:  # a fit records the weights it is given: a last fit's are no check on them
@@ -452,10 +464,13 @@ class PaDiM(ScoringMethods):
         self.map_floor_ = None
         self.whole_image_ = None
         calibrating = bool(folds and folds >= 2 and len(used) >= max(folds, 5))
-        if folds and folds >= 2 and not calibrating and calibrate:
-            raise ValueError(f"calibration needs at least {max(folds, 5)} good images, got {len(used)}: "
-                             f"add good images, or fit without calibration (calibration_folds=0, "
-                             f"CLI --folds 0: scores and maps, no probabilities)")
+        if folds and folds >= 2 and not calibrating:
+            message = (f"calibration needs at least {max(folds, 5)} good images, got {len(used)}: "
+                       f"add good images, lower calibration_folds, or fit without calibration "
+                       f"(calibration_folds=0, CLI --folds 0: scores and maps, no probabilities)")
+            if calibrate:
+                raise ValueError(message)
+            warnings.warn(f"{message}; fitted without calibration", stacklevel=3)
         finalize_bar = lambda chunks, total: self._progress(chunks, total, "finalize", unit="chunk")  # noqa: E731
         if not calibrating:
             self.gaussian_ = stats.finalize(self.eps, progress=finalize_bar)

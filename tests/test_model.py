@@ -471,8 +471,29 @@ def test_calibration_needs_enough_images(data):
     files = sorted(data["train"].glob("good_*.png"))[:4]
     with pytest.raises(ValueError, match="calibration"):
         PaDiM(**dict(PARAMS, calibration_folds=3)).fit(files, calibrate=True)
-    model = PaDiM(**dict(PARAMS, calibration_folds=3)).fit(files)  # not asked for: silently skipped
+    with pytest.warns(UserWarning, match="calibration needs at least 5 good images, got 4.*fitted without calibration"):
+        model = PaDiM(**dict(PARAMS, calibration_folds=3)).fit(files)  # not asked for: skipped, with a warning
     assert model.calibrator_ is None
+    with pytest.raises(RuntimeError, match=r"fewer good images than max\(calibration_folds, 5\)"):
+        model.predict_proba(files[:1])
+    more = sorted(data["train"].glob("good_*.png"))[:8]
+    with pytest.warns(UserWarning, match="at least 9 good images, got 8.*lower calibration_folds"):
+        assert PaDiM(**dict(PARAMS, calibration_folds=9)).fit(more).calibrator_ is None
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"calibration_folds": 1}, "calibration_folds must be 0 .* or at least 2, got 1"),
+    ({"calibration_folds": -2}, "calibration_folds must be"),
+    ({"calibration_folds": 2.5}, "calibration_folds must be"),
+    ({"eps": float("nan")}, "eps must be a finite number ≥ 0, got nan"),
+    ({"eps": -0.1}, "eps must be"),
+    ({"eps": "0.1"}, "eps must be"),
+    ({"eps": float("inf"), "config": "auto"}, "eps must be"),  # before the selection too
+])
+def test_unusable_fit_parameters_are_refused_before_any_work(data, params, match, monkeypatch):
+    monkeypatch.setattr(PaDiM, "_prepare_fit", lambda *a, **k: pytest.fail("the fit started"))
+    with pytest.raises(ValueError, match=match):
+        PaDiM(**dict(PARAMS, **params)).fit(data["train"])
 
 
 def test_copies_of_one_image_are_refused_with_the_reason(data):
