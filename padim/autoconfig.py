@@ -53,7 +53,7 @@ import numpy as np
 
 from . import distributed
 from .alignment import position_spread
-from .data import as_sources
+from .sources import as_sources
 from .errors import first_line
 from .feature_bank import BANK_MAX_BYTES, FeatureBank, bank_bytes, bank_key
 from .io import ImageReadError, load_image

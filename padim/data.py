@@ -1,4 +1,4 @@
-"""Turning whatever the user passes as ``images`` into batches for the model."""
+"""Image sources (padim.sources) into batches for the model: decoding, value ranges, resizing."""
 
 from __future__ import annotations
 
@@ -10,39 +10,10 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .io import ImageReadError, list_images, load_image
+from .io import ImageReadError, load_image
 from .value_range import ValueRange
-
-
-def as_sources(images: Any) -> list:
-    """A folder, a file, a list of paths / PIL images / arrays, or an ``[N, H, W(, C)]`` array → list."""
-    if isinstance(images, (str, Path)):
-        return list(list_images(images))
-    if isinstance(images, (np.ndarray, torch.Tensor)):
-        array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
-        if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
-            return [array]  # one image, gray or with channels last
-        if array.ndim == 3 and array.shape[0] in (3, 4):
-            # one channels-first colour image or a stack of 3 or 4 gray ones: guessing would
-            # silently score the wrong thing (three channels as three images)
-            raise ValueError(f"an array of shape {tuple(array.shape)} is either one channels-first image or "
-                             f"{array.shape[0]} gray images: give array.transpose(1, 2, 0) (HxWxC) for the "
-                             f"first, list(array) for the second")
-        if array.ndim in (3, 4):
-            return list(array)  # a stack of images
-        raise ValueError(f"cannot interpret an array of shape {array.shape} as images")
-    if isinstance(images, Image.Image):
-        return [images]
-    try:
-        sources = list(images)
-    except TypeError:
-        raise TypeError(f"images must be a folder, a file, a list of images or an array, not {type(images).__name__}") from None
-    if not sources:
-        raise ValueError("no images given")
-    return [Path(s) if isinstance(s, str) else s for s in sources]
 
 
 def source_name(source: Any, index: int) -> str:

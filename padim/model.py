@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from . import distributed
 from .backbones import DEFAULT_BACKBONE, WeightsUnavailableError, build_backbone, get_spec
 from .calibration import Calibrator
-from .data import Batch, Resize, as_sources, make_loader, source_name
+from .data import Batch, Resize, make_loader, source_name
+from .sources import as_sources
 from .errors import first_line
 from .features import random_channel_index
 from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps, image_scores

@@ -23,7 +23,8 @@ from PIL import Image
 
 from .errors import first_line
 from .image_result import ImageResult, ScoringMethods
-from .io import ImageReadError, list_images, load_image
+from .io import ImageReadError, load_image
+from .sources import as_sources
 from .metadata import check_export_metadata
 from .value_range import as_value_range
 from .whole_image import WholeImageRule
@@ -210,7 +211,7 @@ class ExportedModel(ScoringMethods):
     def iter_results(self, images: Any, maps: bool = True, originals: bool = False) -> Iterator[ImageResult]:
         """Results in input order, ``batch_size`` images per engine call; unreadable images carry an error.
         With ``originals`` each result holds the decoded image too (to draw its heatmap)."""
-        sources = list(list_images(images)) if isinstance(images, (str, Path)) else list(images)
+        sources = as_sources(images)
         batches = [range(start, min(start + self.batch_size, len(sources)))
                    for start in range(0, len(sources), self.batch_size)]
         pending = self._reading(sources, batches[0]) if batches else []

@@ -41,7 +41,7 @@ def test_loader_decodes_inline_by_default_on_a_small_machine(tmp_path, monkeypat
 def test_as_sources_reads_array_layouts_and_refuses_the_ambiguous_one():
     import torch
 
-    from padim.data import as_sources
+    from padim.sources import as_sources
 
     rgb = np.zeros((16, 20, 3), np.uint8)
     assert len(as_sources(rgb)) == 1 and as_sources(rgb)[0].shape == (16, 20, 3)

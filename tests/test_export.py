@@ -87,6 +87,15 @@ def test_an_export_answers_the_estimator_calls_of_its_model(tmp_path):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.max())
     with pytest.raises(ValueError, match="1 image\\(s\\) could not be read; first: '.*nope.png'"):
         export.score_samples([images[0], tmp_path / "nope.png"])
+    # the inputs besides a list read alike: one array (not its rows), a PIL image, a stack, a file
+    Image.fromarray(images[1]).save(tmp_path / "one.png")
+    for one in (images[1], Image.fromarray(images[1]), np.stack(images[1:2]), str(tmp_path / "one.png")):
+        assert len(export.score_samples(one)) == 1
+        np.testing.assert_allclose(export.score_samples(one), model.score_samples(one), rtol=1e-4)
+    for bad, error in (([], "no images given"), (np.zeros((3, 32, 40), np.uint8), "channels-first")):
+        for scorer in (model, export):
+            with pytest.raises(ValueError, match=error):
+                scorer.score_samples(bad)
     bare = ExportedModel(export_model(fitted(folds=0), tmp_path / "bare.onnx"))
     with pytest.raises(RuntimeError, match="no calibration"):
         bare.predict_proba(images)
