@@ -84,6 +84,14 @@ def _parsed_metadata(path: Path, raw: str):
         raise ExportedModelError(f"'{path}': padim metadata is corrupted (not JSON)") from None
 
 
+def _is_model_file(path: Path) -> bool:
+    """Whether ``path`` starts as a .padim file does (safetensors: an 8-byte header length, then
+    its JSON), which no ONNX or OpenVINO file does."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+    return len(head) == 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 2**31
+
+
 class _OnnxSession:
     def __init__(self, path: Path, threads: int | None):
         try:
@@ -150,6 +158,9 @@ class ExportedModel(ScoringMethods):
         self._pool = None
         if not self.path.is_file():
             raise ExportedModelError(f"'{self.path}': no such exported model file")
+        if _is_model_file(self.path):
+            raise ExportedModelError(f"'{self.path}': a padim model file, not an export: load it with "
+                                     f"padim.PaDiM.load, or export it first (padim export)")
         self.batch_size = max(1, int(batch_size))
         self.format = "OpenVINO IR" if self.path.suffix.lower() == ".xml" else "ONNX"  # as is_exported_model
         self._session = (_OpenVinoSession if self.format == "OpenVINO IR" else _OnnxSession)(self.path, threads)

@@ -347,6 +347,22 @@ def test_an_unloadable_onnx_file_with_a_silent_error_is_one_line_naming_it(tmp_p
 
 
 
+def test_a_model_file_given_as_an_export_is_named_for_what_it_is(tmp_path):
+    """A .padim file (under any name) passed to ExportedModel says it is a model file and what to
+    do, instead of the ONNX parser's 'Protobuf parsing failed'."""
+    from padim.runtime import ExportedModel, ExportedModelError
+
+    model_file = tmp_path / "model.onnx"  # a model file misnamed as an export
+    fitted(folds=0).save(model_file.with_suffix(".padim"))
+    model_file.with_suffix(".padim").rename(model_file)
+    with pytest.raises(ExportedModelError, match=r"model\.onnx': a padim model file, not an export: .*padim export"):
+        ExportedModel(model_file)
+    other = tmp_path / "junk.onnx"
+    other.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + b"\x00" * 16)  # short, not safetensors JSON
+    with pytest.raises(ExportedModelError, match="not a loadable ONNX model"):
+        ExportedModel(other)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     return export_model(fitted(), tmp_path_factory.mktemp("export") / "m.onnx")
