@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import first_line
+from .warning_lines import WarningLines
 
 EXAMPLES = {
     "fit": "padim fit images/good -o model.padim",
@@ -338,8 +339,8 @@ def cmd_fit(args) -> int:
         # calibrate=True: too few good images for the folds is an error here, not a model that
         # `padim score` would refuse later for want of probabilities.
         model.fit(args.train_dir, calibrate=args.folds >= 2)
-    for w in caught:
-        print(f"padim: warning: {w.message}", file=sys.stderr)
+    for w in caught:  # after the progress bars, through WarningLines (one line each, repeats counted)
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if args.val_defects is not None or args.threshold is not None:
         model.recalibrate(args.val_defects, threshold=args.threshold, threshold_method=args.threshold_method)
     if not main_rank:  # under torchrun rank 0 writes the model; the others wait for it, quietly
@@ -517,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _start_distributed(args)
         _check_outputs(args)
-        return COMMANDS[args.command](args)
+        with WarningLines():
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print(f"padim {args.command}: interrupted", file=sys.stderr)
         return 130

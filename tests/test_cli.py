@@ -1223,3 +1223,23 @@ def test_display_name_escapes_what_a_title_cannot_draw():
     assert display_name("a\tb\nc\rd.png") == "a\\tb\\nc\\rd.png"
     assert display_name("$x$.png") == "$x$.png"  # drawn without math parsing (viz.save_heatmap)
     assert display_name("ünïcødé/日本語 1.png") == "ünïcødé/日本語 1.png"
+
+
+def test_a_warning_for_every_image_is_one_line_each_then_a_count(data, fitted, tmp_path):
+    """16-bit copies scored by a model fitted on 8-bit images warn once per file: the first
+    MAX_SAME as single lines (not Python's two-line format), the rest counted at the end."""
+    from padim.warning_lines import MAX_SAME
+
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    n = MAX_SAME + 3
+    for i in range(n):
+        pixels = np.asarray(Image.open(data["test"] / "good" / "00.png").convert("L"), np.uint16) * 257
+        Image.fromarray(pixels).save(deep / f"{i}.png")
+    rc, stdout, err = cli("score", fitted["path"], deep, "-o", tmp_path / "s.tsv")
+    assert rc == 0 and f"scored {n} images" in stdout
+    lines = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(lines) == MAX_SAME + 1, err
+    assert all(line.startswith("padim: warning: '") and "deeper-than-8-bit" in line for line in lines[:MAX_SAME])
+    assert lines[-1].startswith(f"padim: warning: 3 more like the above ({n} in all): deeper-than-8-bit")
+    assert "UserWarning" not in err and "load_image(" not in err
