@@ -10,8 +10,6 @@ import sys
 import threading
 import warnings
 
-from tqdm.auto import tqdm
-
 MAX_SAME = 3  # lines printed per kind of warning; the rest are counted
 _LEADING_PATH = re.compile(r"^'[^']*': ")  # "'a/b.png': …" — the same warning for another file
 
@@ -40,8 +38,15 @@ class WarningLines:
                 self._write(f"padim: warning: {count - self.max_same} more like the above ({count} in all): {kind}")
 
     def _write(self, line: str) -> None:
-        """One whole line, above any progress bar (tqdm.write clears and redraws it)."""
-        tqdm.write(line, file=self.stream or sys.stderr)
+        """One whole line, above any progress bar (tqdm.write clears and redraws it; an install
+        for exports only may have no tqdm, and then no bars either)."""
+        stream = self.stream or sys.stderr
+        try:
+            from tqdm.auto import tqdm
+        except ModuleNotFoundError:
+            stream.write(line + "\n")
+            return
+        tqdm.write(line, file=stream)
 
     def __enter__(self) -> "WarningLines":
         self._saved = warnings.showwarning

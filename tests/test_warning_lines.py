@@ -27,3 +27,14 @@ def test_the_previous_display_is_restored():
     with WarningLines(stream=io.StringIO()):
         assert warnings.showwarning is not before
     assert warnings.showwarning is before
+
+
+def test_without_tqdm_the_lines_are_written_plainly(monkeypatch):
+    """An install for exports only may lack tqdm: the lines are the same."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # importing it now fails
+    stream = io.StringIO()
+    with WarningLines(stream=stream):
+        warnings.warn("'a.png': odd", stacklevel=1)
+    assert stream.getvalue() == "padim: warning: 'a.png': odd\n"
