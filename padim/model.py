@@ -179,7 +179,6 @@ class PaDiM(ScoringMethods):
     def spec(self):
         return get_spec(self.backbone)
 
-
     def _check_fit_params(self) -> None:
         """Refuse, before any work, the parameters no fit can use (the others are checked where
         they are decided: d, image_size, layers, backbone, max_false_reject)."""
