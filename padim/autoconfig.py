@@ -53,7 +53,7 @@ import numpy as np
 
 from . import distributed
 from .alignment import position_spread
-from .sources import as_sources
+from .sources import as_sources, defect_image_sources
 from .errors import first_line
 from .feature_bank import BANK_MAX_BYTES, FeatureBank, bank_bytes, bank_key
 from .io import ImageReadError, load_image
@@ -314,7 +314,7 @@ def find_defect_mask(path: Path) -> Path | None:
 def real_validation(val_defects: Any, max_side: int = VALIDATION_MAX_SIDE) -> DefectSet:
     """``--val-defects`` images as 8-bit arrays at most ``max_side`` large, with the masks found for
     them (:func:`find_defect_mask`; files named ``*_mask.*`` are masks, not defect images)."""
-    sources = [s for s in as_sources(val_defects) if not (isinstance(s, Path) and s.stem.endswith("_mask"))]
+    sources = defect_image_sources(val_defects)
     images, masks = [], []
     for source in sources:
         arrays = _validation_arrays([source], max_side)

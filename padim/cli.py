@@ -327,6 +327,13 @@ def cmd_fit(args) -> int:
         raise CliError(f"--folds must be 0 (no calibration) or at least 2, got {args.folds}")
     if args.folds < 2 and (args.threshold is not None or args.val_defects is not None):
         raise CliError("--threshold and --val-defects calibrate probabilities, which needs --folds 2 or more")
+    if args.val_defects is not None:  # before the fit, not after it (the fit's work would be lost)
+        from .sources import defect_image_sources
+
+        try:
+            defect_image_sources(args.val_defects)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CliError(f"--val-defects: {first_line(exc)}") from None
     model = PaDiM(**params)
     main_rank = _main_rank()
     if main_rank:

@@ -16,7 +16,7 @@ from . import distributed
 from .backbones import DEFAULT_BACKBONE, WeightsUnavailableError, build_backbone, get_spec
 from .calibration import Calibrator
 from .data import Batch, Resize, make_loader, source_name
-from .sources import as_sources
+from .sources import as_sources, defect_image_sources
 from .errors import first_line
 from .features import random_channel_index
 from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps, image_scores
@@ -587,7 +587,7 @@ class PaDiM(ScoringMethods):
         self._check_fitted()
         if getattr(self, "calibration_scores_", None) is None:
             raise RuntimeError("no held-out good scores; fit with calibration_folds ≥ 2 first")
-        defect_scores = None if defect_images is None else self.score_samples(defect_images)
+        defect_scores = None if defect_images is None else self.score_samples(defect_image_sources(defect_images))
         good = self.calibration_scores_
         rule, means = getattr(self, "whole_image_", None), getattr(self, "calibration_means_", None)
         if defect_scores is not None and rule is not None and means is not None:

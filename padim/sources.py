@@ -48,3 +48,12 @@ def as_sources(images: Any) -> list:
     if not sources:
         raise ValueError("no images given")
     return [Path(s) if isinstance(s, str) else s for s in sources]
+
+
+def defect_image_sources(images: Any) -> list:
+    """Labelled defect images (``--val-defects``, ``recalibrate``) as :func:`as_sources` gives
+    them, less their masks: files named ``*_mask.*`` beside the images are masks, not defects."""
+    sources = [s for s in as_sources(images) if not (isinstance(s, Path) and s.stem.endswith("_mask"))]
+    if not sources:
+        raise ValueError(f"'{images}': only masks (*_mask.*), no defect images")
+    return sources

@@ -350,6 +350,34 @@ def test_val_defects_give_a_logistic_calibration(data, tmp_path):
     assert all(label == "NG" for path, (_, _, label) in rows.items() if path.startswith("blob/"))
 
 
+def test_masks_beside_the_labelled_defects_are_not_scored_as_defects(data, fitted, tmp_path, monkeypatch):
+    """``x.png`` with ``x_mask.png`` beside it: recalibrate scores x.png only (the selection
+    always left masks out; recalibrate had scored them as defects too)."""
+    from padim import PaDiM
+
+    folder = tmp_path / "defects"
+    folder.mkdir()
+    images = sorted((data["test"] / "blob").glob("*.png"))
+    for image in images:
+        shutil.copy(image, folder / image.name)
+        shutil.copy(data["mvtec"] / "ground_truth" / "blob" / f"{image.stem}_mask.png", folder / f"{image.stem}_mask.png")
+    seen = []
+    score_samples = PaDiM.score_samples
+    monkeypatch.setattr(PaDiM, "score_samples", lambda self, sources: (seen.extend(sources), score_samples(self, sources))[1])
+    PaDiM.load(fitted["path"]).recalibrate(folder)
+    assert sorted(p.name for p in seen) == [image.name for image in images]
+
+
+def test_unusable_val_defects_are_refused_before_the_fit(data, tmp_path):
+    only_masks = tmp_path / "masks"
+    only_masks.mkdir()
+    shutil.copy(next((data["mvtec"] / "ground_truth" / "blob").glob("*.png")), only_masks / "a_mask.png")
+    for folder, error in ((only_masks, "only masks"), (tmp_path / "missing", "no such file or folder")):
+        rc, _, err = cli("fit", data["train"], "-o", tmp_path / "m.padim", "--val-defects", folder, *FIT)
+        assert rc == 2 and f"--val-defects: '{folder}': " in err and error in err, err
+        assert "memory plan" not in err and not (tmp_path / "m.padim").exists()
+
+
 # ----------------------------------------------------------------------------- score: formats
 
 def test_default_tsv_header_columns_sorted_relative_paths(scored_inputs, model):
