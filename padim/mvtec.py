@@ -64,6 +64,17 @@ def read_labelled_set(root: str | Path) -> LabelledSet:
     return result
 
 
+def check_both_classes(data: LabelledSet) -> None:
+    """A ValueError naming the test folder when it holds only good or only defect images: the
+    metrics need both, and finding out after scoring every image wastes the run."""
+    n_defects = sum(data.labels)
+    if 0 < n_defects < len(data.labels):
+        return
+    missing = "no defect images (test/<defect>/)" if n_defects == 0 else "no good images (test/good/)"
+    raise ValueError(f"'{data.root / 'test'}': {missing}, {len(data.labels) - n_defects} good and {n_defects} "
+                     f"defect images; evaluation needs both (to score a folder of one kind, use padim score)")
+
+
 def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:
     """Binary mask at ``shape`` (all False when ``path`` is None): a pixel is defective where the
     mask's colour is non-zero and, in a mask with alpha, not transparent.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from . import distributed
 from .artefacts import artefact_names, check_inputs_kept
 from .io import atomic_output, list_images, load_image
-from .mvtec import check_masks, load_mask, read_labelled_set
+from .mvtec import check_both_classes, check_masks, load_mask, read_labelled_set
 from .results import Provenance, ResultJournal, Row, write_error_list
 from .value_range import EIGHT_BIT
 
@@ -196,6 +196,7 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
     from .viz import plot_pr, plot_roc, plot_score_histogram, save_heatmap
 
     data = read_labelled_set(data_dir)
+    check_both_classes(data)
     check_masks(data)
     report = Path(report_dir) if report_dir else None
     scores, maps, masks = [], [], []

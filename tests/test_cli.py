@@ -938,11 +938,18 @@ def test_score_with_an_uncalibrated_model_is_a_boundary_error(data, tmp_path):
     assert "calibration" in err
 
 
-def test_eval_without_defect_images_is_a_boundary_error(data, fitted, tmp_path):
-    shutil.copytree(data["test"] / "good", tmp_path / "set" / "test" / "good")
+@pytest.mark.parametrize("kept, missing", [("good", "no defect images"), ("blob", "no good images")])
+def test_eval_of_one_class_is_refused_before_scoring(data, fitted, tmp_path, monkeypatch, kept, missing):
+    """A test folder of good images only, or defects only: one line naming it and what is missing,
+    before any image is scored (it came after scoring them all, naming neither)."""
+    from padim.model import PaDiM
+
+    shutil.copytree(data["test"] / kept, tmp_path / "set" / "test" / kept)
+    monkeypatch.setattr(PaDiM, "iter_results", lambda *a, **k: pytest.fail("scored before the classes were checked"))
     rc, out, err = cli("eval", fitted["path"], tmp_path / "set", *RUNTIME)
     assert rc == 2
-    assert len(err.strip().splitlines()) == 1 and err.startswith("padim eval: error: ")
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"padim eval: error: '{tmp_path / 'set' / 'test'}': {missing}"), err
 
 
 # ----------------------------------------------------------------------------- the real console script
