@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,6 +232,10 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
     seconds = time.time() - started
     labels = np.array(data.labels)
     pixel = data.has_masks
+    unmasked = [p for p, m, y in zip(data.paths, data.mask_paths, data.labels) if y == 1 and m is None]
+    if pixel and unmasked:
+        warnings.warn(f"{len(unmasked)} of {int(labels.sum())} defect images have no mask (first: "
+                      f"'{unmasked[0]}'): pixel AUROC and PRO leave them out")
     from tqdm.auto import tqdm
 
     n_types = len({t for t in data.defect_types if t != "good"}) if data.defect_types is not None else 0
@@ -239,6 +244,8 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
         metrics = evaluate(labels, np.array(scores), masks=masks if pixel else None, maps=maps if pixel else None,
                            defect_types=data.defect_types, progress=lambda: bar.update(1))
     metrics["n_images"] = len(scores)
+    if pixel:
+        metrics["defect_images_without_mask"] = len(unmasked)
     metrics["seconds"] = round(seconds, 2)
     metrics["images_per_second"] = round(len(scores) / seconds, 2) if seconds else None
     if threshold is not None:

@@ -733,6 +733,30 @@ def test_eval_without_masks_has_no_pixel_metrics(data, fitted, tmp_path):
     assert set(m["per_defect_type"]) == {"blob", "scratch"}
 
 
+def test_defect_images_without_a_mask_are_counted_and_left_out_of_pixel_metrics(data, fitted, tmp_path):
+    """A blob image whose mask is missing: a warning naming it, the count in metrics.json, and the
+    pixel metrics of the set without that image at all (the scratches never had masks)."""
+    reports = {}
+    for case in ("mask removed", "image removed"):
+        root = tmp_path / case.replace(" ", "_")
+        shutil.copytree(data["mvtec"], root)
+        image = sorted((root / "test" / "blob").glob("*.png"))[0]
+        (root / "ground_truth" / "blob" / f"{image.stem}_mask.png").unlink()
+        if case == "image removed":
+            image.unlink()
+        rc, out, err = cli("eval", fitted["path"], root, "-o", root / "report", *RUNTIME)
+        assert rc == 0, err
+        reports[case] = (json.loads((root / "report" / "metrics.json").read_text()), err, image)
+    metrics, err, image = reports["mask removed"]
+    n_scratch = len(list((data["test"] / "scratch").glob("*.png")))
+    assert metrics["defect_images_without_mask"] == n_scratch + 1
+    assert f"defect images have no mask (first: '{image}')" in err
+    other = reports["image removed"][0]
+    assert other["defect_images_without_mask"] == n_scratch
+    assert metrics["n_images"] == other["n_images"] + 1
+    assert metrics["pixel_auroc"] == other["pixel_auroc"] and metrics["pro"] == other["pro"]
+
+
 @pytest.mark.parametrize("bad", ["rotated", "garbage"])
 def test_eval_refuses_a_bad_mask_before_scoring(data, fitted, tmp_path, monkeypatch, bad):
     """A mask that cannot be read, or of another aspect ratio, stops `padim eval` in one line naming
