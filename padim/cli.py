@@ -327,11 +327,12 @@ def cmd_fit(args) -> int:
         raise CliError(f"--folds must be 0 (no calibration) or at least 2, got {args.folds}")
     if args.folds < 2 and (args.threshold is not None or args.val_defects is not None):
         raise CliError("--threshold and --val-defects calibrate probabilities, which needs --folds 2 or more")
-    if args.val_defects is not None:  # before the fit, not after it (the fit's work would be lost)
+    defects = None
+    if args.val_defects is not None:  # listed before the fit, not after it (the fit's work would be lost)
         from .sources import defect_image_sources
 
         try:
-            defect_image_sources(args.val_defects)
+            defects = defect_image_sources(args.val_defects)
         except (FileNotFoundError, ValueError) as exc:
             raise CliError(f"--val-defects: {first_line(exc)}") from None
     model = PaDiM(**params)
@@ -349,7 +350,7 @@ def cmd_fit(args) -> int:
     for w in caught:  # after the progress bars, through WarningLines (one line each, repeats counted)
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if args.val_defects is not None or args.threshold is not None:
-        model.recalibrate(args.val_defects, threshold=args.threshold, threshold_method=args.threshold_method)
+        model.recalibrate(defects, threshold=args.threshold, threshold_method=args.threshold_method)
     if not main_rank:  # under torchrun rank 0 writes the model; the others wait for it, quietly
         _barrier()
         return 0

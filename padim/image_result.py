@@ -56,8 +56,8 @@ class ScoringMethods:
     def _require_calibration(self):
         self._check_fitted()
         if self.calibrator_ is None:
-            raise RuntimeError(("this model has no calibration: it was fitted with calibration_folds=0 or on fewer good "
-                               "images than max(calibration_folds, 5); refit with enough good images"))
+            raise RuntimeError("this model has no calibration: it was fitted with calibration_folds=0 or on fewer good "
+                               "images than max(calibration_folds, 5); refit with enough good images")
         return self.calibrator_
 
     def predict_proba(self, images: Any) -> np.ndarray:

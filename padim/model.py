@@ -424,7 +424,6 @@ class PaDiM(ScoringMethods):
         equal to one process's up to summation order. Only rank 0 need save it.
         """
         self._apply_threads()
-        self._check_fit_params()
         sources = as_sources(images)
         self._prepare_fit(sources)
         if self._extractor is None:  # a fit records the weights it is given: a last fit's are no check on them

@@ -25,6 +25,11 @@ class LabelledSet:
     def has_masks(self) -> bool:
         return any(m is not None for m, y in zip(self.mask_paths, self.labels) if y == 1)
 
+    @property
+    def defects_without_mask(self) -> list[Path]:
+        """The defect images no mask was found for (pixel metrics leave them out)."""
+        return [p for p, m, y in zip(self.paths, self.mask_paths, self.labels) if y == 1 and m is None]
+
 
 def find_image(folder: Path, names) -> Path | None:
     """The first existing ``folder/NAME.EXT`` for NAME in ``names``, EXT in IMAGE_EXTENSIONS."""

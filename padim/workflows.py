@@ -232,7 +232,7 @@ def evaluate_folder(model: PaDiM, data_dir: str | Path, report_dir: str | Path |
     seconds = time.time() - started
     labels = np.array(data.labels)
     pixel = data.has_masks
-    unmasked = [p for p, m, y in zip(data.paths, data.mask_paths, data.labels) if y == 1 and m is None]
+    unmasked = data.defects_without_mask
     if pixel and unmasked:
         warnings.warn(f"{len(unmasked)} of {int(labels.sum())} defect images have no mask (first: "
                       f"'{unmasked[0]}'): pixel AUROC and PRO leave them out")
