@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .backbones import DEFAULT_BACKBONE, WeightsUnavailableError, build_backbone, get_spec
-from .calibration import Calibrator
+from .calibration import NO_CALIBRATION, Calibrator
 from .data import Batch, Resize, make_loader, source_name
 from .sources import as_sources, defect_image_sources
 from .errors import first_line
@@ -32,7 +32,7 @@ from .folds import held_out_scores, uses_downdate
 from .memory import (CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes,
                      held_out_cache_bytes, held_out_images, parse_memory, plan_memory)
 from .tiling import cell_grid, extract_tiled, samples_per_image, to_cells
-from .whole_image import WholeImageRule
+from .whole_image import NO_WHOLE_IMAGE_CHECK, WholeImageRule
 from .modelfile import ModelFileError
 
 # Above this a model scores from its packed whitener, unpacked chunk by chunk (the memory of
@@ -727,11 +727,11 @@ class PaDiM(ScoringMethods):
             "regularisation λ": self.gaussian_.reg,
             "model tensors (MB)": round(
                 sum(t.numel() * t.element_size() for t in self.gaussian_.storage_tensors().values()) / 2**20, 1),
-            "calibration": None if self.calibrator_ is None else self.calibrator_.describe(),
-            "whole-image check": (None if getattr(self, "whole_image_", None) is None
+            "calibration": NO_CALIBRATION if self.calibrator_ is None else self.calibrator_.describe(),
+            "whole-image check": (NO_WHOLE_IMAGE_CHECK if getattr(self, "whole_image_", None) is None
                                   else self.whole_image_.describe()),
-            "auto-configuration": (None if not getattr(self, "auto_table_", None) else
-                                   f"chose {self.auto_choice_!r} among {len(self.auto_table_)} candidates"),
+            "auto-configuration": ("none: the options were fitted as given" if not getattr(self, "auto_table_", None)
+                                   else f"chose {self.auto_choice_!r} among {len(self.auto_table_)} candidates"),
             "value range": (f"{self.value_range_.describe()} → 0..1 for every "
                             f"{KIND_NAMES.get(self.value_kind_, 'other')} image"
                             if self.value_range_ is not None else

@@ -27,7 +27,7 @@ from .io import ImageReadError, load_image
 from .sources import as_sources
 from .metadata import check_export_metadata
 from .value_range import as_value_range
-from .whole_image import WholeImageRule
+from .whole_image import NO_WHOLE_IMAGE_CHECK, WholeImageRule
 
 METADATA_KEY = "padim"  # as padim.export.METADATA_KEY (not imported: that module needs torch)
 EXPORT_FORMAT = "padim-export"
@@ -188,13 +188,16 @@ class ExportedModel(ScoringMethods):
     def describe(self) -> dict:
         """What ``padim info`` and ``padim serve``'s ``/model`` show of the export: its metadata,
         under the names a model file's ``describe()`` uses where they are the same fields."""
+        from .calibration import NO_CALIBRATION
+
         meta = self.metadata
         return {"file": str(self.path), "format": self.format,
                 "padim version": meta.get("padim_version"), "backbone": meta.get("backbone"),
                 "layers": meta.get("layers"), "input size (h, w)": list(self.input_size_), "cell": meta.get("cell"),
                 "blur sigma": meta.get("blur_sigma"),
-                "calibration": None if self.calibrator_ is None else self.calibrator_.describe(),
-                "whole-image check": None if self.whole_image_ is None else self.whole_image_.describe(),
+                "calibration": NO_CALIBRATION if self.calibrator_ is None else self.calibrator_.describe(),
+                "whole-image check": (NO_WHOLE_IMAGE_CHECK if self.whole_image_ is None
+                                      else self.whole_image_.describe()),
                 "value range": meta.get("value_range"), "value kind": meta.get("value_kind"),
                 "fp16": meta.get("fp16"), "model fingerprint": meta.get("model_fingerprint")}
 

@@ -42,6 +42,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+# what ``describe()`` (``padim info``, the server's /model) says of a model without the check
+NO_WHOLE_IMAGE_CHECK = "off: the score is the anomaly map's maximum"
+
 GATE_SHARE = 0.5  # the gate's false-reject target as a share of the model's (α/2) ...
 GATE_MAX_FALSE_REJECT = 0.005  # ... and at most this: a check for gross failures, even at α = 10 %
 _FIELDS = ("gate", "base", "slope")

@@ -960,6 +960,13 @@ def test_score_with_an_uncalibrated_model_is_a_boundary_error(data, tmp_path):
     assert rc == 2
     assert err.splitlines() == [err.strip()] and err.startswith("padim score: error: ")
     assert "calibration" in err
+    # padim info says what is missing in words (it printed "None" for each)
+    rc, out, err = cli("info", model_path)
+    fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert rc == 0 and "None" not in out
+    assert fields["calibration"].startswith("none: ") and "no probabilities" in fields["calibration"]
+    assert fields["auto-configuration"] == "none: the options were fitted as given"
+    assert fields["whole-image check"].startswith("off: ")
 
 
 @pytest.mark.parametrize("kept, missing", [("good", "no defect images"), ("blob", "no good images")])

@@ -142,6 +142,8 @@ def test_the_rule_is_saved_shown_and_switched_off_from_the_cli(checked, tmp_path
     capsys.readouterr()
     assert main(["info", str(tmp_path / "on.padim")]) == 0
     assert "whole-image check: an anomaly map whose mean reaches" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "off.padim")]) == 0
+    assert "whole-image check: off: the score is the anomaly map's maximum" in capsys.readouterr().out
 
 
 def test_on_the_packaged_cookies_black_and_white_frames_are_ng_only_with_the_check():
@@ -198,3 +200,5 @@ def test_an_export_applies_and_shows_the_rule(checked, tmp_path):
     results = exported.predict(images, maps=False)
     np.testing.assert_allclose([r.score for r in results], model.score_samples(images), rtol=1e-3)
     assert [r.label for r in results] == ["NG", "OK"]
+    unchecked = ExportedModel(export_model(checked[1], tmp_path / "off.onnx"), batch_size=4, workers=0)
+    assert unchecked.describe()["whole-image check"].startswith("off: ")
