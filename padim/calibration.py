@@ -48,9 +48,6 @@ from scipy.stats import qmc
 
 from .metrics import best_f1_threshold, youden_threshold
 
-# what ``describe()`` (``padim info``, the server's /model) says of a model fitted without calibration
-NO_CALIBRATION = "none: scores and maps only, no probabilities or threshold"
-
 __all__ = ["Calibrator"]
 
 _EULER = 0.5772156649015329

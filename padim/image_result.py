@@ -8,6 +8,10 @@ from typing import Any
 
 import numpy as np
 
+# what ``describe()`` (``padim info``, the server's /model) says of a model without calibration,
+# model file or export (ScoringMethods._require_calibration refuses its probabilities)
+NO_CALIBRATION = "none: scores and maps only, no probabilities or threshold"
+
 
 @dataclass
 class ImageResult:

@@ -14,14 +14,14 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .backbones import DEFAULT_BACKBONE, WeightsUnavailableError, build_backbone, get_spec
-from .calibration import NO_CALIBRATION, Calibrator
+from .calibration import Calibrator
 from .data import Batch, Resize, make_loader, source_name
 from .sources import as_sources, defect_image_sources
 from .errors import first_line
 from .features import random_channel_index
 from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps, image_scores
 from .gaussian import GaussianModel, GaussianStats, GroupedUpdates
-from .image_result import ImageResult, ScoringMethods
+from .image_result import NO_CALIBRATION, ImageResult, ScoringMethods
 from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
 from .value_range import ValueRange, as_value_range, decide_value_range, training_kind, KIND_NAMES

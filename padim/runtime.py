@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import first_line
-from .image_result import ImageResult, ScoringMethods
+from .image_result import NO_CALIBRATION, ImageResult, ScoringMethods
 from .io import ImageReadError, load_image
 from .sources import as_sources
 from .metadata import check_export_metadata
@@ -188,8 +188,6 @@ class ExportedModel(ScoringMethods):
     def describe(self) -> dict:
         """What ``padim info`` and ``padim serve``'s ``/model`` show of the export: its metadata,
         under the names a model file's ``describe()`` uses where they are the same fields."""
-        from .calibration import NO_CALIBRATION
-
         meta = self.metadata
         return {"file": str(self.path), "format": self.format,
                 "padim version": meta.get("padim_version"), "backbone": meta.get("backbone"),
