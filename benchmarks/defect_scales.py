@@ -3,7 +3,7 @@
 For each MVTec-layout dataset: every candidate of ``padim.autoconfig`` is fitted once on auto's
 selection split (seed 0) and validated on its held-out good images with synthetic defects made
 at each extent in ``--scales`` (``padim.synthetic``'s ``scale``; one defect per image, two seeds
-per scale). Each combination of scales (metrics averaged per scale, as ``autoconfig.validate``
+per scale). Each combination of scales (metrics averaged per scale, as ``padim.validation.validate``
 does) then gives a choice, whose regret against the real oracle and Spearman correlation with
 the real ranking are printed. The real per-candidate metrics come from an ``--out`` file of
 ``benchmarks/auto_config.py``:
@@ -25,6 +25,7 @@ from scipy.stats import spearmanr
 
 from padim import PaDiM
 from padim import autoconfig as ac
+from padim import validation
 
 METRICS = ("image_auroc", "pixel_auroc", "pro")
 
@@ -34,14 +35,14 @@ def per_scale_selection(root: Path, scales, seeds=(0, 1)) -> dict:
     sources = sorted((root / "train" / "good").iterdir())
     val_idx, fit_idx = ac.selection_folds(len(sources), seed=0)[0]
     fit_sources = [sources[i] for i in fit_idx]
-    goods = ac._validation_arrays([sources[i] for i in val_idx])
-    sets = {(s, seed): ac.synthetic_validation(goods, seed, (s,)) for s in scales for seed in seeds}
+    goods = validation.validation_arrays([sources[i] for i in val_idx])
+    sets = {(s, seed): validation.synthetic_validation(goods, seed, (s,)) for s in scales for seed in seeds}
     base = PaDiM().get_params()
     base.update(config="fixed", progress=False)
     out = {}
     for candidate in ac.candidates(base["backbone"], base["image_size"]):
         model = PaDiM(**{**base, **candidate.params}).fit(fit_sources, calibrate=False)
-        out[candidate.name] = {key: ac.validate(model, goods, defect_sets) for key, defect_sets in sets.items()}
+        out[candidate.name] = {key: validation.validate(model, goods, defect_sets) for key, defect_sets in sets.items()}
         print(f"  {root.name} {candidate.name}: " + " ".join(
             f"{s}/{seed}={v['selection']:.3f}" for (s, seed), v in out[candidate.name].items()), flush=True)
     return out

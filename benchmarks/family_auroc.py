@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from padim import PaDiM
-from padim.autoconfig import DEFECT_SCALES, _validation_arrays, candidates, defect_auroc, synthetic_validation
+from padim.autoconfig import candidates
+from padim.validation import DEFECT_SCALES, defect_auroc, synthetic_validation, validation_arrays
 
 
 def dataset_split(root: Path) -> tuple[dict, list[Path], list[np.ndarray], list[np.ndarray]]:
@@ -26,8 +27,8 @@ def dataset_split(root: Path) -> tuple[dict, list[Path], list[np.ndarray], list[
     set's good and defect images as the selection reads images (8-bit, at most 512 px)."""
     options = {c.name: c.params for c in candidates("efficientnet_lite0", 256)}
     train = sorted((root / "train" / "good").iterdir())
-    good = _validation_arrays(sorted((root / "test" / "good").iterdir()))
-    real = _validation_arrays([p for kind in sorted((root / "test").iterdir()) if kind.name != "good"
+    good = validation_arrays(sorted((root / "test" / "good").iterdir()))
+    real = validation_arrays([p for kind in sorted((root / "test").iterdir()) if kind.name != "good"
                                for p in sorted(kind.iterdir())])
     return options, train, good, real
 

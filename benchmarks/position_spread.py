@@ -22,7 +22,8 @@ import numpy as np
 
 from padim import PaDiM
 from padim.alignment import position_spread
-from padim.autoconfig import MAX_SELECTION_IMAGES, _validation_arrays
+from padim.autoconfig import MAX_SELECTION_IMAGES
+from padim.validation import validation_arrays
 from padim.feature_bank import FeatureBank
 
 TEXTURES = ((128, 4, 16, 0), (64, 12, 16, 0), (128, 4, 32, 0), (64, 12, 8, 1), (128, 8, 16, 2), (256, 6, 16, 3),
@@ -32,7 +33,7 @@ TEXTURES = ((128, 4, 16, 0), (64, 12, 16, 0), (128, 4, 32, 0), (64, 12, 8, 1), (
 def spreads(files: list, **params) -> tuple[int, tuple, float, float]:
     model = PaDiM(progress=False, config="fixed", **params)
     model._prepare_fit(files)
-    arrays = _validation_arrays(files)
+    arrays = validation_arrays(files)
     model.value_range_, model.value_kind_ = model._decide_value_range(arrays)
     bank = FeatureBank(model, model.layers_, arrays)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from padim import PaDiM
-from padim.autoconfig import defect_auroc, synthetic_validation
+from padim.validation import defect_auroc, synthetic_validation
 
 from family_auroc import dataset_split
 

@@ -5,9 +5,9 @@ A few plain PaDiM configurations (:func:`candidates`) are tried on ``FOLDS`` see
 subset of) the good images: each fold fits on the other folds' images, without calibration, and
 validates on its own held-out good images and synthetic defects made from them
 (:mod:`padim.synthetic`, exact masks) at two sizes (``DEFECT_SCALES``: large regions, and pits and
-short scratches, since the product's defect size is unknown), plus real defect images when given.
-No candidate is validated on an image it was fitted on; maps meet masks at the default
-candidate's input resolution (:func:`comparison_size`). Candidates of one backbone and input size
+short scratches, since the product's defect size is unknown), plus real defect images when given
+(:mod:`padim.validation`: these sets and their metrics). No candidate is validated on an image it
+was fitted on; maps meet masks at the default candidate's input resolution (:func:`comparison_size`). Candidates of one backbone and input size
 share one backbone pass over every selection image (:class:`SharedPasses`), and fit with fewer
 images than features in the exact low-rank form (:mod:`padim.low_rank`). A candidate replaces the
 default only if its per-fold gain is clear (``SIGNIFICANCE`` standard errors and at least
@@ -46,25 +46,21 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import distributed
 from .alignment import position_spread
-from .sources import as_sources, defect_image_sources
+from .sources import as_sources
 from .errors import first_line
 from .feature_bank import BANK_MAX_BYTES, FeatureBank, bank_bytes, bank_key
-from .io import ImageReadError, load_image
 from .low_rank import LowRankGaussians
 from .maps import resize_map
-from .metrics import image_auroc, pixel_auroc_and_pro
 from .model import as_float16
-from .mvtec import find_image, load_mask
-from .mvtec import find_mask as find_mvtec_mask
-from .synthetic import make_defects
 from .tiling import samples_per_image
+from .validation import (DefectSet, comparison_size, defect_sets, readable_arrays, real_validation, shrink_mask,
+                         synthetic_validation, validation_metrics)
 
 MIN_IMAGES = 6  # fewer good images than this: no selection, the default configuration is fitted (auto_fit)
 MAX_SELECTION_IMAGES = 60  # the selection uses a seeded subset of at most this many good images, in
@@ -85,13 +81,7 @@ TIMING_STEP = 8  # the budget's unit: a plain fit timed on every 8th Gaussian (S
 # ... twice, on two interleaved sets of them; the quicker timing counts (one slow moment does not)
 TIMING_REPEATS = 2
 UNSERVED_FOLDS = 1  # folds validated on where every candidate fits itself (each fold costs a fit)
-VALIDATION_MAX_SIDE = 512  # synthetic defects are made at most this large (the model resizes anyway)
-# ... and their maps meet their masks at the default candidate's input resolution (comparison_size)
 CALIBRATION_SHARE = 0.15  # what calibration adds to a fit (benchmarks/RESULTS.md §11)
-STABILITY_WEIGHT = 0.05
-# Synthetic defect extents (padim.synthetic's scale), one defect per validation image at each:
-# about 5–35 % of the image side, and pits and short scratches of 2–10 % (RESULTS.md §20).
-DEFECT_SCALES = (1.0, 0.3)
 
 # Other hook-point sets per backbone: one stage deeper than the defaults, and the two shallow stages.
 DEEP_LAYERS = {
@@ -215,56 +205,6 @@ def estimate_full_fit(fit_s: float, per_image_s: float, n_fit: int, n_all: int) 
     return (fixed + per_image * n_all) * (1 + CALIBRATION_SHARE)
 
 
-def _as_uint8(image: np.ndarray) -> np.ndarray:
-    return image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
-
-
-def _validation_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> list[np.ndarray]:
-    """The readable ``sources`` as 8-bit RGB arrays, at most ``max_side`` on the longer side."""
-    return [image for _, image in _readable_arrays(sources, max_side)]
-
-
-def _readable_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> list[tuple[int, np.ndarray]]:
-    """``(index, 8-bit RGB array at most max_side large)`` of each readable source, in order."""
-    import cv2
-
-    out = []
-    for index, source in enumerate(sources):
-        try:
-            image = _as_uint8(load_image(source, keep_uint8=True))
-        except ImageReadError:
-            continue
-        h, w = image.shape[:2]
-        factor = min(1.0, max_side / max(h, w))
-        if factor < 1:
-            image = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
-                               interpolation=cv2.INTER_AREA)
-        out.append((index, image))
-    return out
-
-
-def comparison_size(shape: tuple, pixels: float) -> tuple[int, int]:
-    """Where a validation image's anomaly map meets its mask: the image's size scaled down to
-    about ``pixels`` (the default candidate's input), never up. A map holds no finer detail than
-    the model's input (it is upsampled from there), and the pixel metrics' cost grows with the
-    pixels compared: at the cookies' 512×384 validation size a third of them, and a fifth of the
-    metrics' seconds (RESULTS.md §26)."""
-    h, w = shape[:2]
-    factor = min(1.0, math.sqrt(pixels / (h * w)))
-    return max(1, round(h * factor)), max(1, round(w * factor))
-
-
-def shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``mask`` at ``size``: every pixel the defect touches (area interpolation above 0). A
-    stricter rule (half covered, or nearest) breaks a thin scratch into many one-pixel regions,
-    each of which PRO would weigh as much as a whole defect."""
-    import cv2
-
-    if mask.shape[:2] == tuple(size):
-        return mask
-    return cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA) > 0
-
-
 def _shrink_masks(folds: list["Fold"], real: "DefectSet | None", pixels: float) -> None:
     """Every validation mask (the folds' synthetic ones and the real ones) at its image's
     :func:`comparison_size`."""
@@ -272,133 +212,6 @@ def _shrink_masks(folds: list["Fold"], real: "DefectSet | None", pixels: float) 
     for defect_set in sets:
         defect_set.masks = [None if m is None else shrink_mask(m, comparison_size(m.shape, pixels))
                             for m in defect_set.masks]
-
-
-def synthetic_validation(goods: list[np.ndarray], seed: int, scales=DEFECT_SCALES) -> list["DefectSet"]:
-    """Synthetic defects on the validation images, one set per scale (padim.synthetic: one defect
-    per image, families in turn): 8-bit images and exact masks. A defect that rounding to 8 bits
-    erased is left out."""
-    floats = [g.astype(np.float32) / 255 for g in goods]
-    sets = []
-    for scale in scales:
-        images, masks, families = [], [], []
-        for defect in make_defects(floats, seed=seed, scales=(scale,)):
-            image = _as_uint8(defect.image)
-            mask = (image != goods[defect.source]).any(axis=-1)  # exact after rounding to 8 bits
-            if mask.any():
-                images.append(image)
-                masks.append(mask)
-                families.append(defect.family)
-        sets.append(DefectSet(images, masks, families))
-    return sets
-
-
-@dataclass
-class DefectSet:
-    """Validation defect images (8-bit RGB) and their masks (None where a real defect has none)."""
-
-    images: list[np.ndarray]
-    masks: list[np.ndarray | None]
-    families: list[str] | None = None  # each synthetic defect's family (None for real defects)
-
-
-def find_defect_mask(path: Path) -> Path | None:
-    """The mask of a labelled defect image: ``<stem>_mask.*`` beside it, or in MVTec AD layout
-    (``ROOT/test/<type>/<stem>.*`` → ``ROOT/ground_truth/<type>/<stem>_mask.*``)."""
-    beside = find_image(path.parent, (f"{path.stem}_mask",))
-    if beside is None and len(path.parents) >= 3 and path.parents[1].name == "test":
-        return find_mvtec_mask(path.parents[2], path.parent.name, path.stem)
-    return beside
-
-
-def real_validation(val_defects: Any, max_side: int = VALIDATION_MAX_SIDE) -> DefectSet:
-    """``--val-defects`` images as 8-bit arrays at most ``max_side`` large, with the masks found for
-    them (:func:`find_defect_mask`; files named ``*_mask.*`` are masks, not defect images)."""
-    sources = defect_image_sources(val_defects)
-    images, masks = [], []
-    for source in sources:
-        arrays = _validation_arrays([source], max_side)
-        if not arrays:
-            continue
-        image = arrays[0]
-        mask_path = find_defect_mask(source) if isinstance(source, Path) else None
-        images.append(image)
-        masks.append(None if mask_path is None else load_mask(mask_path, image.shape[:2]))
-    if not images:
-        raise ValueError(f"--val-defects: no readable defect images in {val_defects}")
-    return DefectSet(images, masks)
-
-
-def defect_auroc(good_scores, defect_scores) -> float:
-    """Image AUROC of defect images' scores against good images' scores."""
-    return image_auroc(np.r_[np.zeros(len(good_scores)), np.ones(len(defect_scores))], np.r_[good_scores, defect_scores])
-
-
-def _defect_metrics(good_scores, good_maps, scores, maps, masks) -> tuple[float, float | None, float | None]:
-    """Image AUROC of the defects against the good images; pixel AUROC and PRO where masks exist."""
-    image = defect_auroc(good_scores, scores)
-    with_mask = [(m, a) for m, a in zip(masks, maps) if m is not None]
-    if not with_mask:
-        return image, None, None
-    all_masks = [np.zeros(a.shape[:2], bool) for a in good_maps] + [m for m, _ in with_mask]
-    all_maps = list(good_maps) + [a for _, a in with_mask]
-    return (image, *pixel_auroc_and_pro(all_masks, all_maps))
-
-
-def validate(model, goods: list[np.ndarray], synthetic: list[DefectSet] | None, real: DefectSet | None = None) -> dict:
-    """Validation metrics of a fitted candidate, scoring the images itself (``iter_results``)."""
-    sets = _defect_sets(synthetic, real)
-    results = list(model.iter_results(goods + [image for s in sets for image in s.images], maps=True))
-    return validation_metrics([r.score for r in results], [r.anomaly_map for r in results], len(goods), synthetic,
-                              real)
-
-
-def _defect_sets(synthetic: list[DefectSet] | None, real: DefectSet | None) -> list[DefectSet]:
-    """The validation defect sets in scoring order: the synthetic scales, then the real set."""
-    return [s for s in (synthetic or []) + ([real] if real is not None else []) if s.images]
-
-
-def validation_metrics(scores, maps, n_goods: int, synthetic: list[DefectSet] | None,
-                       real: DefectSet | None = None) -> dict:
-    """Metrics and selection score (module docstring) from the scores and maps of the validation
-    images in order: ``n_goods`` good ones, then each defect set's (:func:`_defect_sets`).
-
-    Each synthetic scale counts equally (its metrics are averaged over the scales, so that large
-    defects' many pixels do not outweigh small ones); with real defects each metric is the mean of
-    the synthetic and the real one, where the real set gives it."""
-    sets = _defect_sets(synthetic, real)
-    scores = np.asarray(scores, dtype=np.float64)
-    n = n_goods
-    per_set, start = [], n
-    for defect_set in sets:
-        stop = start + len(defect_set.images)
-        per_set.append(_defect_metrics(scores[:n], maps[:n], scores[start:stop], maps[start:stop], defect_set.masks))
-        start = stop
-    n_synthetic = len(sets) - (real is not None and bool(real.images))
-    groups = [per_set[:n_synthetic], per_set[n_synthetic:]]
-
-    def mean_metric(i: int) -> float:
-        means = [np.mean([m[i] for m in g if m[i] is not None]) for g in groups
-                 if any(m[i] is not None for m in g)]
-        return float(np.mean(means))
-
-    image, pixel, pro = (mean_metric(i) for i in range(3))
-    good = scores[:n]
-    cv = float(good.std() / good.mean()) if good.mean() > 0 else 1.0
-    selection = (image + pixel + pro) / 3 - STABILITY_WEIGHT * min(1.0, cv)
-    return {"image_auroc": image, "pixel_auroc": pixel, "pro": pro, "good_cv": cv, "selection": float(selection),
-            "families": family_aurocs(good, scores[n:], sets[:n_synthetic])}
-
-
-def family_aurocs(good_scores: np.ndarray, defect_scores: np.ndarray, synthetic: list[DefectSet]) -> dict:
-    """Image AUROC of each synthetic family's defects (every scale together) against the good
-    images. ``defect_scores``: the synthetic sets' images in order."""
-    families = [f for s in synthetic for f in (s.families or [None] * len(s.images))]
-    defect_scores = np.asarray(defect_scores[:len(families)])
-    out = {}
-    for family in sorted({f for f in families if f is not None}):
-        out[family] = float(defect_auroc(good_scores, defect_scores[[f == family for f in families]]))
-    return out
 
 
 @dataclass
@@ -425,7 +238,7 @@ class Fold:
     8-bit arrays in the selection's validation list (for a shared pass: the good images are passed
     through the backbone once, fitted on in the other folds and validated on in their own).
     ``validation``: its rows of that list, its ``n_goods`` good images first, then its defect
-    sets' images in :func:`_defect_sets` order."""
+    sets' images in :func:`defect_sets` order."""
 
     fit: list[int]
     fit_rows: list[int]
@@ -663,7 +476,7 @@ def _folds(sources: list, seed: int, synthetic: bool, real: DefectSet | None) ->
     subset = sorted(int(i) for part, _ in splits for i in part)
     position = {index: k for k, index in enumerate(subset)}
     started = time.perf_counter()
-    arrays = dict(_readable_arrays([sources[i] for i in subset]))  # position in subset → array
+    arrays = dict(readable_arrays([sources[i] for i in subset]))  # position in subset → array
     decode_s = (time.perf_counter() - started) / len(subset)
     validation: list[np.ndarray] = []
     row_of: dict[int, int] = {}  # position in subset → its good image's row in validation
@@ -674,7 +487,7 @@ def _folds(sources: list, seed: int, synthetic: bool, real: DefectSet | None) ->
         row_of.update((k, len(validation) + j) for j, k in enumerate(readable))
         defects = synthetic_validation(goods, seed + 1000 * f) if synthetic else None
         start = len(validation)
-        validation += goods + [image for d in _defect_sets(defects, None) for image in d.images]
+        validation += goods + [image for d in defect_sets(defects, None) for image in d.images]
         folds.append(Fold([position[int(i)] for i in fit], [], list(range(start, len(validation))), len(goods),
                           defects, real))
     for fold in folds:

@@ -390,7 +390,7 @@ def test_full_fit_estimate_keeps_the_fixed_part_and_scales_the_per_image_part():
 
 
 def test_defect_masks_are_found_beside_the_image_and_in_mvtec_layout(tmp_path):
-    from padim.autoconfig import find_defect_mask, real_validation
+    from padim.validation import find_defect_mask, real_validation
 
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -616,7 +616,7 @@ def test_selection_picks_one_shared_gaussian_for_a_randomly_shifted_texture(tmp_
 def test_family_aurocs_score_each_family_against_the_good_images():
     from sklearn.metrics import roc_auc_score
 
-    from padim.autoconfig import DefectSet, family_aurocs
+    from padim.validation import DefectSet, family_aurocs
 
     good = np.array([0.1, 0.2, 0.3, 0.4])
     blank = np.zeros((2, 2, 3), np.uint8)
@@ -766,7 +766,7 @@ def test_the_sums_of_every_kth_gaussian_from_an_offset_are_those_gaussians_sums(
 
 
 def test_comparison_size_scales_an_image_down_to_the_input_pixels_never_up():
-    from padim.autoconfig import comparison_size
+    from padim.validation import comparison_size
 
     assert comparison_size((512, 384, 3), 288 * 224) == (293, 220)  # factor sqrt(64512 / 196608) = 0.5728
     assert comparison_size((200, 100), 288 * 224) == (200, 100)
@@ -776,7 +776,7 @@ def test_comparison_size_scales_an_image_down_to_the_input_pixels_never_up():
 def test_a_shrunk_mask_keeps_every_touched_pixel_and_a_thin_scratch_whole():
     from scipy import ndimage
 
-    from padim.autoconfig import comparison_size, shrink_mask
+    from padim.validation import comparison_size, shrink_mask
 
     mask = np.random.default_rng(0).random((64, 48)) < 0.02
     # an integer factor: a pixel is set iff its 4×4 block holds a defect pixel (naive reference)
