@@ -1,11 +1,14 @@
 """Synthetic defects made from good images, with exact masks: a selection signal without real defects.
 
-Six families, each a different kind of anomaly a product can show:
+Seven families, each a different kind of anomaly a product can show:
 
 - ``paste``: a patch cut from another image (or another position of the same one), pasted with
   feathered edges — a foreign part or misplaced structure;
 - ``perlin``: a Perlin-noise region filled with a noise texture — stains, corrosion, texture flaws;
-- ``scratch``: thin polylines, darker or brighter — cracks and scratches;
+- ``scratch``: thin polylines of a flat dark or bright colour — scratches;
+- ``crack``: a thin, wandering, branching line that darkens the surface and keeps its texture —
+  cracks. Only in :data:`ALL_FAMILIES`: the selection's default set (:data:`FAMILIES`) ranked
+  candidates no closer to the real defects with it (benchmarks/RESULTS.md §37).
 - ``blob``: a soft elliptical region with shifted colour or brightness — discolouration;
 - ``blur``: a region blurred — out-of-focus or smeared print;
 - ``hole``: an irregular region filled with a flat colour — a missing part.
@@ -24,7 +27,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-FAMILIES = ("paste", "perlin", "scratch", "blob", "blur", "hole")
+FAMILIES = ("paste", "perlin", "scratch", "blob", "blur", "hole")  # what make_defects makes by default
+ALL_FAMILIES = FAMILIES + ("crack",)
 MAX_TRIES = 8  # new random parameters when an alteration changed no pixel (e.g. blur of a flat area)
 
 
@@ -116,6 +120,36 @@ def _scratch(image, rng, donor, scale):
     return alpha, np.broadcast_to(colour, image.shape)
 
 
+def _wander(canvas: np.ndarray, rng: np.random.Generator, start, heading: float, steps: int, step: float,
+            thickness: int, branch_p: float) -> None:
+    """Draw a random walk of ``steps`` short segments on ``canvas``; at each step it forks with
+    probability ``branch_p`` into a shorter walk that leaves at a sharp angle."""
+    points = [np.asarray(start, dtype=np.float64)]
+    for _ in range(steps):
+        heading += rng.normal(0, 0.35)
+        points.append(points[-1] + step * rng.uniform(0.6, 1.4) * np.array([np.cos(heading), np.sin(heading)]))
+        if steps > 3 and rng.random() < branch_p:
+            side = rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 1.1)
+            _wander(canvas, rng, points[-1], heading + side, steps // 3, step, 1, branch_p / 2)
+    cv2.polylines(canvas, [np.round(np.array(points)).astype(np.int32)], False, 255, thickness=thickness,
+                  lineType=cv2.LINE_8)
+
+
+def _crack(image, rng, donor, scale):
+    h, w = image.shape[:2]
+    canvas = np.zeros((h, w), np.uint8)
+    side = min(h, w)
+    step = max(2.0, 0.015 * side)
+    length = rng.uniform(0.25, 0.7) * scale * side
+    start = (rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h)
+    thickness = int(rng.integers(1, 3)) if scale >= 0.5 else 1
+    _wander(canvas, rng, start, rng.uniform(0, 2 * np.pi), max(3, round(length / step)), step, thickness, 0.12)
+    alpha = cv2.GaussianBlur((canvas > 0).astype(np.float32), (0, 0), 0.6)
+    alpha[alpha < 0.1] = 0.0  # a soft rim of one pixel beside the line,
+    alpha[canvas > 0] = 1.0  # the line itself fully altered
+    return alpha, (image * rng.uniform(0.3, 0.7)).astype(np.float32)  # a shadow: darker, the texture kept
+
+
 def _blob(image, rng, donor, scale):
     alpha = _soft_ellipse(*image.shape[:2], rng, 0.08 * scale, 0.3 * scale)
     if rng.random() < 0.5:  # brightness
@@ -142,7 +176,7 @@ def _hole(image, rng, donor, scale):
 
 
 _MAKERS: dict[str, Callable] = {"paste": _paste, "perlin": _perlin, "scratch": _scratch, "blob": _blob,
-                                "blur": _blur, "hole": _hole}
+                                "blur": _blur, "hole": _hole, "crack": _crack}
 
 
 def make_defect(image: np.ndarray, family: str, rng: np.random.Generator,
@@ -158,7 +192,7 @@ def make_defect(image: np.ndarray, family: str, rng: np.random.Generator,
     if not 0 < scale <= 2:
         raise ValueError(f"synthetic defect scale must be in (0, 2], got {scale}")
     if family not in _MAKERS:
-        raise ValueError(f"unknown synthetic defect family {family!r}; expected one of {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown synthetic defect family {family!r}; expected one of {', '.join(ALL_FAMILIES)}")
     original = np.ascontiguousarray(image, dtype=np.float32)
     if original.ndim != 3 or original.shape[2] != 3:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {original.shape}")

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from padim.synthetic import FAMILIES, make_defect, make_defects, perlin_noise
+from padim.synthetic import ALL_FAMILIES, FAMILIES, make_defect, make_defects, perlin_noise
 
 H, W = 96, 128
 
@@ -23,7 +23,7 @@ def checkerboard(period=4):
     return np.repeat(board[..., None], 3, axis=-1)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_each_family_alters_a_local_region_and_its_mask_is_exactly_that(family):
     image = textured()
     for seed in range(5):
@@ -64,6 +64,26 @@ def test_scratches_are_thin_lines():
         assert core.sum() < 0.1 * mask.sum()  # at most 2-3 px wide: a 5×5 erosion removes nearly all
 
 
+def test_cracks_are_thin_shadows_that_keep_the_texture():
+    image = textured()
+    for seed in range(5):
+        defect, mask = make_defect(image, "crack", np.random.default_rng(seed))
+        assert (defect[mask] <= image[mask]).all() and (defect[mask] < image[mask]).any(-1).all()  # only darker
+        core = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8))
+        assert core.sum() < 0.1 * mask.sum()  # a thin line with a soft rim
+        # on the line itself one factor darkens every channel: the texture is kept, not painted over
+        bright = image[mask].min(axis=-1) > 0.05
+        ratio = defect[mask][bright] / image[mask][bright]
+        line = ratio.max(axis=-1) <= ratio.min() + 1e-4
+        assert line.sum() > 0.3 * len(ratio)
+        np.testing.assert_allclose(ratio[line], ratio.min(), atol=1e-4)
+
+
+def test_make_defects_makes_the_families_asked_for():
+    images = [textured(s) for s in range(4)]
+    assert [d.family for d in make_defects(images, seed=0, families=("crack", "hole"))] == ["crack", "hole"] * 2
+
+
 def test_blur_lowers_local_contrast_and_hole_is_one_flat_colour():
     board = checkerboard()
     defect, mask = make_defect(board, "blur", np.random.default_rng(0))
@@ -79,7 +99,7 @@ def test_perlin_noise_is_smooth_and_bounded():
     assert np.abs(np.diff(noise, axis=1)).max() < 0.2  # smooth: neighbours are close
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_a_smaller_scale_makes_smaller_defects_with_exact_masks(family):
     image, donor = textured(), textured(9)
     areas = {}
