@@ -41,16 +41,16 @@ def main() -> None:
 
     import torch
 
-    import padim.autoconfig as auto
     import padim.gaussian as gaussian
     import padim.net as net
+    import padim.shared_passes as passes
     from padim import PaDiM
 
     torch.set_num_threads(args.threads)
     calls: dict = {"forward": [], "finalize": []}
     forward, finalize = net.Embedder.feature_maps, gaussian.GaussianStats.finalize
-    plain_fit_seconds = auto.SharedPasses._plain_fit_seconds
-    repeats = auto.TIMING_REPEATS
+    plain_fit_seconds = passes.SharedPasses._plain_fit_seconds
+    repeats = passes.TIMING_REPEATS
     unit_timings: dict = {f"quickest_of_{repeats}": [], "single": []}
 
     def timed_forward(self, images, clock=None):
@@ -70,16 +70,16 @@ def main() -> None:
         try:
             for _ in range(args.repeats):
                 for n, name in ((repeats, f"quickest_of_{repeats}"), (1, "single")):
-                    auto.TIMING_REPEATS = n
+                    passes.TIMING_REPEATS = n
                     unit_timings[name].append(round(plain_fit_seconds(model, embeddings), 2))
         finally:
-            auto.TIMING_REPEATS = repeats
+            passes.TIMING_REPEATS = repeats
             for process in load:
                 process.kill()
         return unit_timings[f"quickest_of_{repeats}"][0]
 
     net.Embedder.feature_maps, gaussian.GaussianStats.finalize = timed_forward, timed_finalize
-    auto.SharedPasses._plain_fit_seconds = staticmethod(repeated_unit)
+    passes.SharedPasses._plain_fit_seconds = staticmethod(repeated_unit)
     started = time.perf_counter()
     PaDiM(device="cpu", threads=args.threads, budget="1x", progress=False).fit(args.data)
     print(json.dumps({"fit_s": round(time.perf_counter() - started, 1),

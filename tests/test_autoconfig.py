@@ -703,8 +703,8 @@ def test_the_budget_unit_times_a_plain_fit_on_every_eighth_gaussian_and_scales_i
     fake clock: the first finalize costs 100 s, the next 50 s, every later one 1 s)."""
     import math
 
-    import padim.autoconfig as auto
     import padim.gaussian as gaussian
+    import padim.shared_passes as passes
 
     sources = sorted(shifted_texture_folder(tmp_path / "good", n=6, seed=7).iterdir())
     model = PaDiM(**{**COMMON, "image_size": 128, "progress": False})
@@ -738,10 +738,10 @@ def test_the_budget_unit_times_a_plain_fit_on_every_eighth_gaussian_and_scales_i
     monkeypatch.setattr(gaussian.GaussianStats, "__init__", recording)
     monkeypatch.setattr(gaussian.GaussianStats, "finalize", costly_at_first)
     monkeypatch.setattr(type(model), "_summed", recording_summed)
-    monkeypatch.setattr(auto, "time", Clock)
-    seconds = auto.SharedPasses._plain_fit_seconds(model, embeddings)
-    step = min(auto.TIMING_STEP, model.n_gaussians_ // 64)
-    assert step > 1 and auto.TIMING_REPEATS == 2 and fitted == finalized and len(fitted) == 3
+    monkeypatch.setattr(passes, "time", Clock)
+    seconds = passes.SharedPasses._plain_fit_seconds(model, embeddings)
+    step = min(passes.TIMING_STEP, model.n_gaussians_ // 64)
+    assert step > 1 and passes.TIMING_REPEATS == 2 and fitted == finalized and len(fitted) == 3
     assert fitted[0] <= 8 and fitted[1] == math.ceil(model.n_gaussians_ / step)
     timed = [set(gaussians) for gaussians in summed[1:]]
     assert fitted[1:] == [len(g) for g in timed] and not timed[0] & timed[1]  # interleaved, distinct
