@@ -512,6 +512,28 @@ def _affordable_best(table: list[CandidateResult], one_fit: float, left: float) 
     return choice
 
 
+def fixed_options(params: dict) -> str:
+    """``padim fit`` options that fit a candidate's ``params`` as given (``--config fixed``): its
+    choice as a refit that no timing can change, with the other options the user gave."""
+    import shlex
+
+    flags = ["--config", "fixed"]
+    for key, value in params.items():
+        if value is None:  # e.g. another backbone's own default layers and weights
+            continue
+        if key == "layers":
+            value = ",".join(value)
+        elif key == "image_size" and not isinstance(value, int):
+            value = "x".join(str(side) for side in value)
+        flags += ["--" + key.replace("_", "-"), str(value)]
+    return " ".join(shlex.quote(flag) for flag in flags)
+
+
+def chosen_params(table: list[dict], choice: str) -> dict:
+    """The parameters of the candidate ``choice`` in a stored candidate table."""
+    return next(row["params"] for row in table if row["name"] == choice)
+
+
 def format_table(table: list[dict], choice: str) -> str:
     """The candidate table as text (what ``padim fit`` prints and ``padim info`` shows)."""
     lines = ["candidate  image AUROC  pixel AUROC  PRO    good CV  selection  seconds"]

@@ -355,9 +355,12 @@ def cmd_fit(args) -> int:
         _barrier()
         return 0
     if model.auto_table_:
-        from .autoconfig import format_table
+        from .autoconfig import chosen_params, fixed_options, format_table
 
         print(format_table(model.auto_table_, model.auto_choice_), file=sys.stderr)
+        options = fixed_options(chosen_params(model.auto_table_, model.auto_choice_))
+        print(f"the same fit without selecting (no timing can change it): your options and {options}",
+              file=sys.stderr)
         if model.auto_choice_ != "default" and model.plan_ is not None:  # the plan above was the defaults'
             chosen = f"memory plan of the choice ({model.auto_choice_}):"
             print(model.plan_.describe().replace("memory plan:", chosen, 1), file=sys.stderr)

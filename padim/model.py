@@ -730,13 +730,21 @@ class PaDiM(ScoringMethods):
             "calibration": NO_CALIBRATION if self.calibrator_ is None else self.calibrator_.describe(),
             "whole-image check": (NO_WHOLE_IMAGE_CHECK if getattr(self, "whole_image_", None) is None
                                   else self.whole_image_.describe()),
-            "auto-configuration": ("none: the options were fitted as given" if not getattr(self, "auto_table_", None)
-                                   else f"chose {self.auto_choice_!r} among {len(self.auto_table_)} candidates"),
+            "auto-configuration": self._describe_auto(),
             "value range": (f"{self.value_range_.describe()} → 0..1 for every "
                             f"{KIND_NAMES.get(self.value_kind_, 'other')} image"
                             if self.value_range_ is not None else
                             "each image by its pixel type's full scale (8-bit 0..255, 16-bit 0..65535)"),
         }
+
+    def _describe_auto(self) -> str:
+        """The auto-configuration's choice, and the options that refit it without selecting."""
+        if not getattr(self, "auto_table_", None):
+            return "none: the options were fitted as given"
+        from .autoconfig import chosen_params, fixed_options
+
+        return (f"chose {self.auto_choice_!r} among {len(self.auto_table_)} candidates; the same fit without "
+                f"selecting: {fixed_options(chosen_params(self.auto_table_, self.auto_choice_))}")
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._PARAMS)

@@ -309,6 +309,53 @@ def test_padim_fit_prints_the_memory_plan_of_the_choice_after_the_defaults(tmp_p
     assert f"{model.n_gaussians_} Gaussians" in lines[1] and model.n_gaussians_ < per_position.gaussians
 
 
+def test_the_options_printed_for_every_candidate_parse_back_to_its_parameters():
+    """``fixed_options`` of each candidate (and of a fixed size and a weights path with a space),
+    read by `padim fit`'s own parser, give the candidate's parameters and --config fixed."""
+    import shlex
+
+    from padim.autoconfig import fixed_options
+    from padim.cli import build_parser
+
+    parser = build_parser()
+
+    def read(options: list[str]) -> dict:
+        args = parser.parse_args(["fit", "good", "-o", "m.padim", *options])
+        return {"config": args.config, "backbone": args.backbone, "weights": args.weights,
+                "image_size": args.image_size, "cell": args.cell, "eps": args.eps, "d": args.d,
+                "layers": args.layers.split(",") if args.layers else None}
+
+    defaults = read([])
+    cases = [c.params for c in candidates("efficientnet_lite0", 256)] + [
+        {"image_size": (320, 416)}, {"backbone": "resnet18", "weights": "/my weights/r18.pth", "layers": None}]
+    for params in cases:
+        assert read(shlex.split(fixed_options(params))) == {**defaults, "config": "fixed", **params}, params
+
+
+def test_padim_fit_prints_options_that_refit_the_choice_without_selecting(tmp_path, monkeypatch, capsys):
+    """The options `padim fit` prints after an auto fit, added to the user's own, fit the same
+    model with --config fixed (no selection): the same scores."""
+    import shlex
+
+    from padim.cli import main
+
+    calls = _recording_select(monkeypatch, {"layers": ["_blocks.2", "_blocks.4"], "eps": 0.05})
+    train = shifted_texture_folder(tmp_path / "good", n=8)
+    own = [str(train), "--image-size", str(SIZE), "--d", "24", "--folds", "0", "--device", "cpu"]
+    assert main(["fit", *own, "-o", str(tmp_path / "auto.padim")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("the same fit without")]
+    assert len(lines) == 1 and len(calls) == 1
+    options = lines[0].split("your options and ", 1)[1]
+    assert main(["fit", *own, "-o", str(tmp_path / "fixed.padim"), *shlex.split(options)]) == 0
+    assert len(calls) == 1  # no second selection
+    chosen, fixed = (PaDiM.load(tmp_path / name, device="cpu") for name in ("auto.padim", "fixed.padim"))
+    assert fixed.auto_table_ is None and fixed.layers_ == chosen.layers_ == ["_blocks.2", "_blocks.4"]
+    probe = sorted(train.iterdir())[:3]
+    np.testing.assert_array_equal(chosen.score_samples(probe), fixed.score_samples(probe))
+    assert chosen.describe()["auto-configuration"] == (
+        f"chose 'pick' among 1 candidates; the same fit without selecting: {options}")
+
+
 def test_nothing_left_to_vary_fits_as_given_without_a_selection(tmp_path, monkeypatch):
     calls = _recording_select(monkeypatch, {})
     train = shifted_texture_folder(tmp_path / "good", n=8)
