@@ -10,9 +10,9 @@ short scratches, since the product's defect size is unknown), plus real defect i
 was fitted on; maps meet masks at the default candidate's input resolution (:func:`comparison_size`).
 Candidates of one backbone and input size share one backbone pass over every selection image
 (:mod:`padim.shared_passes`), and fit with fewer images than features in the exact low-rank form
-(:mod:`padim.low_rank`). A candidate replaces the
-default only if its per-fold gain is clear (``SIGNIFICANCE`` standard errors and at least
-``MIN_GAIN``) and it misses no synthetic defect family that the default finds (``FAMILY_MARGIN``).
+(:mod:`padim.low_rank`). A candidate replaces the default only if its per-fold gain is clear
+(``SIGNIFICANCE`` standard errors and at least ``MIN_GAIN``) and it misses no synthetic defect
+family that the default finds (``FAMILY_MARGIN``).
 Pooled Gaussians (cells, one shared) are tried only on images that do not look aligned
 (:mod:`padim.alignment`, ``MAX_POOLING_SPREAD``; decided from the shared pass, so not for tiled
 inputs or under torchrun, where every candidate is tried). The winner is
