@@ -525,7 +525,8 @@ def fixed_options(params: dict) -> str:
             value = ",".join(value)
         elif key == "image_size" and not isinstance(value, int):
             value = "x".join(str(side) for side in value)
-        flags += ["--" + key.replace("_", "-"), str(value)]
+        # --channels, not its alias --d: torchrun's own parser takes --d (README, torchrun)
+        flags += ["--channels" if key == "d" else "--" + key.replace("_", "-"), str(value)]
     return " ".join(shlex.quote(flag) for flag in flags)
 
 
