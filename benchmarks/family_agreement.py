@@ -28,24 +28,21 @@ from scipy.stats import spearmanr
 
 from family_auroc import dataset_split
 from padim import PaDiM
-from padim.validation import DEFECT_SCALES, comparison_size, defect_auroc, shrink_mask, synthetic_validation
-from padim.metrics import pixel_auroc_and_pro
+from padim.validation import DEFECT_SCALES, comparison_size, defect_metrics, shrink_mask, synthetic_validation
 from padim.synthetic import FAMILIES
 
 COMPARE_PIXELS = 256 * 256  # the default candidate's input, where the selection meets maps with masks
 
 
 def metrics(good_scores, good_maps, scores, maps, masks) -> tuple[float, float, float]:
-    """Image AUROC, pixel AUROC and PRO of defects against the good images (maps at COMPARE_PIXELS)."""
-    def small(a, size):
+    """Image AUROC, pixel AUROC and PRO of defects against the good images (padim.validation's),
+    maps and masks compared at COMPARE_PIXELS."""
+    def small(a):
+        size = comparison_size(a.shape, COMPARE_PIXELS)
         return cv2.resize(a.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
-    all_maps, all_masks = [], []
-    for m, mask in [(m, np.zeros(m.shape, bool)) for m in good_maps] + list(zip(maps, masks)):
-        size = comparison_size(m.shape, COMPARE_PIXELS)
-        all_maps.append(small(m, size))
-        all_masks.append(shrink_mask(mask, size))
-    return (defect_auroc(good_scores, scores), *pixel_auroc_and_pro(all_masks, all_maps))
+    masks = [shrink_mask(mask, comparison_size(mask.shape, COMPARE_PIXELS)) for mask in masks]
+    return defect_metrics(good_scores, [small(m) for m in good_maps], scores, [small(m) for m in maps], masks)
 
 
 def weaken(strength: float) -> None:

@@ -144,7 +144,7 @@ def defect_auroc(good_scores, defect_scores) -> float:
     return image_auroc(np.r_[np.zeros(len(good_scores)), np.ones(len(defect_scores))], np.r_[good_scores, defect_scores])
 
 
-def _defect_metrics(good_scores, good_maps, scores, maps, masks) -> tuple[float, float | None, float | None]:
+def defect_metrics(good_scores, good_maps, scores, maps, masks) -> tuple[float, float | None, float | None]:
     """Image AUROC of the defects against the good images; pixel AUROC and PRO where masks exist."""
     image = defect_auroc(good_scores, scores)
     with_mask = [(m, a) for m, a in zip(masks, maps) if m is not None]
@@ -182,7 +182,7 @@ def validation_metrics(scores, maps, n_goods: int, synthetic: list[DefectSet] | 
     per_set, start = [], n
     for defect_set in sets:
         stop = start + len(defect_set.images)
-        per_set.append(_defect_metrics(scores[:n], maps[:n], scores[start:stop], maps[start:stop], defect_set.masks))
+        per_set.append(defect_metrics(scores[:n], maps[:n], scores[start:stop], maps[start:stop], defect_set.masks))
         start = stop
     n_synthetic = len(sets) - (real is not None and bool(real.images))
     groups = [per_set[:n_synthetic], per_set[n_synthetic:]]
