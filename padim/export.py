@@ -10,8 +10,13 @@ The Gaussians' whitener travels as the model file stores it — packed lower tri
 times a power-of-two scale per Gaussian — and a constant ``Gather`` rebuilds the dense float32
 matrix, which ONNX Runtime folds once at load: the same scores the torch model gives, a
 quarter of a dense float32 file. ``fp16`` also stores the backbone's weights in float16 (a
-``Cast`` after each), computing in float32; scores stay within 1e-2 relative. Tiled models
-cannot be one fixed-size graph and are refused, saying what to do instead.
+``Cast`` after each), computing in float32; scores stay within 1e-2 relative. A tiled model's
+graph takes the whole image too: it pads it, runs the backbone on one tile after the other
+(the trace unrolls the loop over the model's fixed tile layout, the weights stored once) and
+stitches the tiles' features, as the estimator does (:class:`padim.net.TiledEmbedder`). The
+metadata's ``max_batch`` caps the images per engine call: at the images per batch of the fit's
+memory plan, and at one for a tiled model (whose traced head, unlike the estimator's, holds the
+whole feature grid's temporaries at once: 2.5–3 GB per 12-megapixel image, RESULTS.md §38).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from . import __version__
 from .errors import first_line
 from .io import naming_path
 from .modelfile import ModelFileError
-from .net import Embedder, ScoreHead, ScoringNet
+from .net import Embedder, ScoreHead, ScoringNet, TiledEmbedder
 
 METADATA_KEY = "padim"
 EXPORT_FORMAT = "padim-export"
@@ -72,20 +77,25 @@ def export_metadata(model, fp16: bool) -> dict:
         "cell": model.cell_,
         "blur_sigma": model.blur_sigma,
         "fp16": bool(fp16),
+        "tiles": tiles_metadata(model),
+        "max_batch": 1 if model.geometry_.tiled else (model.geometry_.batch or None),
         "model_fingerprint": model_fingerprint(model),
     }
 
 
+def tiles_metadata(model) -> dict | None:
+    """How a tiled model's graph cuts its input (None: untiled)."""
+    g = model.geometry_
+    if not g.tiled:
+        return None
+    layout = g.layout()
+    return {"tile": g.tile, "overlap": g.margin, "grid": [layout.tiles_y, layout.tiles_x]}
+
+
 def check_exportable(model) -> None:
-    """Raise :class:`ExportError` saying why ``model`` has no fixed-size graph, and what to do."""
+    """Raise :class:`ExportError` saying why ``model`` cannot be exported, and what to do."""
     if not hasattr(model, "gaussian_"):
         raise ExportError("the model is not fitted; fit it (padim fit) before exporting")
-    if model.geometry_.tiled:
-        g = model.geometry_
-        raise ExportError(
-            f"this model scores {g.input_size[0]}×{g.input_size[1]} px inputs in {g.tile} px tiles, which is no "
-            f"single fixed-size graph; score it with `padim score` (torch), or refit without tiles for export "
-            f"(padim fit --tile none, with --scale or --max-memory so one pass fits)")
 
 
 def export_net(model) -> ScoringNet:
@@ -95,6 +105,8 @@ def export_net(model) -> ScoringNet:
     except ModelFileError as exc:  # weights other than the fitted ones
         raise ExportError(first_line(exc)) from None
     embedder = Embedder(backbone, model.spec, model.layers_, model.channel_index_, channels_last=False)
+    if model.geometry_.tiled:
+        embedder = TiledEmbedder(embedder, model.geometry_.layout(), model.spec.mean)
     gaussian = model.gaussian_.to("cpu")
     head = ScoreHead(gaussian.mean, gaussian.whitener, model.cell_, model.input_size_,
                                model.geometry_.stride, model.blur_sigma)
@@ -102,7 +114,7 @@ def export_net(model) -> ScoringNet:
 
 
 def export_model(model, out: str | Path, fmt: str = "onnx", fp16: bool = False) -> Path:
-    """Write ``model`` (a fitted, untiled :class:`padim.PaDiM`) as ONNX (``.onnx``) or OpenVINO IR
+    """Write ``model`` (a fitted :class:`padim.PaDiM`) as ONNX (``.onnx``) or OpenVINO IR
     (``.xml`` + ``.bin``) with its metadata; returns the path written. ``out`` takes the format's
     suffix if it has another one: scoring recognises an export by its suffix."""
     if fmt not in FORMATS:
@@ -207,10 +219,27 @@ def store_whitener_packed(graph, gaussian) -> None:
         raise ExportError(f"internal: expected the whitener to feed one MatMul, found {len(products)}")
     padded, gather = packed_whitener_gather(gaussian)
     base = target + PACKED_SUFFIX
-    new_inits = [numpy_helper.from_array(padded, base), numpy_helper.from_array(gather, base + "_index")]
-    nodes = [helper.make_node("Gather", [base, base + "_index"], [base + "_dense"], axis=1),
-             helper.make_node("Cast", [base + "_dense"], [target], to=TensorProto.FLOAT)]
+    bounds = whitener_chunks(g, d)
+    new_inits, nodes = [numpy_helper.from_array(gather, base + "_index")], []
     old = list(graph.graph.node)
+    if len(bounds) == 1:
+        new_inits.insert(0, numpy_helper.from_array(padded, base))
+        nodes += [helper.make_node("Gather", [base, base + "_index"], [base + "_dense"], axis=1),
+                  helper.make_node("Cast", [base + "_dense"], [target], to=TensorProto.FLOAT)]
+    else:  # each chunk folds on its own; the product is split along the Gaussians and concatenated
+        product, parts = products[0], []
+        for k, (start, stop) in enumerate(bounds):
+            name = f"{base}{k}"
+            new_inits.append(numpy_helper.from_array(padded[start:stop], name))
+            nodes += [helper.make_node("Gather", [name, base + "_index"], [name + "_dense"], axis=1),
+                      helper.make_node("Cast", [name + "_dense"], [name + "_float"], to=TensorProto.FLOAT)]
+            parts.append(name)
+        new_inits.append(numpy_helper.from_array(np.array([b - a for a, b in bounds], np.int64), base + "_sizes"))
+        chunked = [helper.make_node("Split", [product.input[0], base + "_sizes"], [p + "_in" for p in parts], axis=0)]
+        chunked += [helper.make_node("MatMul", [p + "_in", p + "_float"], [p + "_out"]) for p in parts]
+        chunked.append(helper.make_node("Concat", [p + "_out" for p in parts], [product.output[0]], axis=0))
+        at = old.index(product)
+        old[at:at + 1] = chunked
     if gaussian.scale is not None:  # ‖L⁻¹(x − μ)‖·s, right after the square root (topological order kept)
         root = _distance_root(old, products[0])
         new_inits.append(numpy_helper.from_array(gaussian.scale.cpu().numpy().astype(np.float32).reshape(g, 1),
@@ -227,6 +256,24 @@ def store_whitener_packed(graph, gaussian) -> None:
     graph.graph.initializer.extend(kept + new_inits)
     del graph.graph.node[:]
     graph.graph.node.extend(nodes + old)
+
+
+FOLD_MAX_BYTES = 2**30  # ONNX Runtime folds no constant larger than 1 GiB (constant_folding.cc)
+WHITENER_CHUNK_BYTES = 2**29
+
+
+def whitener_chunks(g: int, d: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of Gaussians whose dense float32 ``[., d, d]`` whitener is rebuilt
+    by one ``Gather``: all G in one while it is at most ``FOLD_MAX_BYTES``, else in chunks of at
+    most ``WHITENER_CHUNK_BYTES``. ONNX Runtime leaves a larger constant unfolded, warning three
+    times at every load (RESULTS.md §38: a 1.9 GB whitener loads with a 0.2 GB lower peak in
+    chunks, and scores as fast)."""
+    dense = g * d * d * 4
+    if dense <= FOLD_MAX_BYTES:
+        return [(0, g)]
+    count = -(-dense // WHITENER_CHUNK_BYTES)
+    edges = np.linspace(0, g, count + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def packed_whitener_gather(gaussian) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +295,8 @@ def packed_whitener_gather(gaussian) -> tuple[np.ndarray, np.ndarray]:
 
 def store_openvino_whitener_packed(ov_model, gaussian) -> None:
     """OpenVINO's conversion folds the ONNX graph's ``Gather`` + ``Cast`` (see
-    :func:`store_whitener_packed`) into one dense float32 ``[G, d, d]`` constant: an IR four times
+    :func:`store_whitener_packed`) into one dense float32 ``[G, d, d]`` constant (one per chunk of a
+    large whitener, :func:`whitener_chunks`): an IR four times
     the ONNX file. Put the packed rows and the ``Gather`` back in its place: the IR is as small as
     the ONNX file, and the CPU plugin folds them once when the model is compiled, to the same
     values (RESULTS.md §36)."""
@@ -256,17 +304,21 @@ def store_openvino_whitener_packed(ov_model, gaussian) -> None:
     from openvino import opset13 as ops
 
     padded, gather = packed_whitener_gather(gaussian)
-    folded = padded[:, gather].astype(np.float32)  # what the conversion folded (the scale is applied later)
-    g, d, _ = folded.shape
-    found = [node for node in ov_model.get_ordered_ops() if node.get_type_name() == "Constant"
-             and list(node.get_output_shape(0)) == [g, d, d] and np.array_equal(node.get_data(), folded)]
-    del folded
-    if len(found) != 1:
-        raise ExportError(f"internal: expected one dense whitener constant of shape {[g, d, d]} in the "
-                          f"OpenVINO model, found {len(found)}")
-    dense = ops.convert(ops.gather(ops.constant(padded), ops.constant(gather), ops.constant(np.int64(1))), Type.f32)
-    for reader in list(found[0].output(0).get_target_inputs()):
-        reader.replace_source_output(dense.output(0))
+    d = gather.shape[0]
+    constants = [node for node in ov_model.get_ordered_ops() if node.get_type_name() == "Constant"
+                 and len(node.get_output_shape(0)) == 3 and list(node.get_output_shape(0))[1:] == [d, d]]
+    for start, stop in whitener_chunks(padded.shape[0], d):  # one folded constant per chunk
+        folded = padded[start:stop, gather].astype(np.float32)  # what the conversion folded (scale applied later)
+        found = [node for node in constants if list(node.get_output_shape(0)) == [stop - start, d, d]
+                 and np.array_equal(node.get_data(), folded)]
+        del folded
+        if len(found) != 1:
+            raise ExportError(f"internal: expected one dense whitener constant of shape {[stop - start, d, d]} in "
+                              f"the OpenVINO model, found {len(found)}")
+        dense = ops.convert(ops.gather(ops.constant(padded[start:stop]), ops.constant(gather),
+                                       ops.constant(np.int64(1))), Type.f32)
+        for reader in list(found[0].output(0).get_target_inputs()):
+            reader.replace_source_output(dense.output(0))
 
 
 def _distance_root(nodes, product):

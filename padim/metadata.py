@@ -125,6 +125,10 @@ def check_export_metadata(meta) -> None:
     _need(_is_height_width(meta.get("input_size")), "input_size", "[height, width] of integers ≥ 1",
           meta.get("input_size"))
     _need(isinstance(meta.get("model_fingerprint"), str), "model_fingerprint", "a string", meta.get("model_fingerprint"))
+    _need(meta.get("max_batch") is None or is_int(meta.get("max_batch"), 1), "max_batch", "null or an integer ≥ 1",
+          meta.get("max_batch"))
+    _need(meta.get("tiles") is None or isinstance(meta.get("tiles"), dict), "tiles", "null or an object",
+          meta.get("tiles"))
     _check_value_fields(meta)
 
 

@@ -19,7 +19,7 @@ from .data import Batch, Resize, make_loader, source_name
 from .sources import as_sources, defect_image_sources
 from .errors import first_line
 from .features import random_channel_index
-from .net import Embedder, ScoreHead, ScoringNet, distances_to_maps, image_scores
+from .net import Embedder, ScoreHead, ScoringNet, TiledEmbedder, distances_to_maps, image_scores
 from .gaussian import GaussianModel, GaussianStats, GroupedUpdates
 from .image_result import NO_CALIBRATION, ImageResult, ScoringMethods
 from .io import ImageReadError, colour_values, pixel_kind
@@ -617,11 +617,13 @@ class PaDiM(ScoringMethods):
 
     def scoring_net(self) -> ScoringNet:
         """The fitted model as one ``torch.nn.Module``: ``[N, 3, H, W]`` in [0, 1] at ``input_size_``
-        → ``(anomaly_map [N, H, W], score [N])``. Untiled models only: a tiled model scores tiles."""
+        → ``(anomaly_map [N, H, W], score [N])``. A tiled model's cuts, embeds and stitches its
+        tiles inside (:class:`padim.net.TiledEmbedder`)."""
         self._check_fitted()
+        embedder = self._get_extractor()
         if self.geometry_.tiled:
-            raise ValueError("this model tiles its input, so no single network scores a whole image")
-        return ScoringNet(self._get_extractor(), self._head(), getattr(self, "whole_image_", None))
+            embedder = TiledEmbedder(embedder, self.geometry_.layout(), self.spec.mean)
+        return ScoringNet(embedder, self._head(), getattr(self, "whole_image_", None))
 
     def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
         return self._head(model)(embedding)

@@ -8,7 +8,8 @@ raised for maps raised everywhere by the model's whole-image rule, :mod:`padim.w
 
 The estimator scores through these modules (tiled models embed tile by tile with the same
 ``Embedder``, tiles being images), and :mod:`padim.export` traces the same ``ScoringNet`` to
-ONNX: one scoring path. No hooks, no exception to stop the forward pass: the backbone is run
+ONNX — a tiled model's with a :class:`TiledEmbedder`, which cuts, embeds and stitches the tiles
+in the graph: one scoring path. No hooks, no exception to stop the forward pass: the backbone is run
 stage by stage, as its own ``forward`` does, and simply not beyond the last hooked stage.
 """
 
@@ -19,12 +20,13 @@ import time
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backbones import BackboneSpec
 from .features import embedding_concat
 from .maps import distance_grid_to_maps
-from .tiling import Cell, from_cells, to_cells
+from .tiling import Cell, TileLayout, from_cells, to_cells
 
 POSITION_CHUNK = 1024  # positions per batched product in eager scoring (temporaries stay small)
 
@@ -130,6 +132,36 @@ class Embedder(nn.Module):
                 fmap = fmap.index_select(1, getattr(self, f"keep{k}"))
             parts.append(fmap)
         return parts
+
+
+class TiledEmbedder(nn.Module):
+    """``[B, 3, H, W]`` → the stitched embedding of :func:`padim.tiling.extract_tiled`, as plain
+    tensor operations: pad with ``fill`` (the normalisation mean), run ``embedder`` on each tile of
+    ``layout`` in turn (all B images' tile at once), crop each tile's features to its core and
+    concatenate the cores. Tracing unrolls the loop, so an export of a tiled model is one graph that
+    still holds only one tile's activations at a time; eager scoring uses ``extract_tiled``, which
+    also batches tiles across images."""
+
+    def __init__(self, embedder: Embedder, layout: TileLayout, fill):
+        super().__init__()
+        self.embedder = embedder
+        self.layout = layout
+        self.register_buffer("fill", torch.as_tensor(fill, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        lay = self.layout
+        top, bottom, left, right = lay.padding
+        # images − fill is 0 in the padding: after normalisation, the zeros a whole-image pass pads with
+        padded = F.pad(images - self.fill, (left, right, top, bottom)) + self.fill
+        t, c, m, cc = lay.tile, lay.core, lay.margin_cells, lay.core_cells
+        rows = []
+        for i in range(lay.tiles_y):
+            cores = [self.embedder(padded[:, :, i * c:i * c + t, j * c:j * c + t])[:, :, m:m + cc, m:m + cc]
+                     for j in range(lay.tiles_x)]
+            rows.append(torch.cat(cores, dim=3))
+        gh, gw = lay.grid_size
+        return torch.cat(rows, dim=2)[:, :, :gh, :gw]
 
 
 class ScoreHead(nn.Module):

@@ -2,6 +2,7 @@
 runtime and `padim score` on an exported model; parity on real images where ../shared exists."""
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -180,17 +181,83 @@ def test_openvino_matches_onnx(tmp_path):
                                scores, rtol=1e-3)
 
 
+def test_a_whitener_over_the_folding_limit_travels_in_chunks(tmp_path, monkeypatch):
+    """ONNX Runtime folds no constant over 1 GiB, so a larger whitener is rebuilt by one Gather
+    per chunk of Gaussians, the product split along them and concatenated: the same scores
+    (ONNX and OpenVINO), the same packed bytes on disk, each chunk's rows exactly the model's."""
+    import padim.export as export
+    from onnx import numpy_helper
+
+    model = fitted(folds=0)
+    g, d = model.gaussian_.mean.shape
+    whole = export_model(model, tmp_path / "whole.onnx")
+    monkeypatch.setattr(export, "FOLD_MAX_BYTES", g * d * d * 4 - 1)
+    monkeypatch.setattr(export, "WHITENER_CHUNK_BYTES", g * d * d * 4 // 3 + 1)
+    assert export.whitener_chunks(g, d) == [(0, 85), (85, 171), (171, 256)]
+    chunked = export_model(model, tmp_path / "chunked.onnx")
+    graph = onnx.load(str(chunked)).graph
+    inits = {init.name: init for init in graph.initializer}
+    chunks = [n for n in graph.node if n.op_type == "Gather" and n.input[0].rsplit("__packed", 1)[-1].isdigit()]
+    padded, _ = export.packed_whitener_gather(model.gaussian_)
+    assert [numpy_helper.to_array(inits[n.input[0]]).shape[0] for n in chunks] == [85, 86, 85]
+    np.testing.assert_array_equal(np.concatenate([numpy_helper.to_array(inits[n.input[0]]) for n in chunks]), padded)
+    assert [n.op_type for n in graph.node].count("Split") >= 1
+    assert abs(chunked.stat().st_size - whole.stat().st_size) < 4096
+    batch = as_batch(sample_images())
+    np.testing.assert_allclose(onnx_run(chunked, batch)[1], onnx_run(whole, batch)[1], rtol=1e-6)
+    np.testing.assert_allclose(onnx_run(chunked, batch)[1], model.score_samples(sample_images()), rtol=1e-4)
+    try:
+        import openvino as ov
+    except ImportError:
+        return
+    xml = export_model(model, tmp_path / "chunked.xml", fmt="openvino")
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(np.asarray(compiled(batch)[compiled.output("score")]), onnx_run(whole, batch)[1],
+                               rtol=1e-3)
+    assert xml.with_suffix(".bin").stat().st_size < chunked.stat().st_size * 1.1  # the chunks stay packed
+
+
 def test_refusals_say_what_to_do(tmp_path):
     with pytest.raises(ExportError, match="not fitted"):
         export_model(PaDiM(), tmp_path / "m.onnx")
-    tiled = PaDiM(image_size=SIZE, d=20, device="cpu", workers=0, calibration_folds=0, tile=64, overlap=16)
-    tiled.fit([pattern(128, 128, seed=i) for i in range(3)])
-    assert tiled.geometry_.tiled
-    with pytest.raises(ExportError, match="--tile none"):
-        export_model(tiled, tmp_path / "t.onnx")
     with pytest.raises(ExportError, match="unknown export format"):
         export_model(fitted(folds=0), tmp_path / "m.engine", fmt="tensorrt")
-    assert not (tmp_path / "t.onnx").exists()
+    assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_a_tiled_model_exports_and_scores_as_the_estimator(tmp_path):
+    """A tiled model's graph takes the whole image and cuts, embeds and stitches its tiles inside:
+    ONNX Runtime's maps and scores are the estimator's (which tiles with extract_tiled), a defect
+    on a tile seam included; the runtime scores one image per call (an untiled export: at most
+    the images per batch of the fit's plan)."""
+    from padim.runtime import ExportedModel
+
+    model = PaDiM(image_size=(128, 96), d=20, device="cpu", workers=0, batch_size=2, calibration_folds=3,
+                  tile=64, overlap=16, config="fixed").fit([pattern(128, 96, seed=i) for i in range(8)])
+    layout = model.geometry_.layout()
+    assert (layout.tiles_y, layout.tiles_x) == (4, 3)  # 32 px cores
+    images = [pattern(128, 96, seed=60 + i, defect=(0.5, 0.33, 0.1) if i == 1 else None) for i in range(3)]
+    path = export_model(model, tmp_path / "tiled.onnx")
+    maps, scores = onnx_run(path, as_batch(images))
+    expected = np.stack(model.anomaly_maps(images))
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-4 * expected.max())
+    np.testing.assert_allclose(scores, model.score_samples(images), rtol=1e-4)
+    assert scores[1] > 1.5 * max(scores[0], scores[2])  # the defect at y 64 (a seam) stands out
+    meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["padim"])
+    assert meta["tiles"] == {"tile": 64, "overlap": 16, "grid": [4, 3]} and meta["max_batch"] == 1
+    export = ExportedModel(path, batch_size=8)
+    assert export.max_batch == 1 and "4×3 tiles in the graph" in export.describe()["tiles"]
+    calls = []
+    run = export._session.run
+    export._session.run = lambda batch: calls.append(len(batch)) or run(batch)
+    np.testing.assert_allclose([r.score for r in export.predict(images, maps=False)], scores, rtol=1e-5)
+    assert calls == [1, 1, 1]  # batch_size 8 (or padim serve's --max-batch) capped: a tiled graph, one image
+    untiled = ExportedModel(export_model(fitted(folds=0), tmp_path / "m.onnx"), batch_size=8)
+    assert untiled.max_batch == 4 and untiled.describe()["tiles"] == "no (whole image resized)"
+    if importlib.util.find_spec("openvino") is None:
+        return
+    xml = export_model(model, tmp_path / "tiled.xml", fmt="openvino")
+    np.testing.assert_allclose([r.score for r in ExportedModel(xml).predict(images, maps=False)], scores, rtol=1e-3)
 
 
 RUNTIME_SCRIPT = """
@@ -391,6 +458,8 @@ def _with_metadata(src, dst, change=None, raw=None):
     ("calibrator as a list", lambda m: m.update(calibrator=[1]), None, "calibrator"),
     ("whole-image gate NaN", lambda m: m.update(whole_image={"gate": float("nan"), "base": 1, "slope": 1}), None,
      "whole_image.gate"),
+    ("images per call zero", lambda m: m.update(max_batch=0), None, "max_batch"),
+    ("tiles as a list", lambda m: m.update(tiles=[64]), None, "tiles"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_corrupted_export_metadata_is_one_line_naming_file_and_field(exported, tmp_path, name, change, raw,
                                                                      expected):

@@ -8,6 +8,7 @@ from torch import nn
 
 from padim.features import embedding_concat
 from padim.gaussian import GaussianStats
+from padim.net import TiledEmbedder
 from padim.tiling import (TileLayout, cell_grid, extract_tiled, from_cells, margin_for, pad_image, plan_tiles,
                           samples_per_image, to_cells)
 
@@ -165,6 +166,20 @@ def test_biased_net_equal_away_from_image_border():
     r = -(-RADIUS // STRIDE)
     torch.testing.assert_close(stitched[..., r:-r, r:-r], whole[..., r:-r, r:-r], atol=1e-5, rtol=1e-5)
     assert (stitched - whole).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize("h, w", [(128, 96), (100, 77), (20, 10)])
+def test_graph_tiling_equals_whole_image_and_extract_tiled(net, h, w):
+    """The export's TiledEmbedder (pad, one tile after the other, cores concatenated) gives the
+    whole-image reference where the net maps zero to zero, and extract_tiled's grid for a net
+    with biases and a per-channel fill, whose border cells see the fill."""
+    images = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h + w))
+    layout = plan_tiles(h, w, 64, MARGIN, STRIDE, MULTIPLE)
+    graph = TiledEmbedder(net, layout, torch.zeros(3))
+    torch.testing.assert_close(graph(images), whole_image(images, net), atol=1e-5, rtol=1e-5)
+    biased, fill = TinyNet(bias=True, seed=5), torch.tensor([0.485, 0.456, 0.406])
+    expected = extract_tiled(images, biased, layout, fill, tile_batch=3)
+    torch.testing.assert_close(TiledEmbedder(biased, layout, fill)(images), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_embed_fn_shape_is_checked(net):
