@@ -78,7 +78,7 @@ def export_metadata(model, fp16: bool) -> dict:
         "blur_sigma": model.blur_sigma,
         "fp16": bool(fp16),
         "tiles": tiles_metadata(model),
-        "max_batch": 1 if model.geometry_.tiled else (model.geometry_.batch or None),
+        "max_batch": model.geometry_.max_images,
         "model_fingerprint": model_fingerprint(model),
     }
 

@@ -81,13 +81,20 @@ class Geometry:
         return TileLayout.plan(self.input_size[0], self.input_size[1], self.tile, self.margin,
                                self.stride, self.multiple)
 
-    def images_per_batch(self, batch_size: int) -> int:
-        """Images the loader puts in one batch: one when tiled (its tiles are batched instead)."""
+    @property
+    def max_images(self) -> int | None:
+        """Most images in one batch (None: no bound): one when tiled (its tiles are batched
+        instead), else the memory plan's ``batch``. The loader's and an export's bound."""
         if self.tiled:
             return 1
         if self.batch:
-            return max(1, min(batch_size, self.batch))
-        return 1 if self.scale is not None else batch_size  # models saved before ``batch`` existed
+            return self.batch
+        return 1 if self.scale is not None else None  # models saved before ``batch`` existed
+
+    def images_per_batch(self, batch_size: int) -> int:
+        """Images the loader puts in one batch: ``batch_size``, at most :attr:`max_images`."""
+        cap = self.max_images
+        return batch_size if cap is None else max(1, min(batch_size, cap))
 
     def tiles_per_batch(self, batch_size: int) -> int:
         return max(1, min(batch_size, self.batch)) if self.batch else batch_size

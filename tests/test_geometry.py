@@ -183,6 +183,17 @@ def test_activation_share_sets_images_per_batch():
     # 288 × 224 × 96.5625 × 4 B = 24.9 MB per image; 1 GiB share → 43 images
     assert ACTIVATION_SHARE * 4 * GIB // (288 * 224 * LITE0_FLOATS * 4) == 43
     assert g.batch == 43 and g.images_per_batch(64) == 43 and g.images_per_batch(16) == 16
+    assert g.max_images == 43  # an export's max_batch
+
+
+@pytest.mark.parametrize("geometry, cap, per_batch_of_16", [
+    (Geometry((288, 224), 8, 32, batch=5), 5, 5),
+    (Geometry((2048, 1693), 4, 16, 1024, 128, 0.53, batch=9), 1, 1),  # tiled: its tiles are batched
+    (Geometry((288, 224), 8, 32, scale=0.5), 1, 1),  # saved before `batch` existed, with a scale
+    (Geometry((288, 224), 8, 32), None, 16),  # ... without one: no bound
+])
+def test_the_most_images_per_batch(geometry, cap, per_batch_of_16):
+    assert geometry.max_images == cap and geometry.images_per_batch(16) == per_batch_of_16
 
 
 def test_explicit_tile_on_a_small_photo_keeps_the_rule_resolution():
