@@ -33,7 +33,7 @@ from . import __version__
 from .errors import first_line
 from .io import naming_path
 from .modelfile import ModelFileError
-from .net import Embedder, ScoreHead, ScoringNet, TiledEmbedder
+from .net import Embedder, ScoreHead, ScoringNet
 
 METADATA_KEY = "padim"
 EXPORT_FORMAT = "padim-export"
@@ -104,9 +104,8 @@ def export_net(model) -> ScoringNet:
         backbone = model.fitted_backbone(prepare=False)
     except ModelFileError as exc:  # weights other than the fitted ones
         raise ExportError(first_line(exc)) from None
-    embedder = Embedder(backbone, model.spec, model.layers_, model.channel_index_, channels_last=False)
-    if model.geometry_.tiled:
-        embedder = TiledEmbedder(embedder, model.geometry_.layout(), model.spec.mean)
+    embedder = model.image_embedder(Embedder(backbone, model.spec, model.layers_, model.channel_index_,
+                                                   channels_last=False))
     gaussian = model.gaussian_.to("cpu")
     head = ScoreHead(gaussian.mean, gaussian.whitener, model.cell_, model.input_size_,
                                model.geometry_.stride, model.blur_sigma)

@@ -620,10 +620,16 @@ class PaDiM(ScoringMethods):
         → ``(anomaly_map [N, H, W], score [N])``. A tiled model's cuts, embeds and stitches its
         tiles inside (:class:`padim.net.TiledEmbedder`)."""
         self._check_fitted()
-        embedder = self._get_extractor()
-        if self.geometry_.tiled:
-            embedder = TiledEmbedder(embedder, self.geometry_.layout(), self.spec.mean)
-        return ScoringNet(embedder, self._head(), getattr(self, "whole_image_", None))
+        return ScoringNet(self.image_embedder(self._get_extractor()), self._head(),
+                          getattr(self, "whole_image_", None))
+
+    def image_embedder(self, embedder: Embedder) -> torch.nn.Module:
+        """``embedder`` as a module of whole input images: itself, or for a tiled model wrapped in a
+        :class:`padim.net.TiledEmbedder` of the model's layout (on the embedder's device)."""
+        if not self.geometry_.tiled:
+            return embedder
+        device = next(embedder.parameters()).device
+        return TiledEmbedder(embedder, self.geometry_.layout(), self.spec.mean).to(device)
 
     def _maps_from_embedding(self, embedding: torch.Tensor, model: GaussianModel | None = None) -> torch.Tensor:
         return self._head(model)(embedding)

@@ -197,6 +197,17 @@ def test_defect_on_tile_seam_found_like_one_in_tile_centre(scored, places):
     assert 1 / 1.5 < ratio < 1.5, ratio
 
 
+def test_scoring_net_of_a_tiled_model_gives_its_maps_and_scores(fitted, tests, scored):
+    """``scoring_net()`` (the module an export traces) cuts, embeds and stitches the tiles itself:
+    the estimator's maps (a seam defect included) and scores from whole images."""
+    names = ["good0", "seam", "centre"]
+    maps, scores = fitted.scoring_net()(as_tensor([tests[n] for n in names]))
+    for k, name in enumerate(names):
+        np.testing.assert_allclose(maps[k].numpy(), scored[name].anomaly_map, rtol=1e-4,
+                                   atol=1e-4 * scored[name].anomaly_map.max())
+    np.testing.assert_allclose(scores.numpy(), [scored[n].score for n in names], rtol=1e-4)
+
+
 # ------------------------------------------------- tiled features = whole-image features
 
 def _embed_pair(image, overlap, tile):
