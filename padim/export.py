@@ -209,7 +209,7 @@ def store_whitener_packed(graph, gaussian) -> None:
     g, d, _ = gaussian.whitener.shape
     # Recognised by shape and by a few Gaussians' rows, read in place: a full dense copy (and one of
     # the initialiser) would add twice its size to the export's peak memory (RESULTS.md §38)
-    sample = np.unique(np.linspace(0, g - 1, 8).round().astype(int))
+    sample = sample_gaussians(g)
     expected = gaussian.whitener[sample].transpose(1, 2).numpy()
 
     def rows(init):
@@ -266,6 +266,12 @@ def store_whitener_packed(graph, gaussian) -> None:
     graph.graph.node.extend(nodes + old)
 
 
+def sample_gaussians(g: int) -> np.ndarray:
+    """Eight Gaussians spread over ``g`` (all when fewer): a whitener constant is recognised by
+    its shape and their rows, so that finding it copies no dense matrix."""
+    return np.unique(np.linspace(0, g - 1, 8).round().astype(int))
+
+
 FOLD_MAX_BYTES = 2**30  # ONNX Runtime folds no constant larger than 1 GiB (constant_folding.cc)
 WHITENER_CHUNK_BYTES = 2**29
 
@@ -316,10 +322,10 @@ def store_openvino_whitener_packed(ov_model, gaussian) -> None:
     constants = [node for node in ov_model.get_ordered_ops() if node.get_type_name() == "Constant"
                  and len(node.get_output_shape(0)) == 3 and list(node.get_output_shape(0))[1:] == [d, d]]
     for start, stop in whitener_chunks(padded.shape[0], d):  # one folded constant per chunk
-        folded = padded[start:stop, gather].astype(np.float32)  # what the conversion folded (scale applied later)
+        sample = sample_gaussians(stop - start)  # as store_whitener_packed recognises it
+        folded = padded[start + sample][:, gather].astype(np.float32)  # what the conversion folded (scale later)
         found = [node for node in constants if list(node.get_output_shape(0)) == [stop - start, d, d]
-                 and np.array_equal(node.get_data(), folded)]
-        del folded
+                 and np.array_equal(node.get_data()[sample], folded)]
         if len(found) != 1:
             raise ExportError(f"internal: expected one dense whitener constant of shape {[stop - start, d, d]} in "
                               f"the OpenVINO model, found {len(found)}")
