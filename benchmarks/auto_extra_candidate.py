@@ -19,6 +19,15 @@ import argparse
 from pathlib import Path
 
 
+def write_random_resnet18(path) -> None:
+    """Seeded random-weight ResNet18 weights (RESULTS.md §32's) to ``path``: the same file every time."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder of good images")
@@ -38,10 +47,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if args.random_weights:
-        import torchvision
-
-        torch.manual_seed(0)
-        torch.save(torchvision.models.resnet18(weights=None).state_dict(), args.weights)
+        write_random_resnet18(args.weights)
     params = {"backbone": args.backbone, "layers": args.layers.split(",") if args.layers else None,
               "weights": args.weights}
     if args.d is not None:

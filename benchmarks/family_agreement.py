@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from scipy.stats import spearmanr
 
+from auto_extra_candidate import write_random_resnet18
 from family_auroc import dataset_split
 from padim import PaDiM
 from padim.validation import DEFECT_SCALES, comparison_size, defect_metrics, shrink_mask, synthetic_validation
@@ -90,11 +91,7 @@ def main() -> None:
     train, good = train[:args.max_train], good[:args.max_good]
     masks = real_masks(args.root, real)
     if args.random_r18 is not None:
-        import torch
-        import torchvision
-
-        torch.manual_seed(0)
-        torch.save(torchvision.models.resnet18(weights=None).state_dict(), args.random_r18)
+        write_random_resnet18(args.random_r18)
         options["r18-random"] = {"backbone": "resnet18", "d": 100, "weights": str(args.random_r18)}
     families = args.families.split(",")
     synthetic: dict[str, tuple[list, list]] = {f: ([], []) for f in families}  # family → images, masks
