@@ -433,24 +433,9 @@ class PaDiM(ScoringMethods):
             self._check_ranks_agree(len(sources))
         stats = GaussianStats(self.n_gaussians_, self.n_features_, self._device())
         self.skipped_: list[tuple[str, str]] = []
-        used: list[int] = []
         folds = self.calibration_folds if calibrate in (None, True) else 0
         cache = _EmbeddingCache(self._fold_cache_bytes if folds and folds >= 2 else 0, self._held_out_sources)
-        sums = GroupedUpdates(stats)
-        # In a process group each rank reads its block of the sorted list (padim.distributed).
-        shard = distributed.shard_range(len(sources))
-        loader = self._loader([sources[i] for i in shard], self.input_size_)
-        for batch in self._progress(loader, len(loader), "fit"):
-            batch.indices = [shard.start + i for i in batch.indices]
-            batch.errors = [(shard.start + i, message) for i, message in batch.errors]
-            self._record_errors(batch, sources)
-            if batch.indices:
-                self._check_sizes(batch)
-                embedding = as_float16(self._embed(batch.images))
-                sums.add(self._to_samples(embedding))
-                cache.add(batch.indices, embedding)
-                used.extend(batch.indices)
-        sums.close()
+        used = self._sum_training(sources, stats, cache)
         if distributed.active():  # global sums, used images and skipped ones, in one process's order
             distributed.all_reduce_stats_(stats)
             used = [i for part in distributed.all_gather(used) for i in part]
@@ -501,6 +486,29 @@ class PaDiM(ScoringMethods):
         self.held_out_ = [int(i) for i in held]
         return self
 
+    def _sum_training(self, sources, stats: GaussianStats, cache: "_EmbeddingCache") -> list[int]:
+        """Add every readable training image to ``stats`` (and to ``cache``); their indices.
+
+        In a process group each rank reads its block of the sorted list (padim.distributed).
+        A method of its own so that nothing of the loop (its last batch, the grouped updates'
+        block) outlives it: the fit's held-out phase runs after it without the sums."""
+        sums = GroupedUpdates(stats)
+        used: list[int] = []
+        shard = distributed.shard_range(len(sources))
+        loader = self._loader([sources[i] for i in shard], self.input_size_)
+        for batch in self._progress(loader, len(loader), "fit"):
+            batch.indices = [shard.start + i for i in batch.indices]
+            batch.errors = [(shard.start + i, message) for i, message in batch.errors]
+            self._record_errors(batch, sources)
+            if batch.indices:
+                self._check_sizes(batch)
+                embedding = as_float16(self._embed(batch.images))
+                sums.add(self._to_samples(embedding))
+                cache.add(batch.indices, embedding)
+                used.extend(batch.indices)
+        sums.close()
+        return used
+
     def _fit_from_embeddings(self, embeddings) -> "PaDiM":
         """The Gaussians (no calibration) from training embeddings ``[b, d, h, w]`` already
         extracted at ``input_size_`` after :meth:`_prepare_fit`: how padim.autoconfig fits the
@@ -540,7 +548,7 @@ class PaDiM(ScoringMethods):
     def _record_errors(self, batch: Batch, sources) -> None:
         for index, message in batch.errors:
             self.skipped_.append((source_name(sources[index], index), message))
-            warnings.warn(f"skipped unreadable training image: {message}", stacklevel=3)
+            warnings.warn(f"skipped unreadable training image: {message}", stacklevel=4)
 
     def _check_sizes(self, batch: Batch) -> None:
         if not isinstance(batch.images, torch.Tensor):

@@ -327,6 +327,7 @@ def test_grouped_updates_equal_numpy_whatever_the_batching():
         grouped.add(part)
     assert stats.count == 19  # the last 4 are still queued
     assert grouped.close() is stats and stats.count == 23 and grouped.block is None
+    assert grouped.stats is None  # a closed updater keeps no reference to the sums (they can be freed)
     np.testing.assert_allclose(stats.mean().numpy(), feats.double().mean(0).T.numpy(), rtol=1e-6)
     np.testing.assert_allclose(stats.covariance().numpy(), reference_cov(feats), rtol=1e-4, atol=1e-5)
 

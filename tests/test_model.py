@@ -466,6 +466,38 @@ def test_held_out_scores_equal_refitting_without_the_fold(calibrated):
     np.testing.assert_allclose(np.asarray(model.calibration_scores_)[members], expected, rtol=3e-3)
 
 
+def test_the_sums_are_freed_before_the_held_out_folds(data, monkeypatch):
+    # With the downdate, the fit's float64 sums are not needed once the exact model is made: they
+    # must be gone (no reference left anywhere) while the held-out folds run, the phase that set a
+    # fit's peak (a 12 MP model's sums are 1 GiB). Until 2026-12 the grouped updater kept them.
+    import gc
+    import weakref
+
+    import padim.model as model_module
+
+    _calibrator_or_skip()
+    made, alive_during_folds = [], []
+
+    class TrackedStats(model_module.GaussianStats):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(weakref.ref(self))
+
+    original = PaDiM._calibrate
+
+    def calibrate(self, *args, **kwargs):
+        gc.collect()
+        alive_during_folds.append(sum(ref() is not None for ref in made))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "GaussianStats", TrackedStats)
+    monkeypatch.setattr(PaDiM, "_calibrate", calibrate)
+    files = sorted(data["train"].glob("good_*.png"))[:6]
+    model = PaDiM(**dict(PARAMS, calibration_folds=3)).fit(files)
+    assert len(made) == 1 and alive_during_folds == [0]
+    assert model.calibrator_ is not None
+
+
 def test_calibration_needs_enough_images(data):
     _calibrator_or_skip()
     files = sorted(data["train"].glob("good_*.png"))[:4]
