@@ -25,6 +25,7 @@ from torch import nn
 
 from .backbones import BackboneSpec
 from .features import embedding_concat
+from .gaussian import whitener_buffer
 from .maps import distance_grid_to_maps
 from .tiling import Cell, TileLayout, from_cells, to_cells
 
@@ -176,7 +177,7 @@ class ScoreHead(nn.Module):
                  stride: int, blur_sigma: float, whitener_rows=None):
         super().__init__()
         if whitener is None and whitener_rows is None:
-            raise ValueError("ScoreHead needs a whitener or a whitener_rows(start, stop) function")
+            raise ValueError("ScoreHead needs a whitener or a whitener_rows(start, stop, out) function")
         self.register_buffer("mean", mean)  # persistent: exported as initialisers
         self.register_buffer("whitener", whitener)
         # Large models score without a dense float32 whitener in memory: each chunk of positions
@@ -191,9 +192,13 @@ class ScoreHead(nn.Module):
         """Samples ``[S, d, G]`` → Mahalanobis distances ``[S, G]``."""
         x = gaussians_first(samples)
         g = x.shape[0]
-        rows = self.whitener_rows or (lambda start, stop: self.whitener[start:stop])
         if self.whitener is not None and (torch.jit.is_tracing() or g <= POSITION_CHUNK):
             return _whitened_norm(x, self.mean, self.whitener).T
+        if self.whitener is not None:
+            rows = lambda start, stop: self.whitener[start:stop]  # noqa: E731
+        else:  # one block reused by every chunk of this call (fresh ones cost fresh pages, RESULTS.md §40)
+            block = whitener_buffer(min(POSITION_CHUNK, g), x.shape[2], x.device)
+            rows = lambda start, stop: self.whitener_rows(start, stop, block)  # noqa: E731
         out = torch.empty(samples.shape[0], g, dtype=torch.float32, device=samples.device)
         for start in range(0, g, POSITION_CHUNK):
             stop = min(start + POSITION_CHUNK, g)

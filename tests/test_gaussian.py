@@ -282,6 +282,26 @@ def test_packed_lower_triangle_round_trip():
     np.testing.assert_array_equal(unpack_whitener(packed, None, 6).numpy(), dense)
 
 
+def test_unpacking_chunk_after_chunk_into_one_buffer_gives_each_chunk_exactly():
+    # Scoring and the held-out folds unpack chunk after chunk into one reused block: each result
+    # must be exactly that chunk's matrices (np.tril of the reference, scale applied), the upper
+    # triangle zero, however full the block was before, a short last chunk included.
+    from padim.gaussian import whitener_buffer
+
+    rng = np.random.default_rng(2)
+    dense = np.tril(rng.normal(size=(7, 5, 5))).astype(np.float32)
+    packed = pack_whitener(torch.from_numpy(dense))
+    scale = torch.tensor([2.0, 0.5, 4.0, 1.0, 0.25, 8.0, 2.0])
+    block = whitener_buffer(3, 5)
+    for start in (0, 3, 6, 2):  # chunks of 3, 3, a short one of 1, then 3 again over a full block
+        stop = min(start + 3, 7)
+        got = unpack_whitener(packed[start:stop], scale[start:stop], 5, out=block)
+        assert got.data_ptr() == block.data_ptr() and got.shape == (stop - start, 5, 5)
+        expected = dense[start:stop] * scale[start:stop].numpy()[:, None, None]
+        np.testing.assert_array_equal(got.numpy(), expected)
+        assert not np.triu(block.numpy(), k=1).any()
+
+
 def test_float16_rounding_error_bound_and_power_of_two_scale():
     rng = np.random.default_rng(1)
     values = rng.normal(size=(5, 40)) * np.array([[1e-6], [1e-2], [1.0], [3e3], [1e7]])  # far beyond float16's range
