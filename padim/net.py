@@ -30,6 +30,9 @@ from .maps import distance_grid_to_maps
 from .tiling import Cell, TileLayout, from_cells, to_cells
 
 POSITION_CHUNK = 1024  # positions per batched product in eager scoring (temporaries stay small)
+# glibc's largest dynamic mmap threshold (64-bit): a freed block up to this size is reused by the
+# next allocation, a larger one goes back to the kernel and the next costs fresh pages again
+REUSED_BLOCK_BYTES = 32 * 2**20
 
 
 def backbone_stages(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -83,6 +86,7 @@ class Embedder(nn.Module):
         self.stage_names = names[: last + 1]
         self.stages = nn.ModuleList(m for _, m in stages[: last + 1])
         self.taps = [self.stage_names.index(p.name) for p in self.points]  # stage index of each layer
+        self.largest_per_pixel = 2.0 * spec.peak_activation  # bytes of the largest layer output (float32)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self.selections = self.selection_of(self.points, channel_index)
@@ -108,10 +112,39 @@ class Embedder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return embedding_concat(self.feature_maps(images))
 
+    def images_per_pass(self, images: torch.Tensor) -> int:
+        """Images one backbone pass takes on the CPU: as many as keep its largest layer output
+        within REUSED_BLOCK_BYTES, so that every activation is a block the allocator reuses rather
+        than fresh pages. A BSData batch of 16 in one pass spent 4.1 of its embedding's 6.4 s in
+        the kernel's page faults (benchmarks/RESULTS.md §41). All at once on a GPU (its caching
+        allocator reuses) and when traced (an export's batch is not fixed)."""
+        if images.device.type != "cpu" or torch.jit.is_tracing() or images.ndim != 4:
+            return max(1, images.shape[0])
+        largest = self.largest_per_pixel * images.shape[2] * images.shape[3]
+        return max(1, int(REUSED_BLOCK_BYTES // max(1.0, largest)))
+
     @torch.no_grad()
     def feature_maps(self, images: torch.Tensor, clock: dict | None = None) -> list[torch.Tensor]:
         """The hooked layers' kept channels, each on its own grid (layers with none kept are left out).
-        ``clock``: filled with each hooked stage's name → ``time.perf_counter()`` when its output was ready."""
+        ``clock``: filled with each hooked stage's name → ``time.perf_counter()`` when its output was
+        ready (for a batch run in several passes, :meth:`images_per_pass`: the start plus each
+        pass's time to it, summed)."""
+        step = self.images_per_pass(images)
+        if step >= images.shape[0]:
+            return self._pass(images, clock)
+        started, spent, parts = time.perf_counter(), {}, []
+        for part in images.split(step):
+            part_clock: dict | None = {} if clock is not None else None
+            part_started = time.perf_counter()
+            parts.append(self._pass(part, part_clock))
+            for name, ready in (part_clock or {}).items():
+                spent[name] = spent.get(name, 0.0) + ready - part_started
+        if clock is not None:
+            clock.update({name: started + seconds for name, seconds in spent.items()})
+        return [torch.cat(maps) for maps in zip(*parts)]
+
+    def _pass(self, images: torch.Tensor, clock: dict | None) -> list[torch.Tensor]:
+        """One backbone pass over ``images``: :meth:`feature_maps` without the split."""
         x = (images - self.mean) / self.std
         if self.channels_last and x.device.type == "cpu" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -52,6 +52,37 @@ def test_resnet18_embedding_equals_hooked_backbone(prepare):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_cpu_batch_runs_in_passes_whose_largest_output_the_allocator_reuses(lite0_backbone, monkeypatch):
+    # Lite0's largest layer output is 24 float32 per input pixel (block 1's 96 channels at stride 2):
+    # at 160×400 that is 6.144 MB an image, so 5 images fit glibc's 32 MiB reuse limit and a batch
+    # of 16 runs in passes of 5, 5, 5 and 1. Each image's maps must be those of the image alone
+    # through the hooked backbone, the layout channels_last as the Gaussians read it, and the
+    # clock each layer's time summed over the passes.
+    import padim.net as net_module
+
+    spec = get_spec("efficientnet_lite0")
+    layers = spec.default_layers
+    embedder = Embedder(lite0_backbone, spec, layers)
+    assert embedder.images_per_pass(torch.empty(16, 3, 160, 400)) == 5  # 33 554 432 // 6 144 000
+    assert embedder.images_per_pass(torch.empty(2, 3, 1334, 1614)) == 1  # a 12 MP input: one at a time
+    monkeypatch.setattr(net_module, "REUSED_BLOCK_BYTES", 2 * 96 * 32 * 48)  # 2 images of 32×48 a pass
+    images = torch.rand(5, 3, 32, 48, generator=torch.Generator().manual_seed(4))
+    calls = []
+    original = embedder._pass
+    monkeypatch.setattr(embedder, "_pass", lambda x, clock: calls.append(len(x)) or original(x, clock))
+    clock: dict = {}
+    maps = embedder.feature_maps(images, clock)
+    assert calls == [2, 2, 1]
+    for k in range(5):
+        alone = hooked_embedding(lite0_backbone, spec, layers, None, images[k:k + 1])
+        torch.testing.assert_close(embedding_concat([m[k:k + 1] for m in maps]), alone, rtol=1e-5, atol=1e-5)
+    if embedder.channels_last:
+        assert all(m.is_contiguous(memory_format=torch.channels_last) for m in maps)
+    assert set(clock) == set(layers)
+    order = [clock[name] for name in layers]  # deeper layers are ready later
+    assert order == sorted(order)
+
+
 def test_unknown_architecture_is_refused():
     with pytest.raises(ValueError, match="EfficientNet-Lite and torchvision ResNet"):
         backbone_stages(nn.Sequential(nn.Conv2d(3, 8, 3)))
