@@ -9,7 +9,7 @@ the largest relative difference of their scores; and ONNX Runtime alone, one ima
 and without its memory pattern (load seconds, seconds per image after the first call, resident
 GB after the calls, peak GB). ``--openvino`` adds the OpenVINO IR's export and ``padim score``;
 ``--one-piece`` probes an export whose whitener is rebuilt by one ``Gather`` however large it is
-(padim.export.whitener_chunks cuts one over 1 GiB into pieces that ONNX Runtime folds).
+(padim.export.whitener_chunks cuts one over 512 MiB into pieces of 256 MiB, which ONNX Runtime folds).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ ONE_PIECE_EXPORT = r"""
 import sys
 import padim.export as export
 from padim import PaDiM
-export.FOLD_MAX_BYTES = 2**62
+export.ONE_PIECE_MAX_BYTES = 2**62
 export.export_model(PaDiM.load(sys.argv[1]), sys.argv[2])
 """
 

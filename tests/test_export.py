@@ -191,7 +191,7 @@ def test_a_whitener_over_the_folding_limit_travels_in_chunks(tmp_path, monkeypat
     model = fitted(folds=0)
     g, d = model.gaussian_.mean.shape
     whole = export_model(model, tmp_path / "whole.onnx")
-    monkeypatch.setattr(export, "FOLD_MAX_BYTES", g * d * d * 4 - 1)
+    monkeypatch.setattr(export, "ONE_PIECE_MAX_BYTES", g * d * d * 4 - 1)
     monkeypatch.setattr(export, "WHITENER_CHUNK_BYTES", g * d * d * 4 // 3 + 1)
     assert export.whitener_chunks(g, d) == [(0, 85), (85, 171), (171, 256)]
     chunked = export_model(model, tmp_path / "chunked.onnx")
