@@ -272,17 +272,16 @@ def sample_gaussians(g: int) -> np.ndarray:
     return np.unique(np.linspace(0, g - 1, 8).round().astype(int))
 
 
-FOLD_MAX_BYTES = 2**30  # ONNX Runtime folds no constant larger than 1 GiB (constant_folding.cc)
 ONE_PIECE_MAX_BYTES = 2**29  # a whitener up to this size is rebuilt in one piece
-WHITENER_CHUNK_BYTES = 2**28  # else in pieces of at most this (≤ FOLD_MAX_BYTES)
+WHITENER_CHUNK_BYTES = 2**28  # else in pieces of at most this (ONNX Runtime folds none over 1 GiB)
 
 
 def whitener_chunks(g: int, d: int) -> list[tuple[int, int]]:
     """``(start, stop)`` ranges of Gaussians whose dense float32 ``[., d, d]`` whitener is rebuilt
     by one ``Gather``: all G in one while it is at most ``ONE_PIECE_MAX_BYTES``, else in chunks of
     at most ``WHITENER_CHUNK_BYTES``. ONNX Runtime folds each piece into a constant when it loads
-    the file, holding a piece twice meanwhile, and leaves one over ``FOLD_MAX_BYTES`` unfolded,
-    warning three times at every load. Pieces of 256 MiB lowered the load peak of a 12 MP model
+    the file, holding a piece twice meanwhile, and leaves one over 1 GiB unfolded, warning three
+    times at every load (its constant_folding.cc). Pieces of 256 MiB lowered the load peak of a 12 MP model
     (991 MiB whitener) from 2.35 to 1.97 GB at the same resident memory and speed; 128 MiB held
     0.1–0.3 GB more resident (RESULTS.md §38, §43)."""
     dense = g * d * d * 4

@@ -111,7 +111,7 @@ def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.n
     starts = range(0, positions, chunk)
     # one block each for the unpacked whitener, the centred and the whitened samples, reused by
     # every chunk: fresh ones cost fresh pages from the kernel each time (RESULTS.md §40)
-    rows = model.row_buffer(chunk)
+    block = model.row_buffer(chunk)  # None when the model's dense whitener exists (views, no unpacking)
     centred_block = torch.empty(min(chunk, positions), n, d, dtype=torch.float32, device=device)
     whitened_block = torch.empty_like(centred_block)
     for start in (progress(starts, len(starts), "held-out folds") if progress else starts):
@@ -119,7 +119,7 @@ def fold_distances(model: GaussianModel, samples: torch.Tensor, folds: list[np.n
         # [p, S, d], contiguous: a batched product of strided rows runs ~20× slower on two threads
         centred, whitened = centred_block[:stop - start], whitened_block[:stop - start]
         centred.copy_(x[:, :, start:stop].permute(2, 0, 1)).sub_(model.mean[start:stop, None, :])
-        torch.bmm(centred, model.whitener_rows(start, stop, rows).transpose(1, 2), out=whitened)  # Z rows, as in scoring
+        torch.bmm(centred, model.whitener_rows(start, stop, block).transpose(1, 2), out=whitened)  # Z rows, as in scoring
         with cholesky_thread_limit(x.device):  # batched Cholesky: see padim.gaussian.cholesky_threads
             _fold_chunk(whitened, algebra, out, start, stop)
     return out

@@ -227,15 +227,14 @@ class ScoreHead(nn.Module):
         g = x.shape[0]
         if self.whitener is not None and (torch.jit.is_tracing() or g <= POSITION_CHUNK):
             return _whitened_norm(x, self.mean, self.whitener).T
-        if self.whitener is not None:
-            rows = lambda start, stop: self.whitener[start:stop]  # noqa: E731
-        else:  # one block reused by every chunk of this call (fresh ones cost fresh pages, RESULTS.md §40)
-            block = whitener_buffer(min(POSITION_CHUNK, g), x.shape[2], x.device)
-            rows = lambda start, stop: self.whitener_rows(start, stop, block)  # noqa: E731
+        rows = self.whitener_rows or (lambda start, stop, out: self.whitener[start:stop])
+        # unpacked chunks go into one block reused by every chunk of this call (fresh ones cost
+        # fresh pages, RESULTS.md §40); a dense whitener's rows are views
+        block = whitener_buffer(min(POSITION_CHUNK, g), x.shape[2], x.device) if self.whitener is None else None
         out = torch.empty(samples.shape[0], g, dtype=torch.float32, device=samples.device)
         for start in range(0, g, POSITION_CHUNK):
             stop = min(start + POSITION_CHUNK, g)
-            out[:, start:stop] = _whitened_norm(x[start:stop], self.mean[start:stop], rows(start, stop)).T
+            out[:, start:stop] = _whitened_norm(x[start:stop], self.mean[start:stop], rows(start, stop, block)).T
         return out
 
     def to_maps(self, distances: torch.Tensor, batch: int, h: int, w: int) -> torch.Tensor:
