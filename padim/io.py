@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import tiff
 from .errors import first_line
 from .value_range import (EIGHT_BIT, ValueRange, as_value_range, natural_range, pixel_kind_of_dtype,
                           pixel_kind_of_mode, range_for)
@@ -78,16 +79,21 @@ def to_unit_rgb(array: np.ndarray, where: str, value_range: ValueRange | None = 
     return np.ascontiguousarray(out)
 
 
+def _sixteen_bit_if_it_fits(data: np.ndarray) -> np.ndarray:
+    """A 32-bit integer image whose values lie in 0..65535 as uint16: such containers usually hold
+    16-bit data, which the int32 full scale would map to black."""
+    fits = data.size and data.min() >= 0 and data.max() <= 65535
+    return data.astype(np.uint16) if fits else data
+
+
 def _pil_to_array(image: Image.Image) -> np.ndarray:
     """PIL image → numpy array of its stored values (16-bit and float kept), EXIF-rotated."""
     image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(image, dtype=np.uint16)
-    if mode == "I":  # 32-bit int containers usually hold 16-bit data
-        data = np.asarray(image, dtype=np.int32)
-        fits = data.size and data.min() >= 0 and data.max() <= 65535
-        return data.astype(np.uint16) if fits else data
+    if mode == "I":
+        return _sixteen_bit_if_it_fits(np.asarray(image, dtype=np.int32))
     if mode == "F":
         return np.asarray(image, dtype=np.float32)
     if mode in ("L", "RGB", "RGBA"):
@@ -142,6 +148,36 @@ def decode_opened(image: Image.Image, encoded: Callable[[], np.ndarray]) -> np.n
     return _read_16bit_colour(encoded(), orientation, fallback=array) if deep_colour else array
 
 
+def decode_tiff(encoded: np.ndarray, header: tiff.TiffHeader) -> np.ndarray:
+    """A TIFF that Pillow cannot open (:mod:`padim.tiff`), as :func:`read_pixels` returns images:
+    turned by its orientation tag, 32-bit integers that hold 16-bit data as uint16."""
+    array = tiff.decode(encoded, header)
+    return _sixteen_bit_if_it_fits(array) if array.dtype == np.int32 else array
+
+
+def _tiff_header(path: Path, where: str, pillow_error: Exception) -> tiff.TiffHeader:
+    """The header of a file Pillow could not identify, if it is a TIFF that OpenCV may decode;
+    else Pillow's error, as one line."""
+    try:
+        with open(path, "rb") as fp:
+            header = tiff.read_header(fp)
+    except OSError:
+        header = None
+    if header is None:
+        raise ImageReadError(f"{where}: cannot read image ({first_line(pillow_error)})") from None
+    return header
+
+
+def _read_tiff_beyond_pillow(path: Path, where: str, pillow_error: Exception) -> np.ndarray:
+    header = _tiff_header(path, where, pillow_error)
+    if header.pixels > 2 * Image.MAX_IMAGE_PIXELS:  # where Pillow's own decompression-bomb check refuses
+        raise ImageReadError(f"{where}: {header.width}×{header.height} px exceeds the decoder's safety limit")
+    try:
+        return decode_tiff(np.fromfile(str(path), dtype=np.uint8), header)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
+
+
 def _check_source(source) -> None:
     """A path, a PIL image or a numpy array; anything else (a torch tensor, bytes, None) is a
     one-line error rather than pathlib's TypeError."""
@@ -174,6 +210,8 @@ def read_pixels(source) -> np.ndarray:
     try:
         with Image.open(path) as image:
             array = decode_opened(image, lambda: np.fromfile(str(path), dtype=np.uint8))
+    except UnidentifiedImageError as exc:
+        return _read_tiff_beyond_pillow(path, where, exc)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
         raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
     return array
@@ -229,6 +267,8 @@ def pixel_kind(source) -> str:
     try:
         with Image.open(source) as image:
             return pixel_kind_of_mode(image.mode, _has_16bit_colour(image))
+    except UnidentifiedImageError as exc:
+        return pixel_kind_of_dtype(_tiff_header(Path(source), f"'{source}'", exc).dtype)
     except Exception as exc:  # noqa: BLE001
         raise ImageReadError(f"'{source}': cannot read image ({first_line(exc)})") from None
 
@@ -247,6 +287,8 @@ def image_size(source) -> tuple[int, int]:
         with Image.open(source) as image:
             orientation = image.getexif().get(0x0112, 1)
             w, h = image.size
+    except UnidentifiedImageError as exc:
+        return _tiff_header(Path(source), f"'{source}'", exc).size
     except Exception as exc:  # noqa: BLE001
         raise ImageReadError(f"'{source}': cannot read image ({first_line(exc)})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

@@ -1,7 +1,8 @@
 """Decoding an uploaded image from bytes, the way :func:`padim.io.read_pixels` reads a file.
 
 The server never writes an upload to disk nor opens a path the client names: the bytes are
-decoded in memory by the same Pillow (and, for 16-bit colour, OpenCV) steps as a file, so a
+decoded in memory by the same Pillow (and, for 16-bit colour and the TIFFs of :mod:`padim.tiff`,
+OpenCV) steps as a file, so a
 score over HTTP equals ``padim score`` of the same file. The header is checked before any
 pixel is decoded: a small file claiming 60000×60000 px is refused without allocating it.
 """
@@ -16,7 +17,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import first_line
-from .io import ImageReadError, decode_opened
+from . import tiff
+from .io import ImageReadError, decode_opened, decode_tiff
 
 # The formats padim lists in folders (padim.io.IMAGE_EXTENSIONS); no other Pillow decoder runs.
 UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
@@ -51,16 +53,30 @@ def read_upload(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLargeError(f"{where}: image dimensions exceed the decoder's safety limit") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{where}: not an image in a format padim reads "
-                             f"({', '.join(UPLOAD_FORMATS)})") from None
+        return _read_tiff_beyond_pillow(data, where, max_pixels)
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for unreadable data
         raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
     with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLargeError(f"{where}: {width}×{height} px is more than the server's limit of "
-                                     f"{max_pixels:,} px")
+        _check_pixels(*image.size, where, max_pixels)
         try:
             return decode_opened(image, lambda: np.frombuffer(data, dtype=np.uint8))
         except Exception as exc:  # noqa: BLE001
             raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
+
+
+def _check_pixels(width: int, height: int, where: str, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"{where}: {width}×{height} px is more than the server's limit of {max_pixels:,} px")
+
+
+def _read_tiff_beyond_pillow(data: bytes, where: str, max_pixels: int) -> np.ndarray:
+    """A TIFF upload Pillow cannot open (float or signed colour, 64-bit samples), its header
+    checked before OpenCV decodes it; anything else is not an image padim reads."""
+    header = tiff.read_header(io.BytesIO(data))
+    if header is None:
+        raise ImageReadError(f"{where}: not an image in a format padim reads ({', '.join(UPLOAD_FORMATS)})")
+    _check_pixels(header.width, header.height, where, max_pixels)
+    try:
+        return decode_tiff(np.frombuffer(data, dtype=np.uint8), header)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
