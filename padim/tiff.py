@@ -85,7 +85,7 @@ def decode(encoded: np.ndarray, header: TiffHeader) -> np.ndarray:
     import cv2
 
     level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # libtiff's warnings go to stderr
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its warnings and errors: ours is one line
     try:
         data = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
     finally:
