@@ -128,9 +128,7 @@ _ORIENT = {
 def _read_16bit_colour(encoded: np.ndarray, orientation: int, fallback: np.ndarray) -> np.ndarray:
     """Decode a 16-bit-per-channel colour file's bytes (uint8 array) again with OpenCV, which keeps
     the precision Pillow drops; ``fallback`` (Pillow's decoding) if OpenCV disagrees on the image."""
-    import cv2
-
-    data = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    data = tiff.quiet_imdecode(encoded)
     if data is None or data.dtype != np.uint16 or data.ndim != 3 or data.shape[2] not in (3, 4):
         return fallback
     data = data[:, :, [2, 1, 0, 3][: data.shape[2]]]  # BGR(A) → RGB(A)

@@ -77,19 +77,25 @@ def read_header(fp: BinaryIO) -> TiffHeader | None:
     return TiffHeader(width, height, np.dtype(f"{kind}{bits // 8}"), channels, orientation)
 
 
+def quiet_imdecode(encoded: np.ndarray) -> np.ndarray | None:
+    """``cv2.imdecode(encoded, IMREAD_UNCHANGED)`` with OpenCV's log silent meanwhile: its decoders'
+    warnings and errors would print a multi-line report beside padim's one-line error."""
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def decode(encoded: np.ndarray, header: TiffHeader) -> np.ndarray:
     """The samples of a TIFF file's bytes (a uint8 array) as OpenCV decodes them: RGB(A) order, their
     own dtype, turned by the orientation tag (OpenCV's TIFF decoder applies it, as Pillow's
     exif_transpose does). Raises ValueError if OpenCV cannot decode them or gets another image
     than the header names."""
-    import cv2
-
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its warnings and errors: ours is one line
-    try:
-        data = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
+    data = quiet_imdecode(encoded)
     if data is None:
         raise ValueError("OpenCV cannot decode this TIFF either")
     if data.shape[:2] != header.size:
