@@ -57,7 +57,7 @@ from .maps import resize_map
 from .shared_passes import SharedPasses
 from .sources import as_sources
 from .validation import (DefectSet, comparison_size, defect_sets, readable_arrays, real_validation, shrink_mask,
-                         synthetic_validation, validation_metrics)
+                         synthetic_validation, validation_floor, validation_metrics)
 
 MIN_IMAGES = 6  # fewer good images than this: no selection, the default configuration is fitted (auto_fit)
 MAX_SELECTION_IMAGES = 60  # the selection uses a seeded subset of at most this many good images, in
@@ -242,15 +242,21 @@ class Fold:
     real: DefectSet | None
 
 
-def _folds(sources: list, seed: int, synthetic: bool, real: DefectSet | None) -> tuple[list, list, list[Fold], float]:
+def selection_subset(n_images: int, seed: int) -> list[int]:
+    """The sorted indices of the images the selection uses (all of :func:`selection_folds`' parts)."""
+    return sorted(int(i) for part, _ in selection_folds(n_images, seed) for i in part)
+
+
+def _folds(sources: list, seed: int, synthetic: bool, real: DefectSet | None,
+           floor: tuple[int, int] | None = None) -> tuple[list, list, list[Fold], float]:
     """The selection's files (a seeded subset of ``sources``), its validation images (each fold's
-    good images as 8-bit arrays and its synthetic defects, then the real defects), the folds, and
-    the seconds per image that decoding the files took."""
+    good images as 8-bit arrays, not shrunk below ``floor``, and its synthetic defects, then the
+    real defects), the folds, and the seconds per image that decoding the files took."""
     splits = selection_folds(len(sources), seed)
-    subset = sorted(int(i) for part, _ in splits for i in part)
+    subset = selection_subset(len(sources), seed)
     position = {index: k for k, index in enumerate(subset)}
     started = time.perf_counter()
-    arrays = dict(readable_arrays([sources[i] for i in subset]))  # position in subset → array
+    arrays = dict(readable_arrays([sources[i] for i in subset], floor=floor))  # position in subset → array
     decode_s = (time.perf_counter() - started) / len(subset)
     validation: list[np.ndarray] = []
     row_of: dict[int, int] = {}  # position in subset → its good image's row in validation
@@ -294,13 +300,14 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     if len(sources) < MIN_IMAGES:
         raise ValueError(f"auto-configuration needs at least {MIN_IMAGES} good images, got {len(sources)}")
     started = time.perf_counter()  # the budget counts everything: reading, synthetic defects, trials
-    real = None if val_defects is None else real_validation(val_defects)
-    if not synthetic and real is None:
+    if not synthetic and val_defects is None:
         raise ValueError("auto-configuration without synthetic defects needs val_defects (labelled defect images)")
-    files, validation, folds, decode_s = _folds(sources, seed, synthetic, real)
     kind, value = parse_budget(budget)
     tried, kept = _split_pinned(candidates(backbone, image_size), pinned)
     trials = [(candidate, model_factory(**candidate.params)) for candidate in tried]
+    floor = validation_floor(trials[0][1], [sources[i] for i in selection_subset(len(sources), seed)])
+    real = None if val_defects is None else real_validation(val_defects, floor=floor)
+    files, validation, folds, decode_s = _folds(sources, seed, synthetic, real, floor)
     passes = SharedPasses([model for _, model in trials], files, validation, decode_s)
     default = trials[0][1]
     if not passes.serves(default):

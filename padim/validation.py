@@ -1,6 +1,7 @@
 """What the auto-configuration validates candidates on, and how it scores them.
 
-The good images as the selection reads them (8-bit RGB, at most ``VALIDATION_MAX_SIDE`` large),
+The good images as the selection reads them (8-bit RGB, at most ``VALIDATION_MAX_SIDE`` large, but
+never smaller than the default candidate's input: :func:`validation_floor`),
 synthetic defects made from them (:mod:`padim.synthetic`, one per image at each of
 ``DEFECT_SCALES``, exact masks) and real labelled defects (``--val-defects``, masks found beside
 them or in MVTec AD layout), as :class:`DefectSet` s. Maps meet masks at about the default
@@ -26,6 +27,9 @@ from .sources import defect_image_sources
 from .synthetic import FAMILIES, make_defects
 
 VALIDATION_MAX_SIDE = 512  # synthetic defects are made at most this large (the model resizes anyway)
+# ... unless the default candidate's input is larger on a side (long strips: 48×1616 px from 100×4000
+# photos); inputs of more pixels than this (tiled, huge) keep the 512 px arrays
+VALIDATION_FLOOR_MAX_PIXELS = 1024 * 1024
 # ... and their maps meet their masks at the default candidate's input resolution (comparison_size)
 STABILITY_WEIGHT = 0.05  # the selection score's penalty per unit of the good scores' CV (at most 1)
 # Synthetic defect extents (padim.synthetic's scale), one defect per validation image at each:
@@ -37,13 +41,34 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
     return image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def validation_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> list[np.ndarray]:
-    """The readable ``sources`` as 8-bit RGB arrays, at most ``max_side`` on the longer side."""
-    return [image for _, image in readable_arrays(sources, max_side)]
+def validation_floor(model, files: list) -> tuple[int, int] | None:
+    """The (height, width) that the selection's validation arrays are not shrunk below: ``model``'s
+    (the default candidate's) input size as its fit on ``files`` decides it from their headers.
+    Shrunk to 512 px on the long side, a long strip's validation images were 13×512 px where the
+    model sees 48×1616: upsampled, with blurred synthetic scratches, so the candidates were compared
+    on less detail than they score. None (the 512 px rule alone) for a stand-in model, a geometry
+    that cannot be decided here (its fit reports why), or an input over VALIDATION_FLOOR_MAX_PIXELS."""
+    if not hasattr(model, "_prepare_fit"):
+        return None
+    try:
+        model._prepare_fit(files)
+    except (ValueError, MemoryError):
+        return None
+    if model.geometry_.tiled or math.prod(model.input_size_) > VALIDATION_FLOOR_MAX_PIXELS:
+        return None
+    return int(model.input_size_[0]), int(model.input_size_[1])
 
 
-def readable_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> list[tuple[int, np.ndarray]]:
-    """``(index, 8-bit RGB array at most max_side large)`` of each readable source, in order."""
+def validation_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE,
+                      floor: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """The readable ``sources`` as 8-bit RGB arrays, as :func:`readable_arrays` sizes them."""
+    return [image for _, image in readable_arrays(sources, max_side, floor)]
+
+
+def readable_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE,
+                    floor: tuple[int, int] | None = None) -> list[tuple[int, np.ndarray]]:
+    """``(index, 8-bit RGB array)`` of each readable source, in order: shrunk to at most ``max_side``
+    on the longer side, but not below ``floor`` (height, width) nor 8 px on either side; never enlarged."""
     import cv2
 
     out = []
@@ -53,9 +78,13 @@ def readable_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE) -> list[
         except ImageReadError:
             continue
         h, w = image.shape[:2]
-        factor = min(1.0, max_side / max(h, w))
+        factor = max_side / max(h, w)
+        if floor is not None:
+            factor = max(factor, floor[0] / h, floor[1] / w)
+        factor = min(1.0, factor)
         if factor < 1:
-            image = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
+            # at least 8 px a side (where padim.io refuses an image as too small), unless smaller already
+            image = cv2.resize(image, (max(min(w, 8), round(w * factor)), max(min(h, 8), round(h * factor))),
                                interpolation=cv2.INTER_AREA)
         out.append((index, image))
     return out
@@ -121,13 +150,14 @@ def find_defect_mask(path: Path) -> Path | None:
     return beside
 
 
-def real_validation(val_defects: Any, max_side: int = VALIDATION_MAX_SIDE) -> DefectSet:
-    """``--val-defects`` images as 8-bit arrays at most ``max_side`` large, with the masks found for
-    them (:func:`find_defect_mask`; files named ``*_mask.*`` are masks, not defect images)."""
+def real_validation(val_defects: Any, max_side: int = VALIDATION_MAX_SIDE,
+                    floor: tuple[int, int] | None = None) -> DefectSet:
+    """``--val-defects`` images as 8-bit arrays sized as :func:`readable_arrays` sizes them, with the
+    masks found for them (:func:`find_defect_mask`; files named ``*_mask.*`` are masks, not defect images)."""
     sources = defect_image_sources(val_defects)
     images, masks = [], []
     for source in sources:
-        arrays = validation_arrays([source], max_side)
+        arrays = validation_arrays([source], max_side, floor)
         if not arrays:
             continue
         image = arrays[0]

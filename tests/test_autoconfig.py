@@ -891,3 +891,48 @@ def test_a_second_candidates_trial_estimate_leaves_out_the_budget_units_timing(t
     passes.record(default, 10.0, 0.0, 2.0)
     assert passes.trial_estimate(other, 1.0, reference=100.0) == pytest.approx(10.0)
     assert passes.trial_estimate(half, 1.0, reference=100.0) == pytest.approx(2.0 + 8.0 / 2)
+
+
+@pytest.mark.parametrize("shape, floor, expected", [
+    ((100, 4000), (48, 1616), (48, 1920)),   # a strip: the floor's short side wins over 512 px (factor 0.48)
+    ((100, 4000), None, (13, 512)),          # without a floor: 512 px on the long side
+    ((576, 768), (224, 288), (384, 512)),    # the cookies: 512 px is already above their input
+    ((10, 12), (240, 288), (10, 12)),        # never enlarged
+    ((4000, 30), None, (512, 8)),            # no side below the 8 px an image must have
+])
+def test_validation_arrays_are_not_shrunk_below_the_floor(shape, floor, expected):
+    from padim.validation import readable_arrays
+
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    (index, array), = readable_arrays([image], max_side=512, floor=floor)
+    assert index == 0 and array.shape == (*expected, 3)
+
+
+def test_the_validation_floor_is_the_default_candidates_input(tmp_path):
+    from padim.validation import validation_floor
+
+    root = tmp_path / "strips"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((100, 4000, 3), 90 + i, np.uint8)).save(root / f"{i}.png")
+    files = sorted(root.iterdir())
+    fixed = PaDiM(config="fixed", device="cpu")
+    fixed._prepare_fit(files)
+    assert validation_floor(PaDiM(config="fixed", device="cpu"), files) == tuple(fixed.input_size_)
+    assert fixed.input_size_[1] > 512  # what the 512 px rule alone would have shrunk the strips below
+    assert validation_floor(object(), files) is None  # a stand-in decides no geometry
+    tiled = PaDiM(config="fixed", device="cpu", tile=256)
+    assert validation_floor(tiled, files) is None and tiled.geometry_.tiled
+
+
+def test_auto_fits_tall_narrow_images(tmp_path):
+    """3000×40 px: shrunk to 512 px on the long side, the selection's images were 7 px wide, too
+    small to read, and the fit failed with 'need at least 2 training samples per position, have 0'."""
+    root = tmp_path / "tall"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(90, 160, (3000, 40, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    model = PaDiM(d=24, device="cpu", workers=0, calibration_folds=3, progress=False).fit(root)
+    assert model.auto_table_ is not None and model.auto_choice_ is not None
+    assert np.isfinite(model.score_samples(sorted(root.iterdir())[:2])).all()
