@@ -209,11 +209,20 @@ def make_defect(image: np.ndarray, family: str, rng: np.random.Generator,
     return blended, mask
 
 
+def _resized_like(donor: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``donor`` at ``image``'s height and width: a folder may mix image sizes (another camera, a
+    crop), and a pasted patch is cut from the same position of a same-sized donor."""
+    if donor.shape[:2] == image.shape[:2]:
+        return donor
+    return cv2.resize(np.asarray(donor), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
+
+
 def make_defects(images: Sequence[np.ndarray], seed: int = 0, families: Sequence[str] = FAMILIES,
                  per_image: int = 1, scales: Sequence[float] = (1.0,)) -> list[SyntheticDefect]:
     """``per_image`` defects for each good image. Defect number k = i·per_image + j (image i, defect
     j) gets family ``families[k mod F]`` and scale ``scales[(k // F) mod S]``, so every family is
-    made at every scale in turn; ``paste`` donors are drawn from the other images.
+    made at every scale in turn; ``paste`` donors are drawn from the other images (resized to the
+    image's size where it differs).
     Deterministic for a given ``seed``."""
     if not images:
         raise ValueError("no good images to make synthetic defects from")
@@ -227,7 +236,7 @@ def make_defects(images: Sequence[np.ndarray], seed: int = 0, families: Sequence
             donor = None
             if family == "paste" and len(images) > 1:
                 other = int(rng.integers(0, len(images) - 1))
-                donor = images[other + (other >= i)]
+                donor = _resized_like(images[other + (other >= i)], image)
             defect, mask = make_defect(image, family, rng, donor, scale)
             out.append(SyntheticDefect(defect, mask, family, i, scale))
     return out

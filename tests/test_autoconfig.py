@@ -936,3 +936,15 @@ def test_auto_fits_tall_narrow_images(tmp_path):
     model = PaDiM(d=24, device="cpu", workers=0, calibration_folds=3, progress=False).fit(root)
     assert model.auto_table_ is not None and model.auto_choice_ is not None
     assert np.isfinite(model.score_samples(sorted(root.iterdir())[:2])).all()
+
+
+def test_auto_fits_a_folder_of_mixed_image_sizes(tmp_path):
+    """A paste defect made with a donor of another size stopped the selection (padim.synthetic)."""
+    root = tmp_path / "mixed"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    for i, shape in enumerate([(64, 64)] * 4 + [(96, 80)] * 4):
+        Image.fromarray(rng.integers(90, 160, (*shape, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    model = PaDiM(**{**COMMON, "progress": False}).fit(root)
+    assert model.auto_table_ is not None
+    assert np.isfinite(model.score_samples(sorted(root.iterdir()))).all()

@@ -132,3 +132,16 @@ def test_bad_input_is_refused_with_one_line():
         make_defects([])
     with pytest.raises(ValueError, match="scale must be in"):
         make_defect(textured(), "blob", np.random.default_rng(0), scale=0)
+
+
+def test_images_of_different_sizes_paste_from_resized_donors():
+    """A folder may mix sizes; paste took a donor of another shape and failed ('donor image has
+    shape (300, 300, 3), expected (423, 512, 3)'), which stopped the auto fit."""
+    small = np.full((48, 40, 3), 0.2, np.float32)  # flat, so the pasted content is its colour
+    large = np.full((H, W, 3), 0.8, np.float32)
+    defects = make_defects([large, small], seed=0, families=["paste"])
+    for defect, image, donor_value in zip(defects, (large, small), (0.2, 0.8)):
+        assert defect.image.shape == image.shape and defect.mask.any()
+        np.testing.assert_array_equal(defect.image[~defect.mask], image[~defect.mask])
+        inside = defect.image[defect.mask][:, 0]
+        assert np.isclose(inside, donor_value).sum() > 0.3 * defect.mask.sum()  # the other image's content
