@@ -56,8 +56,8 @@ from .errors import first_line
 from .maps import resize_map
 from .shared_passes import SharedPasses
 from .sources import as_sources
-from .validation import (DefectSet, comparison_size, defect_sets, readable_arrays, real_validation, shrink_mask,
-                         synthetic_validation, validation_floor, validation_metrics)
+from .validation import (DefectSet, Reading, comparison_size, defect_sets, readable_arrays, real_validation,
+                         selection_reading, shrink_mask, synthetic_validation, validation_metrics)
 
 MIN_IMAGES = 6  # fewer good images than this: no selection, the default configuration is fitted (auto_fit)
 MAX_SELECTION_IMAGES = 60  # the selection uses a seeded subset of at most this many good images, in
@@ -248,15 +248,15 @@ def selection_subset(n_images: int, seed: int) -> list[int]:
 
 
 def _folds(sources: list, seed: int, synthetic: bool, real: DefectSet | None,
-           floor: tuple[int, int] | None = None) -> tuple[list, list, list[Fold], float]:
+           reading: Reading = Reading()) -> tuple[list, list, list[Fold], float]:
     """The selection's files (a seeded subset of ``sources``), its validation images (each fold's
-    good images as 8-bit arrays, not shrunk below ``floor``, and its synthetic defects, then the
-    real defects), the folds, and the seconds per image that decoding the files took."""
+    good images as 8-bit arrays read by ``reading``, and its synthetic defects, then the real
+    defects), the folds, and the seconds per image that decoding the files took."""
     splits = selection_folds(len(sources), seed)
     subset = selection_subset(len(sources), seed)
     position = {index: k for k, index in enumerate(subset)}
     started = time.perf_counter()
-    arrays = dict(readable_arrays([sources[i] for i in subset], floor=floor))  # position in subset → array
+    arrays = dict(readable_arrays([sources[i] for i in subset], reading=reading))  # position in subset → array
     decode_s = (time.perf_counter() - started) / len(subset)
     validation: list[np.ndarray] = []
     row_of: dict[int, int] = {}  # position in subset → its good image's row in validation
@@ -305,9 +305,9 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     kind, value = parse_budget(budget)
     tried, kept = _split_pinned(candidates(backbone, image_size), pinned)
     trials = [(candidate, model_factory(**candidate.params)) for candidate in tried]
-    floor = validation_floor(trials[0][1], [sources[i] for i in selection_subset(len(sources), seed)])
-    real = None if val_defects is None else real_validation(val_defects, floor=floor)
-    files, validation, folds, decode_s = _folds(sources, seed, synthetic, real, floor)
+    reading = selection_reading(trials[0][1], [sources[i] for i in selection_subset(len(sources), seed)])
+    real = None if val_defects is None else real_validation(val_defects, reading=reading)
+    files, validation, folds, decode_s = _folds(sources, seed, synthetic, real, reading)
     passes = SharedPasses([model for _, model in trials], files, validation, decode_s)
     default = trials[0][1]
     if not passes.serves(default):

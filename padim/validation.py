@@ -1,7 +1,7 @@
 """What the auto-configuration validates candidates on, and how it scores them.
 
 The good images as the selection reads them (8-bit RGB, at most ``VALIDATION_MAX_SIDE`` large, but
-never smaller than the default candidate's input: :func:`validation_floor`),
+never smaller than the default candidate's input, values mapped by its range: :func:`selection_reading`),
 synthetic defects made from them (:mod:`padim.synthetic`, one per image at each of
 ``DEFECT_SCALES``, exact masks) and real labelled defects (``--val-defects``, masks found beside
 them or in MVTec AD layout), as :class:`DefectSet` s. Maps meet masks at about the default
@@ -13,6 +13,7 @@ and the selection score (:mod:`padim.autoconfig`'s docstring), and each syntheti
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .io import ImageReadError, load_image
+from .value_range import ValueRange
 from .metrics import image_auroc, pixel_auroc_and_pro
 from .mvtec import find_image, load_mask
 from .mvtec import find_mask as find_mvtec_mask
@@ -59,28 +61,56 @@ def validation_floor(model, files: list) -> tuple[int, int] | None:
     return int(model.input_size_[0]), int(model.input_size_[1])
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How the selection reads its images, so that they look as the default candidate's input
+    will: not shrunk below ``floor`` (height, width), stored values mapped to [0, 1] by
+    ``value_range`` for images of ``value_kind`` (None: each image's own type's full scale)."""
+
+    floor: tuple[int, int] | None = None
+    value_range: ValueRange | None = None
+    value_kind: str | None = None
+
+
+def selection_reading(model, files: list) -> Reading:
+    """The :class:`Reading` for ``model`` (the default candidate) fitted on ``files``: its input size
+    as the floor (:func:`validation_floor`) and the value range its fit would decide from them. At
+    their type's full scale, 12-bit data in 16-bit files became 8-bit arrays of 16 gray levels
+    (0..16), so the candidates were compared on dark, posterised images the final model never sees."""
+    floor = validation_floor(model, files)
+    if not hasattr(model, "_decide_value_range"):
+        return Reading(floor)
+    value_range, value_kind = model._decide_value_range(files)
+    return Reading(floor, value_range, value_kind)
+
+
 def validation_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE,
-                      floor: tuple[int, int] | None = None) -> list[np.ndarray]:
-    """The readable ``sources`` as 8-bit RGB arrays, as :func:`readable_arrays` sizes them."""
-    return [image for _, image in readable_arrays(sources, max_side, floor)]
+                      reading: Reading = Reading()) -> list[np.ndarray]:
+    """The readable ``sources`` as 8-bit RGB arrays, as :func:`readable_arrays` reads them."""
+    return [image for _, image in readable_arrays(sources, max_side, reading)]
 
 
 def readable_arrays(sources: list, max_side: int = VALIDATION_MAX_SIDE,
-                    floor: tuple[int, int] | None = None) -> list[tuple[int, np.ndarray]]:
-    """``(index, 8-bit RGB array)`` of each readable source, in order: shrunk to at most ``max_side``
-    on the longer side, but not below ``floor`` (height, width) nor 8 px on either side; never enlarged."""
+                    reading: Reading = Reading()) -> list[tuple[int, np.ndarray]]:
+    """``(index, 8-bit RGB array)`` of each readable source, in order, its values mapped by
+    ``reading``'s range: shrunk to at most ``max_side`` on the longer side, but not below
+    ``reading.floor`` (height, width) nor 8 px on either side; never enlarged. A warning of an
+    image's pixel kind is left to the fit, which reads it too."""
     import cv2
 
     out = []
     for index, source in enumerate(sources):
         try:
-            image = _as_uint8(load_image(source, keep_uint8=True))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                image = _as_uint8(load_image(source, keep_uint8=True, value_range=reading.value_range,
+                                             value_kind=reading.value_kind))
         except ImageReadError:
             continue
         h, w = image.shape[:2]
         factor = max_side / max(h, w)
-        if floor is not None:
-            factor = max(factor, floor[0] / h, floor[1] / w)
+        if reading.floor is not None:
+            factor = max(factor, reading.floor[0] / h, reading.floor[1] / w)
         factor = min(1.0, factor)
         if factor < 1:
             # at least 8 px a side (where padim.io refuses an image as too small), unless smaller already
@@ -150,14 +180,13 @@ def find_defect_mask(path: Path) -> Path | None:
     return beside
 
 
-def real_validation(val_defects: Any, max_side: int = VALIDATION_MAX_SIDE,
-                    floor: tuple[int, int] | None = None) -> DefectSet:
+def real_validation(val_defects: Any, max_side: int = VALIDATION_MAX_SIDE, reading: Reading = Reading()) -> DefectSet:
     """``--val-defects`` images as 8-bit arrays sized as :func:`readable_arrays` sizes them, with the
     masks found for them (:func:`find_defect_mask`; files named ``*_mask.*`` are masks, not defect images)."""
     sources = defect_image_sources(val_defects)
     images, masks = [], []
     for source in sources:
-        arrays = validation_arrays([source], max_side, floor)
+        arrays = validation_arrays([source], max_side, reading)
         if not arrays:
             continue
         image = arrays[0]

@@ -901,10 +901,10 @@ def test_a_second_candidates_trial_estimate_leaves_out_the_budget_units_timing(t
     ((4000, 30), None, (512, 8)),            # no side below the 8 px an image must have
 ])
 def test_validation_arrays_are_not_shrunk_below_the_floor(shape, floor, expected):
-    from padim.validation import readable_arrays
+    from padim.validation import Reading, readable_arrays
 
     image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
-    (index, array), = readable_arrays([image], max_side=512, floor=floor)
+    (index, array), = readable_arrays([image], max_side=512, reading=Reading(floor=floor))
     assert index == 0 and array.shape == (*expected, 3)
 
 
@@ -948,3 +948,30 @@ def test_auto_fits_a_folder_of_mixed_image_sizes(tmp_path):
     model = PaDiM(**{**COMMON, "progress": False}).fit(root)
     assert model.auto_table_ is not None
     assert np.isfinite(model.score_samples(sorted(root.iterdir()))).all()
+
+
+def test_the_selection_reads_12bit_images_with_the_range_the_fit_decides(tmp_path):
+    """12-bit data in 16-bit files: at the type's full scale the selection's 8-bit arrays held 16
+    gray levels (0..16); read with the fit's range 0..4095 they span 0..255 as the 8-bit source did."""
+    from padim.validation import readable_arrays, selection_reading
+    from padim.value_range import EIGHT_BIT, ValueRange
+
+    rng = np.random.default_rng(4)
+    eight = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(6)]
+    deep, plain = tmp_path / "deep", tmp_path / "plain"
+    deep.mkdir(), plain.mkdir()
+    for i, image in enumerate(eight):
+        assert cv2.imwrite(str(deep / f"{i}.png"), (image.astype(np.uint16) * 16)[:, :, ::-1])  # 0..4080
+        Image.fromarray(image).save(plain / f"{i}.png")
+    files = sorted(deep.iterdir())
+    reading = selection_reading(PaDiM(**COMMON), files)
+    assert reading.value_range == ValueRange(0.0, 4095.0) and reading.value_kind == "int"
+    for (_, array), image in zip(readable_arrays(files, reading=reading), eight):
+        expected = np.round(image.astype(np.float64) * 16 / 4095 * 255)  # by hand: v·16 of 4095, in 8 bits
+        assert array.dtype == np.uint8 and np.abs(array - expected).max() <= 1
+    assert max(int(a.max()) for _, a in readable_arrays(files)) <= 16  # the full 16-bit scale: all but black
+    plain_files = sorted(plain.iterdir())
+    plain_reading = selection_reading(PaDiM(**COMMON), plain_files)
+    assert plain_reading.value_range == EIGHT_BIT
+    for (_, array), image in zip(readable_arrays(plain_files, reading=plain_reading), eight):
+        assert np.array_equal(array, image)  # 8-bit images are read as before
