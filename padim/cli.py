@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     large.add_argument("--tile", type=_tile, default="auto",
                        help="tile side in px, 'none', or 'auto' (tile when one forward pass of the input would "
                             "need more than a quarter of --max-memory; 1024 px tiles)")
-    large.add_argument("--overlap", type=int, default=None,
+    large.add_argument("--overlap", type=_int_at_least(0), default=None,
                        help="px cropped from each tile side (default: the hooked layers' receptive field, "
                             "128-256 px)")
     large.add_argument("--scale", type=float, default=None,

@@ -187,6 +187,10 @@ class PaDiM(ScoringMethods):
             raise ValueError(f"calibration_folds must be 0 (no calibration) or at least 2, got {folds!r}")
         if not isinstance(self.eps, (int, float, np.number)) or not math.isfinite(self.eps) or self.eps < 0:
             raise ValueError(f"eps must be a finite number ≥ 0, got {self.eps!r}")
+        overlap = self.overlap
+        if overlap is not None and (not isinstance(overlap, (int, np.integer)) or isinstance(overlap, bool)
+                                    or overlap < 0):
+            raise ValueError(f"overlap must be None (the receptive field) or an integer ≥ 0 (pixels), got {overlap!r}")
 
     def _device(self) -> torch.device:
         return resolve_device(self.device)

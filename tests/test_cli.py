@@ -880,6 +880,7 @@ ERROR_CASES = {
 USAGE_CASES = {
     "fit-negative-seed": ("fit", "{train} -o {root}/m.padim --seed -1", "--seed: expected an integer ≥ 0"),
     "fit-negative-threads": ("fit", "{train} -o {root}/m.padim --threads -1", "--threads: expected an integer ≥ 0"),
+    "fit-negative-overlap": ("fit", "{train} -o {root}/m.padim --overlap -5", "--overlap: expected an integer ≥ 0"),
     "fit-zero-batch": ("fit", "{train} -o {root}/m.padim --batch-size 0", "--batch-size: expected an integer ≥ 1"),
     "fit-zero-width": ("fit", "{train} -o {root}/m.padim --image-size 64x0", "integers ≥ 1"),
     "fit-zero-eps": ("fit", "{train} -o {root}/m.padim --eps 0", "--eps: expected a finite number > 0"),

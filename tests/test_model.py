@@ -521,6 +521,8 @@ def test_calibration_needs_enough_images(data):
     ({"eps": -0.1}, "eps must be"),
     ({"eps": "0.1"}, "eps must be"),
     ({"eps": float("inf"), "config": "auto"}, "eps must be"),  # before the selection too
+    ({"overlap": -5, "tile": 64}, "overlap must be None .* or an integer ≥ 0 .*, got -5"),  # was taken as 0
+    ({"overlap": 8.5}, "overlap must be"),
 ])
 def test_unusable_fit_parameters_are_refused_before_any_work(data, params, match, monkeypatch):
     monkeypatch.setattr(PaDiM, "_prepare_fit", lambda *a, **k: pytest.fail("the fit started"))
