@@ -23,8 +23,10 @@ def _tensor_to_array(value: Any) -> np.ndarray | None:
 
 def as_sources(images: Any) -> list:
     """A folder, a file, a PIL image, a list of paths / PIL images / arrays, or an ``[N, H, W(, C)]``
-    array (or tensor) → list. A ``3×H×W`` or ``4×H×W`` array is refused: one channels-first image
-    and a stack of 3–4 gray images look alike, and guessing would score the wrong thing."""
+    or ``[N, C, H, W]`` array (or tensor: torch's batch layout) → list. A ``3×H×W`` or ``4×H×W``
+    array is refused: one channels-first image and a stack of 3–4 gray images look alike, and
+    guessing would score the wrong thing. A 4-D stack is never ambiguous: an image has at least
+    8 px a side, so a last axis of 1, 3 or 4 is channels, and otherwise a second one is."""
     if isinstance(images, (str, Path)):
         return list(list_images(images))
     tensor = _tensor_to_array(images)
@@ -36,6 +38,8 @@ def as_sources(images: Any) -> list:
             raise ValueError(f"an array of shape {tuple(array.shape)} is either one channels-first image or "
                              f"{array.shape[0]} gray images: give array.transpose(1, 2, 0) (HxWxC) for the "
                              f"first, list(array) for the second")
+        if array.ndim == 4 and array.shape[3] not in (1, 3, 4) and array.shape[1] in (1, 3, 4):
+            return list(array.transpose(0, 2, 3, 1))  # [N, C, H, W] → images H×W×C
         if array.ndim in (3, 4):
             return list(array)  # a stack of images
         raise ValueError(f"cannot interpret an array of shape {array.shape} as images")

@@ -56,3 +56,12 @@ def test_as_sources_reads_array_layouts_and_refuses_the_ambiguous_one():
     with pytest.raises(ValueError, match="channels-first"):
         as_sources(torch.zeros(3, 16, 20))
     assert len(as_sources(list(np.zeros((3, 16, 20), np.uint8)))) == 3  # the list is unambiguous
+    batch = np.arange(2 * 3 * 16 * 20, dtype=np.float32).reshape(2, 3, 16, 20)  # torch's [N, C, H, W]
+    for stack in (batch, torch.from_numpy(batch)):
+        images = as_sources(stack)
+        assert len(images) == 2
+        for n, image in enumerate(images):
+            assert image.shape == (16, 20, 3)
+            for c in range(3):  # by hand: channel c of image n is batch[n, c]
+                assert np.array_equal(image[:, :, c], batch[n, c])
+    assert as_sources(np.zeros((2, 16, 20, 1), np.uint8))[0].shape == (16, 20, 1)  # channels last stays
