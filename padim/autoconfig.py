@@ -574,7 +574,7 @@ def auto_fit(model, images: Any, calibrate: bool | None = None, log=None):
     sources = as_sources(images)
     # undo the last selection's choice where it still stands (a value set since is the user's)
     undo = getattr(model, "_auto_undo", {})
-    _set_params(model, {key: before for key, (before, chosen) in undo.items() if getattr(model, key) == chosen})
+    model.set_params(**{key: before for key, (before, chosen) in undo.items() if getattr(model, key) == chosen})
     model._auto_undo = {}
     pinned = pinned_params(model.get_params())
     tried, _ = _split_pinned(candidates(model.backbone, model.image_size), pinned)
@@ -596,14 +596,9 @@ def auto_fit(model, images: Any, calibrate: bool | None = None, log=None):
     chosen = select(factory, sources, model.backbone, model.image_size, budget=model.budget, seed=model.seed,
                     val_defects=model.val_defects, synthetic=model.val_synthetic, pinned=pinned, log=log)
     model._auto_undo = {key: (getattr(model, key), value) for key, value in chosen.params.items()}
-    _set_params(model, chosen.params)
+    model.set_params(**chosen.params)  # another backbone or weights file: the fit builds a new extractor
     model._fit_plain(sources, calibrate)
     model.auto_table_ = [row.as_dict() for row in chosen.table]
     model.auto_choice_ = chosen.choice
     return model
 
-
-def _set_params(model, params: dict) -> None:
-    """Set ``model``'s parameters (another backbone or weights file: its fit builds a new extractor)."""
-    for key, value in params.items():
-        setattr(model, key, value)

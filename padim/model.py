@@ -406,11 +406,24 @@ class PaDiM(ScoringMethods):
         self.auto_table_, self.auto_choice_ = None, None
         return self._fit_plain(images, calibrate)
 
-    def get_params(self) -> dict:
-        """The constructor's parameters as set now (model and runtime ones)."""
-        runtime = ("device", "batch_size", "workers", "weights", "threads", "progress", "config", "budget",
-                   "val_defects", "val_synthetic")
-        return {key: getattr(self, key) for key in self._PARAMS + runtime}
+    _RUNTIME_PARAMS = ("device", "batch_size", "workers", "weights", "threads", "progress", "config", "budget",
+                       "val_defects", "val_synthetic")
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's parameters as set now (model and runtime ones). ``deep`` is scikit-learn's
+        (nested estimators' parameters): there are none, so ``sklearn.base.clone`` works as is."""
+        return {key: getattr(self, key) for key in self._PARAMS + self._RUNTIME_PARAMS}
+
+    def set_params(self, **params) -> "PaDiM":
+        """Set constructor parameters (scikit-learn's convention); a later fit uses them. Unknown
+        names are refused with the valid ones."""
+        valid = self._PARAMS + self._RUNTIME_PARAMS
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(f"PaDiM has no parameter {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
 
     def _fit_plain(self, images: Any, calibrate: bool | None = None) -> "PaDiM":
         """Fit the Gaussians on good images (folder, paths, PIL images or arrays); returns self.

@@ -621,3 +621,18 @@ def test_originals_are_the_decoded_images_and_heatmaps_decode_once(calibrated, d
     monkeypatch.setattr(workflows, "load_image", no_second_decode)
     summary = workflows.score_folder(model, data["test"], tmp_path / "scores.tsv", heatmaps=tmp_path / "maps")
     assert summary.scored == 4 and len(list((tmp_path / "maps").glob("*.png"))) == 4
+
+
+def test_scikit_learn_clone_and_set_params():
+    """sklearn.base.clone calls get_params(deep=False) and rebuilds from it; it failed with
+    'get_params() got an unexpected keyword argument deep'."""
+    from sklearn.base import clone
+
+    model = PaDiM(d=50, layers=["_blocks.2"], eps=0.2, cell=2, config="fixed")
+    copy = clone(model)
+    assert copy is not model and copy.get_params() == model.get_params()
+    assert copy.get_params(deep=False) == copy.get_params(deep=True)
+    assert not hasattr(copy, "gaussians_") or copy.gaussians_ is None
+    assert model.set_params(d=10, eps=0.5) is model and (model.d, model.eps) == (10, 0.5)
+    with pytest.raises(ValueError, match=r"PaDiM has no parameter 'channels'; valid: backbone, layers, d"):
+        model.set_params(channels=10)
