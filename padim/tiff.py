@@ -49,8 +49,7 @@ def _first(value, default: int) -> int:
 
 def read_header(fp: BinaryIO) -> TiffHeader | None:
     """The first directory of the TIFF that ``fp`` (a binary file object at its start) holds; None if
-    it is no TIFF, names no size, a sample type numpy has no dtype for, or other than 1, 3 or 4
-    channels (gray, RGB, RGBA). Reads no pixel data."""
+    it is no TIFF, names no size or a sample type numpy has no dtype for. Reads no pixel data."""
     from PIL import TiffImagePlugin
 
     head = fp.read(8)
@@ -71,8 +70,7 @@ def read_header(fp: BinaryIO) -> TiffHeader | None:
         orientation = _first(directory.get(ORIENTATION), 1)
     except Exception:  # noqa: BLE001 - a damaged directory is "not a TIFF this can read"
         return None
-    if (width <= 0 or height <= 0 or channels not in (1, 3, 4) or kind is None or bits not in (8, 16, 32, 64)
-            or (kind, bits) == ("f", 8)):
+    if width <= 0 or height <= 0 or channels <= 0 or kind is None or bits not in (8, 16, 32, 64) or (kind, bits) == ("f", 8):
         return None
     return TiffHeader(width, height, np.dtype(f"{kind}{bits // 8}"), channels, orientation)
 
@@ -94,7 +92,9 @@ def decode(encoded: np.ndarray, header: TiffHeader) -> np.ndarray:
     """The samples of a TIFF file's bytes (a uint8 array) as OpenCV decodes them: RGB(A) order, their
     own dtype, turned by the orientation tag (OpenCV's TIFF decoder applies it, as Pillow's
     exif_transpose does). Raises ValueError if OpenCV cannot decode them or gets another image
-    than the header names."""
+    than the header names, or the header names other than 1, 3 or 4 channels."""
+    if header.channels not in (1, 3, 4):
+        raise ValueError(f"{header.channels} samples per pixel: padim reads 1 (gray), 3 (RGB) or 4 (RGBA)")
     data = quiet_imdecode(encoded)
     if data is None:
         raise ValueError("OpenCV cannot decode this TIFF either")

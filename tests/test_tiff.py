@@ -38,8 +38,8 @@ def tiff_bytes(array: np.ndarray, order: str = "<", orientation: int | None = No
     per_sample = [(258, bits), (339, SAMPLE_FORMAT[array.dtype.kind])]
     ifd_size = 2 + 12 * (len(entries) + len(per_sample)) + 4
     for tag, value in per_sample:  # BitsPerSample and SampleFormat: one value per sample
-        if channels == 1:
-            entries.append((tag, 3, 1, value))
+        if channels <= 2:  # values of at most 4 bytes are stored in the entry itself
+            entries.append((tag, 3, channels, value))
         else:
             entries.append((tag, 3, channels, 8 + ifd_size + len(extra)))
             extra += struct.pack(f"{order}{channels}H", *([value] * channels))
@@ -47,8 +47,8 @@ def tiff_bytes(array: np.ndarray, order: str = "<", orientation: int | None = No
     entries = [(t, k, n, strip if t == 273 else v) for t, k, n, v in entries]
     ifd = struct.pack(f"{order}H", len(entries))
     for tag, kind, count, value in sorted(entries):
-        if kind == 3 and count == 1:
-            ifd += struct.pack(f"{order}HHIHH", tag, kind, count, value, 0)
+        if kind == 3 and count <= 2:
+            ifd += struct.pack(f"{order}HHIHH", tag, kind, count, value, value if count == 2 else 0)
         else:
             ifd += struct.pack(f"{order}HHII", tag, kind, count, value)
     ifd += struct.pack(f"{order}I", 0)
@@ -146,6 +146,8 @@ def test_truncated_and_two_channel_tiffs_are_one_line_errors_naming_the_file(tmp
         with pytest.raises(ImageReadError) as info:
             read_upload(path.read_bytes(), path.name)
         assert f"'{path.name}'" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ImageReadError, match=r"2 samples per pixel: padim reads 1 \(gray\), 3 \(RGB\) or 4 \(RGBA\)"):
+        read_upload(two.read_bytes(), two.name)
 
 
 def test_text_named_tif_keeps_pillows_message(tmp_path):
