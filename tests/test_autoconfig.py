@@ -938,6 +938,7 @@ def test_auto_fits_tall_narrow_images(tmp_path):
     assert np.isfinite(model.score_samples(sorted(root.iterdir())[:2])).all()
 
 
+@pytest.mark.filterwarnings("ignore:some images differ in aspect ratio")  # they do, on purpose
 def test_auto_fits_a_folder_of_mixed_image_sizes(tmp_path):
     """A paste defect made with a donor of another size stopped the selection (padim.synthetic)."""
     root = tmp_path / "mixed"
