@@ -98,8 +98,9 @@ def check_exportable(model) -> None:
         raise ExportError("the model is not fitted; fit it (padim fit) before exporting")
 
 
-def export_net(model) -> ScoringNet:
-    """The model's scoring core on the CPU with a plain backbone (no oneDNN-only fused operators)."""
+def export_net(model, whitener: torch.Tensor | None = None) -> ScoringNet:
+    """The model's scoring core on the CPU with a plain backbone (no oneDNN-only fused operators);
+    with ``whitener``, that tensor in place of the model's dense one (see :func:`_trace_onnx`)."""
     try:
         backbone = model.fitted_backbone(prepare=False)
     except ModelFileError as exc:  # weights other than the fitted ones
@@ -107,7 +108,7 @@ def export_net(model) -> ScoringNet:
     embedder = model.image_embedder(Embedder(backbone, model.spec, model.layers_, model.channel_index_,
                                                    channels_last=False))
     gaussian = model.gaussian_.to("cpu")
-    head = ScoreHead(gaussian.mean, gaussian.whitener, model.cell_, model.input_size_,
+    head = ScoreHead(gaussian.mean, gaussian.whitener if whitener is None else whitener, model.cell_, model.input_size_,
                                model.geometry_.stride, model.blur_sigma)
     return ScoringNet(embedder, head, getattr(model, "whole_image_", None)).eval()
 
@@ -121,37 +122,59 @@ def export_model(model, out: str | Path, fmt: str = "onnx", fp16: bool = False) 
     check_exportable(model)
     out = Path(out)
     metadata = export_metadata(model, fp16)
-    net = export_net(model)
     if fmt == "onnx":
         out = out if out.suffix.lower() == ".onnx" else out.with_suffix(".onnx")
-        _write_onnx(net, model.input_size_, out, metadata, fp16, model.gaussian_)
+        _write_onnx(model, out, metadata, fp16)
         return out
-    return _write_openvino(net, model.input_size_, out, metadata, fp16, model.gaussian_)
+    return _write_openvino(model, out, metadata, fp16)
 
 
-def _trace_onnx(net: ScoringNet, input_size, path: Path) -> None:
+WHITENER_INPUT = "whitener"  # the traced graph's second input; store_whitener_packed replaces it
+
+
+class _WhitenerAsInput(torch.nn.Module):
+    """A scoring net whose head takes its whitener from a second input while it is traced: the
+    tracer then holds no ``[G, d, d]`` constant, nor the transposed copy it would fold from it."""
+
+    def __init__(self, net: ScoringNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor, whitener: torch.Tensor):
+        self.net.head.whitener = whitener
+        return self.net(image)
+
+
+def _trace_onnx(model, path: Path) -> None:
+    """Trace ``model``'s :func:`export_net` to ONNX at ``path``, its whitener a graph input
+    (:data:`WHITENER_INPUT`) given as a zero-strided stand-in of its shape (4 bytes): the dense
+    float32 whitener (991 MiB for a 12 MP model) and the tracer's folded copy of it are never
+    made. The export's peak was inside this trace (RESULTS.md §45)."""
     import warnings
 
-    h, w = input_size
+    g, d = model.gaussian_.num_positions, model.gaussian_.dim
+    stand_in = torch.zeros(1, d, d).expand(g, d, d)
+    net = _WhitenerAsInput(export_net(model, whitener=stand_in)).eval()
+    h, w = model.input_size_
     dummy = torch.rand(1, 3, h, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shape checks that hold for every N
-        torch.onnx.export(net, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["image"], output_names=["anomaly_map", "score"],
+        torch.onnx.export(net, (dummy, stand_in), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["image", WHITENER_INPUT], output_names=["anomaly_map", "score"],
                           dynamic_axes={"image": {0: "N"}, "anomaly_map": {0: "N"}, "score": {0: "N"}},
                           do_constant_folding=True)
 
 
-def _write_onnx(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bool, gaussian) -> None:
+def _write_onnx(model, out: Path, metadata: dict, fp16: bool) -> None:
     import onnx
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with naming_path(out), tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         traced = Path(tmp) / "traced.onnx"
-        _trace_onnx(net, input_size, traced)
+        _trace_onnx(model, traced)
         graph = onnx.load(str(traced))
-        set_output_shapes(graph, input_size)
-        store_whitener_packed(graph, gaussian)
+        set_output_shapes(graph, model.input_size_)
+        store_whitener_packed(graph, model.gaussian_)
         if fp16:
             store_initializers_as_float16(graph)
         set_metadata(graph, metadata)
@@ -197,34 +220,29 @@ def name_is_exact(name: str) -> bool:
 
 
 def store_whitener_packed(graph, gaussian) -> None:
-    """Replace the dense ``[G, d, d]`` transposed whitener the tracer folded into an initialiser by
-    the model file's packed lower triangle (float16, or float32 rows for old files) and a
-    ``Gather`` + ``Cast`` that rebuild it: the same float32 values, a quarter of the bytes. Their
-    inputs are all constants, so ONNX Runtime folds them once at load. The per-Gaussian
-    power-of-two scale multiplies the distance (``[G, S]``) instead of the matrix (exact either
-    way): every folded intermediate is a full-size copy that ONNX Runtime keeps until the end of
-    the load, so the fewer steps, the lower its peak memory (RESULTS.md §33)."""
+    """Put the model file's packed lower triangle (float16, or float32 rows for old files) and a
+    ``Gather`` + ``Cast`` that rebuild the dense transposed whitener in place of the traced graph's
+    whitener input (:data:`WHITENER_INPUT`) and its ``Transpose``: the same float32 values, a
+    quarter of the bytes. Their inputs are all constants, so ONNX Runtime folds them once at load.
+    The per-Gaussian power-of-two scale multiplies the distance (``[G, S]``) instead of the matrix
+    (exact either way): every folded intermediate is a full-size copy that ONNX Runtime keeps until
+    the end of the load, so the fewer steps, the lower its peak memory (RESULTS.md §33)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    g, d, _ = gaussian.whitener.shape
-    # Recognised by shape and by a few Gaussians' rows, read in place: a full dense copy (and one of
-    # the initialiser) would add twice its size to the export's peak memory (RESULTS.md §38)
-    sample = sample_gaussians(g)
-    expected = gaussian.whitener[sample].transpose(1, 2).numpy()
-
-    def rows(init):
-        if init.raw_data and init.data_type == TensorProto.FLOAT:
-            return np.frombuffer(init.raw_data, np.float32).reshape(g, d, d)[sample]
-        return numpy_helper.to_array(init)[sample]
-
-    matches = [init for init in graph.graph.initializer if list(init.dims) == [g, d, d]
-               and np.array_equal(rows(init), expected)]
-    if len(matches) != 1:
-        raise ExportError(f"internal: expected one whitener initialiser of shape {[g, d, d]}, found {len(matches)}")
-    target = matches[0].name
+    g, d = gaussian.num_positions, gaussian.dim
+    inputs = [i for i in graph.graph.input if i.name == WHITENER_INPUT]
+    readers = [node for node in graph.graph.node if WHITENER_INPUT in node.input]
+    if len(inputs) != 1 or len(readers) != 1 or readers[0].op_type != "Transpose" \
+            or [list(a.ints) for a in readers[0].attribute if a.name == "perm"] != [[0, 2, 1]]:
+        raise ExportError(f"internal: expected the traced whitener input to feed one Transpose, found "
+                          f"{[node.op_type for node in readers]}")
+    transpose = readers[0]
+    target = transpose.output[0]
     products = [node for node in graph.graph.node if node.op_type == "MatMul" and list(node.input)[1:] == [target]]
     if len(products) != 1 or sum(target in node.input for node in graph.graph.node) != 1:
         raise ExportError(f"internal: expected the whitener to feed one MatMul, found {len(products)}")
+    graph.graph.input.remove(inputs[0])
+    graph.graph.node.remove(transpose)
     padded, gather = packed_whitener_gather(gaussian)
     base = target + PACKED_SUFFIX
     bounds = whitener_chunks(g, d)
@@ -259,9 +277,7 @@ def store_whitener_packed(graph, gaussian) -> None:
                 raise ExportError("internal: the distance is a graph output")
         old.insert(old.index(root) + 1, helper.make_node("Mul", [root.output[0], base + "_scale"],
                                                          [base + "_scaled_distance"]))
-    kept = [init for init in graph.graph.initializer if init.name != target]
-    del graph.graph.initializer[:]
-    graph.graph.initializer.extend(kept + new_inits)
+    graph.graph.initializer.extend(new_inits)
     del graph.graph.node[:]
     graph.graph.node.extend(nodes + old)
 
@@ -301,7 +317,7 @@ def packed_whitener_gather(gaussian) -> tuple[np.ndarray, np.ndarray]:
 
         packed = pack_whitener(gaussian.whitener)
     packed = packed.cpu().numpy()
-    g, d = packed.shape[0], gaussian.whitener.shape[-1]
+    g, d = packed.shape[0], gaussian.dim
     padded = np.concatenate([np.zeros((g, 1), packed.dtype), packed], axis=1)  # column 0: the upper triangle
     # dense_t[g, i, j] = L⁻¹[g, j, i]: packed entry j(j+1)/2 + i where j ≥ i (shifted by the zero column), else 0
     i, j = np.divmod(np.arange(d * d), d)
@@ -373,7 +389,7 @@ def store_initializers_as_float16(graph) -> None:
     graph.graph.node.extend(casts + nodes)
 
 
-def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16: bool, gaussian) -> Path:
+def _write_openvino(model, out: Path, metadata: dict, fp16: bool) -> Path:
     try:
         import openvino as ov
     except ImportError:
@@ -382,9 +398,9 @@ def _write_openvino(net: ScoringNet, input_size, out: Path, metadata: dict, fp16
     xml.parent.mkdir(parents=True, exist_ok=True)
     with naming_path(xml), tempfile.TemporaryDirectory(dir=xml.parent) as tmp:
         staged = Path(tmp) / "staged.onnx"
-        _write_onnx(net, input_size, staged, metadata, False, gaussian)
+        _write_onnx(model, staged, metadata, False)
         ov_model = ov.convert_model(str(staged))
-        store_openvino_whitener_packed(ov_model, gaussian)
+        store_openvino_whitener_packed(ov_model, model.gaussian_)
         ov_model.set_rt_info(json.dumps(metadata), [METADATA_KEY])
         ov.save_model(ov_model, str(xml), compress_to_fp16=bool(fp16))
     return xml

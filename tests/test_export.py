@@ -72,6 +72,26 @@ def test_onnx_round_trip_equals_torch_scoring(tmp_path, cell):
     assert scores[1] > scores[0] * 1.5  # the defect stands out after the round trip
 
 
+def test_the_trace_holds_no_dense_whitener_and_the_export_takes_only_the_image(tmp_path):
+    """The whitener enters the trace as a second input (a zero-strided stand-in), so neither it nor
+    a transposed copy is a traced constant: the export's peak was in the trace (5.3 GB for a 12 MP
+    model). The written graph has the packed rows in that input's place."""
+    from padim.export import WHITENER_INPUT, _trace_onnx
+
+    model = fitted(1)
+    g, d = model.gaussian_.num_positions, model.gaussian_.dim
+    _trace_onnx(model, tmp_path / "traced.onnx")
+    traced = onnx.load(str(tmp_path / "traced.onnx"))
+    assert [i.name for i in traced.graph.input] == ["image", WHITENER_INPUT]
+    assert not [t for t in traced.graph.initializer if list(t.dims) == [g, d, d]]
+    path = export_model(model, tmp_path / "m.onnx")
+    graph = onnx.load(str(path))
+    assert [i.name for i in graph.graph.input] == ["image"]
+    assert not [t for t in graph.graph.initializer if list(t.dims) == [g, d, d]]
+    packed = [t for t in graph.graph.initializer if list(t.dims) == [g, 1 + d * (d + 1) // 2]]
+    assert len(packed) == 1 and packed[0].data_type == onnx.TensorProto.FLOAT16
+
+
 def test_an_export_answers_the_estimator_calls_of_its_model(tmp_path):
     """score_samples, predict_proba and anomaly_maps are the same calls on a model and its export
     (code written for one runs on the other); the scores against the graph run by ONNX Runtime."""
