@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import tiff
 from .errors import first_line
+from .opencv_decode import quiet_imdecode
 from .value_range import (EIGHT_BIT, ValueRange, as_value_range, natural_range, pixel_kind_of_dtype,
                           pixel_kind_of_mode, range_for)
 
@@ -128,7 +129,7 @@ _ORIENT = {
 def _read_16bit_colour(encoded: np.ndarray, orientation: int, fallback: np.ndarray) -> np.ndarray:
     """Decode a 16-bit-per-channel colour file's bytes (uint8 array) again with OpenCV, which keeps
     the precision Pillow drops; ``fallback`` (Pillow's decoding) if OpenCV disagrees on the image."""
-    data = tiff.quiet_imdecode(encoded)
+    data = quiet_imdecode(encoded)
     if data is None or data.dtype != np.uint16 or data.ndim != 3 or data.shape[2] not in (3, 4):
         return fallback
     data = data[:, :, [2, 1, 0, 3][: data.shape[2]]]  # BGR(A) → RGB(A)
@@ -146,10 +147,15 @@ def decode_opened(image: Image.Image, encoded: Callable[[], np.ndarray]) -> np.n
     return _read_16bit_colour(encoded(), orientation, fallback=array) if deep_colour else array
 
 
-def decode_tiff(encoded: np.ndarray, header: tiff.TiffHeader) -> np.ndarray:
-    """A TIFF that Pillow cannot open (:mod:`padim.tiff`), as :func:`read_pixels` returns images:
-    turned by its orientation tag, 32-bit integers that hold 16-bit data as uint16."""
-    array = tiff.decode(encoded, header)
+def decode_tiff(encoded: Callable[[], np.ndarray], header: tiff.TiffHeader, where: str) -> np.ndarray:
+    """A TIFF that Pillow cannot open (:mod:`padim.tiff`), its header checked by the caller, as
+    :func:`read_pixels` returns images: turned by its orientation tag, 32-bit integers that hold
+    16-bit data as uint16. ``encoded()`` gives the file's bytes (a uint8 array). Raises
+    :class:`ImageReadError` naming ``where`` if they cannot be read or OpenCV cannot decode them."""
+    try:
+        array = tiff.decode(encoded(), header)
+    except Exception as exc:  # noqa: BLE001 - OpenCV and the header checks raise several types
+        raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
     return _sixteen_bit_if_it_fits(array) if array.dtype == np.int32 else array
 
 
@@ -170,10 +176,7 @@ def _read_tiff_beyond_pillow(path: Path, where: str, pillow_error: Exception) ->
     header = _tiff_header(path, where, pillow_error)
     if header.pixels > 2 * Image.MAX_IMAGE_PIXELS:  # where Pillow's own decompression-bomb check refuses
         raise ImageReadError(f"{where}: {header.width}×{header.height} px exceeds the decoder's safety limit")
-    try:
-        return decode_tiff(np.fromfile(str(path), dtype=np.uint8), header)
-    except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
+    return decode_tiff(lambda: np.fromfile(str(path), dtype=np.uint8), header, where)
 
 
 def _check_source(source) -> None:

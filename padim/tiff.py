@@ -15,6 +15,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .opencv_decode import quiet_imdecode
+
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 SAMPLE_KINDS = {1: "u", 2: "i", 3: "f"}  # SampleFormat tag 339: unsigned, signed, IEEE float
 WIDTH, HEIGHT, BITS, SAMPLES, ORIENTATION, SAMPLE_FORMAT = 256, 257, 258, 277, 274, 339
@@ -73,19 +75,6 @@ def read_header(fp: BinaryIO) -> TiffHeader | None:
     if width <= 0 or height <= 0 or channels <= 0 or kind is None or bits not in (8, 16, 32, 64) or (kind, bits) == ("f", 8):
         return None
     return TiffHeader(width, height, np.dtype(f"{kind}{bits // 8}"), channels, orientation)
-
-
-def quiet_imdecode(encoded: np.ndarray) -> np.ndarray | None:
-    """``cv2.imdecode(encoded, IMREAD_UNCHANGED)`` with OpenCV's log silent meanwhile: its decoders'
-    warnings and errors would print a multi-line report beside padim's one-line error."""
-    import cv2
-
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
-    finally:
-        cv2.utils.logging.setLogLevel(level)
 
 
 def decode(encoded: np.ndarray, header: TiffHeader) -> np.ndarray:

@@ -76,7 +76,4 @@ def _read_tiff_beyond_pillow(data: bytes, where: str, max_pixels: int) -> np.nda
     if header is None:
         raise ImageReadError(f"{where}: not an image in a format padim reads ({', '.join(UPLOAD_FORMATS)})")
     _check_pixels(header.width, header.height, where, max_pixels)
-    try:
-        return decode_tiff(np.frombuffer(data, dtype=np.uint8), header)
-    except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(f"{where}: cannot read image ({first_line(exc)})") from None
+    return decode_tiff(lambda: np.frombuffer(data, dtype=np.uint8), header, where)
