@@ -242,18 +242,28 @@ class Fold:
     real: DefectSet | None
 
 
-def selection_subset(n_images: int, seed: int) -> list[int]:
-    """The sorted indices of the images the selection uses (all of :func:`selection_folds`' parts)."""
-    return sorted(int(i) for part, _ in selection_folds(n_images, seed) for i in part)
+def selection_subset(splits: list[tuple[np.ndarray, np.ndarray]]) -> list[int]:
+    """The sorted indices of the images the selection uses: all of the parts of ``splits``
+    (:func:`selection_folds`)."""
+    return sorted(int(i) for part, _ in splits for i in part)
 
 
-def _folds(sources: list, seed: int, synthetic: bool, real: DefectSet | None,
+def _header_sizes(model, files: list) -> list[tuple[int, int]] | None:
+    """The files' sizes from their headers, read once for the reading's floor and the shared
+    passes; None for a stand-in model or where none is readable (the fit reports why)."""
+    try:
+        return model._training_sizes(files) if hasattr(model, "_training_sizes") else None
+    except ValueError:
+        return None
+
+
+def _folds(sources: list, splits: list, seed: int, synthetic: bool, real: DefectSet | None,
            reading: Reading = Reading()) -> tuple[list, list, list[Fold], float]:
-    """The selection's files (a seeded subset of ``sources``), its validation images (each fold's
-    good images as 8-bit arrays read by ``reading``, and its synthetic defects, then the real
-    defects), the folds, and the seconds per image that decoding the files took."""
-    splits = selection_folds(len(sources), seed)
-    subset = selection_subset(len(sources), seed)
+    """The selection's files (the images of ``splits``, a seeded subset of ``sources``), its
+    validation images (each fold's good images as 8-bit arrays read by ``reading``, and its
+    synthetic defects, then the real defects), the folds, and the seconds per image that decoding
+    the files took."""
+    subset = selection_subset(splits)
     position = {index: k for k, index in enumerate(subset)}
     started = time.perf_counter()
     arrays = dict(readable_arrays([sources[i] for i in subset], reading=reading))  # position in subset → array
@@ -305,11 +315,14 @@ def select(model_factory, sources: list, backbone: str, image_size: Any, *, budg
     kind, value = parse_budget(budget)
     tried, kept = _split_pinned(candidates(backbone, image_size), pinned)
     trials = [(candidate, model_factory(**candidate.params)) for candidate in tried]
-    reading = selection_reading(trials[0][1], [sources[i] for i in selection_subset(len(sources), seed)])
-    real = None if val_defects is None else real_validation(val_defects, reading=reading)
-    files, validation, folds, decode_s = _folds(sources, seed, synthetic, real, reading)
-    passes = SharedPasses([model for _, model in trials], files, validation, decode_s)
     default = trials[0][1]
+    splits = selection_folds(len(sources), seed)
+    files = [sources[i] for i in selection_subset(splits)]
+    sizes = _header_sizes(default, files)
+    reading = selection_reading(default, files, sizes)
+    real = None if val_defects is None else real_validation(val_defects, reading=reading)
+    files, validation, folds, decode_s = _folds(sources, splits, seed, synthetic, real, reading)
+    passes = SharedPasses([model for _, model in trials], files, validation, decode_s, sizes)
     if not passes.serves(default):
         folds = folds[:UNSERVED_FOLDS]  # each candidate fits itself: one fold keeps the cost of one trial
     pixels = math.prod(default.input_size_) if passes.serves(default) else math.inf

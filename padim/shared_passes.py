@@ -42,10 +42,11 @@ class SharedPasses:
     Its geometry is decided from the files' headers, as its final fit will; its value range from
     the 8-bit arrays it sees here."""
 
-    def __init__(self, models: list, files: list, validation: list[np.ndarray], decode_s: float = 0.0):
+    def __init__(self, models: list, files: list, validation: list[np.ndarray], decode_s: float = 0.0,
+                 sizes: list | None = None):
         self.files, self.validation, self.decode_s = list(files), list(validation), decode_s
         self.n_images = len(self.validation)
-        self.sizes = None  # the files' sizes from their headers, read once for every candidate
+        self.sizes = sizes  # the files' sizes from their headers (if not given, read once for every candidate)
         self.keys = {id(m): self._prepared_key(m) for m in models}
         layers: dict[tuple, set] = {}
         for model in models:

@@ -43,17 +43,18 @@ def _as_uint8(image: np.ndarray) -> np.ndarray:
     return image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def validation_floor(model, files: list) -> tuple[int, int] | None:
+def validation_floor(model, files: list, sizes: list | None = None) -> tuple[int, int] | None:
     """The (height, width) that the selection's validation arrays are not shrunk below: ``model``'s
     (the default candidate's) input size as its fit on ``files`` decides it from their headers.
     Shrunk to 512 px on the long side, a long strip's validation images were 13×512 px where the
     model sees 48×1616: upsampled, with blurred synthetic scratches, so the candidates were compared
     on less detail than they score. None (the 512 px rule alone) for a stand-in model, a geometry
-    that cannot be decided here (its fit reports why), or an input over VALIDATION_FLOOR_MAX_PIXELS."""
+    that cannot be decided here (its fit reports why), or an input over VALIDATION_FLOOR_MAX_PIXELS.
+    ``sizes``: the files' header sizes, if already read."""
     if not hasattr(model, "_prepare_fit"):
         return None
     try:
-        model._prepare_fit(files)
+        model._prepare_fit(files, sizes)
     except (ValueError, MemoryError):
         return None
     if model.geometry_.tiled or math.prod(model.input_size_) > VALIDATION_FLOOR_MAX_PIXELS:
@@ -72,12 +73,13 @@ class Reading:
     value_kind: str | None = None
 
 
-def selection_reading(model, files: list) -> Reading:
+def selection_reading(model, files: list, sizes: list | None = None) -> Reading:
     """The :class:`Reading` for ``model`` (the default candidate) fitted on ``files``: its input size
     as the floor (:func:`validation_floor`) and the value range its fit would decide from them. At
     their type's full scale, 12-bit data in 16-bit files became 8-bit arrays of 16 gray levels
-    (0..16), so the candidates were compared on dark, posterised images the final model never sees."""
-    floor = validation_floor(model, files)
+    (0..16), so the candidates were compared on dark, posterised images the final model never sees.
+    ``sizes``: the files' header sizes, if already read."""
+    floor = validation_floor(model, files, sizes)
     if not hasattr(model, "_decide_value_range"):
         return Reading(floor)
     value_range, value_kind = model._decide_value_range(files)

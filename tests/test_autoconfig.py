@@ -596,10 +596,10 @@ def test_folds_partition_a_seeded_subset_and_never_fit_on_what_they_validate(n_i
 
 def test_fold_fit_rows_are_the_other_folds_good_images(tmp_path):
     """A shared pass fits each fold on rows of the validation list: exactly the other folds' good images."""
-    from padim.autoconfig import _folds
+    from padim.autoconfig import _folds, selection_folds
 
     sources = sorted(shifted_texture_folder(tmp_path / "good", n=10, seed=5).iterdir())
-    files, validation, folds, _ = _folds(sources, seed=0, synthetic=True, real=None)
+    files, validation, folds, _ = _folds(sources, selection_folds(10, 0), seed=0, synthetic=True, real=None)
     goods = [set(fold.validation[:fold.n_goods]) for fold in folds]
     for k, fold in enumerate(folds):
         assert set(fold.fit_rows) == set().union(*(g for j, g in enumerate(goods) if j != k))
@@ -867,7 +867,7 @@ def test_a_second_candidates_trial_estimate_leaves_out_the_budget_units_timing(t
     import padim.autoconfig as auto
 
     sources = sorted(shifted_texture_folder(tmp_path / "good", n=10, seed=5).iterdir())
-    files, validation, folds, _ = auto._folds(sources, seed=0, synthetic=True, real=None)
+    files, validation, folds, _ = auto._folds(sources, auto.selection_folds(10, 0), seed=0, synthetic=True, real=None)
 
     def slow_unit(model, embeddings):
         time.sleep(0.5)
@@ -976,3 +976,21 @@ def test_the_selection_reads_12bit_images_with_the_range_the_fit_decides(tmp_pat
     assert plain_reading.value_range == EIGHT_BIT
     for (_, array), image in zip(readable_arrays(plain_files, reading=plain_reading), eight):
         assert np.array_equal(array, image)  # 8-bit images are read as before
+
+
+def test_the_selection_reads_each_files_header_once(tmp_path, monkeypatch):
+    """The reading's floor and the shared passes decide the default's geometry from the same
+    header sizes: each of the selection's files is opened for its size once, not once for each."""
+    import padim.autoconfig as auto
+    import padim.model as model_module
+
+    files = sorted(shifted_texture_folder(tmp_path / "good", n=8, seed=2).iterdir())
+    opened = []
+    real_size = model_module.read_image_size
+    monkeypatch.setattr(model_module, "read_image_size", lambda source: opened.append(source) or real_size(source))
+    monkeypatch.setattr(auto, "candidates", lambda backbone, size: [
+        auto.Candidate("default", {}), auto.Candidate("deep", {"layers": ["_blocks.4", "_blocks.10"]})])
+    chosen = auto.select(lambda **p: PaDiM(**{**COMMON, "progress": False, **p}), files,
+                         "efficientnet_lite0", SIZE, budget="1000x")
+    assert [row.shared_pass for row in chosen.table] == [True, True]
+    assert sorted(opened) == files
