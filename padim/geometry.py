@@ -166,6 +166,12 @@ def _tile_side(tile, margin_px: int, multiple: int) -> int:
         return max(_round_to(DEFAULT_TILE, multiple), math.ceil(4 * margin_px / multiple) * multiple)
     if isinstance(tile, str) or not float(tile) >= 1:
         raise ValueError(f"tile must be 'auto', None or a tile side in pixels (at least 1), got {tile!r}")
+    return explicit_tile_side(tile, multiple)
+
+
+def explicit_tile_side(tile: int, multiple: int) -> int:
+    """The side that ``tile=N`` tiles have: N rounded to the nearest multiple of the deepest hooked
+    stride ``multiple`` (at least one), so that every tile's feature grid is whole."""
     return _round_to(int(tile), multiple)
 
 

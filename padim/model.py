@@ -26,6 +26,7 @@ from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
 from .value_range import ValueRange, as_value_range, decide_value_range, training_kind, KIND_NAMES
 from .geometry import (Geometry, activation_floats_per_pixel, decide_geometry, default_margin, default_memory_budget,
+                       explicit_tile_side,
                        typical_size)
 from .maps import resize_map
 from .folds import held_out_scores, uses_downdate
@@ -52,6 +53,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'")
     return device
+
+
+def _is_count(value) -> bool:
+    """An integer parameter (a Python or numpy int, not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def cell_count(grid_h: int, grid_w: int, cell) -> int:
@@ -191,6 +197,24 @@ class PaDiM(ScoringMethods):
         if overlap is not None and (not isinstance(overlap, (int, np.integer)) or isinstance(overlap, bool)
                                     or overlap < 0):
             raise ValueError(f"overlap must be None (the receptive field) or an integer ≥ 0 (pixels), got {overlap!r}")
+
+    def _warn_adjusted_params(self) -> None:
+        """Warn, once per fit, of parameters the fit adjusts rather than refuses: a ``d`` above the
+        hooked layers' channels (all of them are kept) and a ``tile`` side that is not a multiple of
+        their deepest stride (rounded to the nearest one)."""
+        try:
+            names = list(self.layers) if self.layers else list(self.spec.default_layers)
+            points = [self.spec.hook_point(name) for name in names]
+        except (ValueError, KeyError, TypeError):
+            return  # an unknown backbone or layer: the fit refuses it with its own message
+        total = sum(p.channels for p in points)
+        if _is_count(self.d) and self.d > total:
+            warnings.warn(f"d={self.d} is more than the {total} channels of layers {', '.join(names)}: "
+                          f"all {total} are kept", stacklevel=3)
+        multiple = max(p.stride for p in points)
+        if _is_count(self.tile) and self.tile >= 1 and explicit_tile_side(self.tile, multiple) != self.tile:
+            warnings.warn(f"tile={self.tile} px is not a multiple of {multiple} px (the deepest hooked layer's "
+                          f"stride): tiles of {explicit_tile_side(self.tile, multiple)} px are used", stacklevel=3)
 
     def _device(self) -> torch.device:
         return resolve_device(self.device)
@@ -399,6 +423,7 @@ class PaDiM(ScoringMethods):
         """Fit on good images (see :meth:`_fit_plain`); with ``config="auto"`` first choose the
         configuration (padim.autoconfig)."""
         self._check_fit_params()
+        self._warn_adjusted_params()
         if self.config == "auto":
             from .autoconfig import auto_fit
 

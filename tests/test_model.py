@@ -530,6 +530,23 @@ def test_unusable_fit_parameters_are_refused_before_any_work(data, params, match
         PaDiM(**dict(PARAMS, **params)).fit(data["train"])
 
 
+def test_a_d_above_the_channels_and_an_odd_tile_are_used_adjusted_with_one_warning_each(data):
+    """d=100000 keeps all 24+40+112 = 176 channels of Lite0's default layers, tile=7 px becomes 16
+    (the stride of block 10): each said once per fit, not silently; usable values warn of nothing."""
+    files = sorted(data["train"].glob("good_*.png"))[:6]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model = PaDiM(**dict(PARAMS, d=100000, tile=7, overlap=0, scale=1.0)).fit(files)
+    lines = [str(w.message) for w in seen]
+    assert model.n_features_ == 176 and model.channel_index_ is None and model.geometry_.tile == 16
+    assert sum("d=100000 is more than the 176 channels" in line and "all 176 are kept" in line for line in lines) == 1
+    assert sum("tile=7 px is not a multiple of 16 px" in line and "tiles of 16 px" in line for line in lines) == 1
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        PaDiM(**dict(PARAMS, d=176, tile=64, overlap=0, scale=1.0)).fit(files)
+    assert not [w for w in seen if "is more than the" in str(w.message) or "not a multiple" in str(w.message)]
+
+
 def test_copies_of_one_image_are_refused_with_the_reason(data):
     """Identical good images give held-out scores without spread: one line saying so and what to
     do, not the calibrator's 'all scores are equal'."""
