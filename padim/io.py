@@ -198,7 +198,7 @@ def read_pixels(source) -> np.ndarray:
     """
     _check_source(source)
     if isinstance(source, np.ndarray):
-        return eight_bit_if_it_fits(source)
+        return eight_bit_if_it_fits(np.asarray(source))  # a NamedArray's values as a plain array
     if isinstance(source, Image.Image):
         try:
             return _pil_to_array(source)
@@ -228,9 +228,35 @@ def eight_bit_if_it_fits(array: np.ndarray) -> np.ndarray:
     return array
 
 
+class NamedArray(np.ndarray):
+    """An image array that padim's messages name by ``where`` (e.g. ``"'scan.png'"``, an upload the
+    server decoded) instead of "array input"; otherwise a plain array (:func:`read_pixels` reads
+    its values as a base ``np.ndarray``)."""
+
+    where = "array input"
+
+    def __array_finalize__(self, obj) -> None:
+        self.where = getattr(obj, "where", NamedArray.where)
+
+    def __reduce__(self):  # the name travels to decoding worker processes too
+        rebuild, args, state = super().__reduce__()
+        return rebuild, args, (state, self.where)
+
+    def __setstate__(self, state) -> None:
+        array_state, self.where = state
+        super().__setstate__(array_state)
+
+
+def named_array(array: np.ndarray, where: str) -> NamedArray:
+    """``array`` (not copied) as a :class:`NamedArray` named ``where``."""
+    named = np.asarray(array).view(NamedArray)
+    named.where = where
+    return named
+
+
 def _where(source) -> str:
     if isinstance(source, np.ndarray):
-        return "array input"
+        return getattr(source, "where", "array input")
     return "PIL image input" if isinstance(source, Image.Image) else f"'{Path(source)}'"
 
 
@@ -279,7 +305,7 @@ def image_size(source) -> tuple[int, int]:
     _check_source(source)
     if isinstance(source, np.ndarray):
         if source.ndim < 2:
-            raise ImageReadError(f"array input: expected an HxW, HxWx3 or HxWx4 image, got shape {source.shape}")
+            raise ImageReadError(f"{_where(source)}: expected an HxW, HxWx3 or HxWx4 image, got shape {source.shape}")
         return int(source.shape[0]), int(source.shape[1])
     if isinstance(source, Image.Image):
         image = ImageOps.exif_transpose(source)

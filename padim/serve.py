@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .batcher import Job, MicroBatcher, QueueFullError, TooManyImagesError
 from .errors import first_line
-from .io import ImageReadError, load_image
+from .io import ImageReadError, load_image, named_array
 from .runtime import ExportedModel, load_scoring_model
 from .upload import DEFAULT_MAX_PIXELS, ImageTooLargeError, read_upload, upload_name
 from .viz import _close, heatmap_figure
@@ -225,7 +225,8 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
         with batcher.arriving():
             data = await upload.read()
             try:
-                return name, await run_in_threadpool(read_upload, data, name, max_pixels), None
+                pixels = await run_in_threadpool(read_upload, data, name, max_pixels)
+                return name, named_array(pixels, f"'{name}'"), None  # its warnings and errors name it
             except ImageReadError as exc:
                 return name, None, exc
 
@@ -243,7 +244,7 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
             raise HTTPException(413 if isinstance(error, ImageTooLargeError) else 400, str(error))
         (outcome,) = await score([Job(pixels, want_map)])
         if outcome.error:
-            raise HTTPException(400, outcome.error.replace("array input", f"'{name}'"))
+            raise HTTPException(400, outcome.error)
         return name, pixels, outcome
 
     def result_json(name: str, outcome: Outcome) -> dict:
@@ -274,7 +275,7 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
         for name, _, error in decoded:
             outcome = Outcome(error=str(error)) if error is not None else next(outcomes)
             if outcome.error:
-                results.append({"filename": name, "error": outcome.error.replace("array input", f"'{name}'")})
+                results.append({"filename": name, "error": outcome.error})
             else:
                 results.append(result_json(name, outcome))
         return {"results": results}

@@ -687,6 +687,29 @@ def test_a_zero_dimensional_array_has_no_size():
         image_size(np.array(5))
 
 
+def test_a_named_array_is_named_in_messages_and_read_as_a_plain_array():
+    """The server names the arrays it decodes by their upload: errors and warnings say "'cam.png'",
+    in this process and after pickling (decoding workers), and the values read are the array's."""
+    import pickle
+    import warnings
+
+    from padim.io import named_array
+
+    deep = (ramp()[:, :, None].repeat(3, axis=2).astype(np.uint16) * 257)
+    named = pickle.loads(pickle.dumps(named_array(deep, "'cam.png'")))
+    pixels = read_pixels(named)
+    assert type(pixels) is np.ndarray and pixels.dtype == np.uint16
+    np.testing.assert_array_equal(pixels, deep)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        load_image(named, value_range=(0, 255), value_kind="uint8")
+    assert [str(w.message).split(":")[0] for w in seen] == ["'cam.png'"]
+    with pytest.raises(ImageReadError, match=r"^'cam.png': image of 4×4 px is too small$"):
+        load_image(named_array(np.zeros((4, 4), np.uint8), "'cam.png'"))
+    with pytest.raises(ImageReadError, match=r"^'cam.png': expected an HxW"):
+        image_size(named_array(np.array(5), "'cam.png'"))
+
+
 def test_a_broken_link_named_like_an_image_is_listed_and_reported_when_read(tmp_path):
     # it was skipped, so a folder scored one image fewer without a word
     Image.fromarray(ramp(), "L").save(tmp_path / "a.png")

@@ -150,6 +150,20 @@ def test_health_model_and_docs(server, model_path):
     assert {"/health", "/model", "/predict", "/predict_batch", "/heatmap"} <= set(paths)
 
 
+def test_an_uploads_warnings_name_the_upload(server, data):
+    """A 16-bit upload to an 8-bit model is mapped by its own type's full scale, with a warning in
+    the server's log that names the upload (it said "array input": the model scores arrays)."""
+    response = httpx.post(server.url + "/predict", files={"file": upload(data["inputs"] / "d_gray16.png",
+                                                                        "line-3 camera.png")}, timeout=60)
+    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 10
+    while "line-3 camera.png" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the log is written by another process
+    warned = [line for line in server.log().splitlines() if "deeper-than-8-bit" in line]
+    assert warned and all("'line-3 camera.png': deeper-than-8-bit integer pixels" in line for line in warned), warned
+    assert "array input" not in server.log()
+
+
 def test_predict_equals_padim_score(server, scored, reference, data):
     for name in TOP_LEVEL + ["sub/f_good.png"]:
         response = httpx.post(server.url + "/predict", files={"file": upload(data["inputs"] / name)}, timeout=60)
