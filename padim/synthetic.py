@@ -1,6 +1,6 @@
 """Synthetic defects made from good images, with exact masks: a selection signal without real defects.
 
-Seven families, each a different kind of anomaly a product can show:
+Eight families, each a different kind of anomaly a product can show:
 
 - ``paste``: a patch cut from another image (or another position of the same one), pasted with
   feathered edges — a foreign part or misplaced structure;
@@ -11,7 +11,10 @@ Seven families, each a different kind of anomaly a product can show:
   candidates no closer to the real defects with it (benchmarks/RESULTS.md §37).
 - ``blob``: a soft elliptical region with shifted colour or brightness — discolouration;
 - ``blur``: a region blurred — out-of-focus or smeared print;
-- ``hole``: an irregular region filled with a flat colour — a missing part.
+- ``hole``: an irregular region filled with a flat colour — a missing part;
+- ``shading``: a broad region, up to half the image, 15–35 % lighter or darker with the
+  texture kept and very soft edges — uneven coating or firing, a shallow dent or blister, which
+  only features that see far enough find. Only in :data:`ALL_FAMILIES` (RESULTS.md §46).
 
 Images are float RGB ``[H, W, 3]`` in [0, 1] (the model's input, so this stays cheap). Every
 family alters only pixels inside its region, and the returned mask is the region restricted to the
@@ -28,7 +31,7 @@ import cv2
 import numpy as np
 
 FAMILIES = ("paste", "perlin", "scratch", "blob", "blur", "hole")  # what make_defects makes by default
-ALL_FAMILIES = FAMILIES + ("crack",)
+ALL_FAMILIES = FAMILIES + ("crack", "shading")
 MAX_TRIES = 8  # new random parameters when an alteration changed no pixel (e.g. blur of a flat area)
 
 
@@ -175,8 +178,17 @@ def _hole(image, rng, donor, scale):
     return alpha, np.broadcast_to(fill.astype(np.float32), image.shape)
 
 
+def _shading(image, rng, donor, scale):
+    h, w = image.shape[:2]
+    alpha = _soft_ellipse(h, w, rng, 0.3 * scale, 0.7 * scale)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), max(1.0, 0.05 * scale * min(h, w)))  # edges softer than a blob's
+    alpha[alpha < 0.05] = 0.0  # no faint tail across the whole image
+    factor = rng.uniform(0.65, 0.85) if rng.random() < 0.5 else rng.uniform(1.15, 1.35)
+    return alpha, np.clip(image * factor, 0, 1).astype(np.float32)
+
+
 _MAKERS: dict[str, Callable] = {"paste": _paste, "perlin": _perlin, "scratch": _scratch, "blob": _blob,
-                                "blur": _blur, "hole": _hole, "crack": _crack}
+                                "blur": _blur, "hole": _hole, "crack": _crack, "shading": _shading}
 
 
 def make_defect(image: np.ndarray, family: str, rng: np.random.Generator,

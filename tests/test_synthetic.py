@@ -79,6 +79,23 @@ def test_cracks_are_thin_shadows_that_keep_the_texture():
         np.testing.assert_allclose(ratio[line], ratio.min(), atol=1e-4)
 
 
+def test_shading_is_a_broad_gentle_change_of_brightness_that_keeps_the_texture():
+    image = np.clip(textured() * 0.5 + 0.2, 0, 1)  # at most 0.7: nothing clips at ×1.35
+    for seed in range(6):
+        defect, mask = make_defect(image, "shading", np.random.default_rng(seed))
+        ratio = defect[mask] / image[mask]
+        lighter = bool((ratio >= 1 - 1e-6).all())
+        assert lighter or (ratio <= 1 + 1e-6).all()  # one direction across the region
+        strongest = ratio.max() if lighter else ratio.min()
+        assert 0.15 - 1e-4 <= abs(strongest - 1) <= 0.35 + 1e-4  # 15–35 %, no more
+        # one factor per pixel on every channel: the texture is scaled, not painted over
+        np.testing.assert_allclose(ratio, ratio[:, :1].repeat(3, axis=1), atol=1e-5)
+        assert mask.mean() > 0.05  # broad: far beyond a pit
+        # very soft edges: a good part of the region is changed by less than half the strongest
+        gentle = np.abs(ratio[:, 0] - 1) < 0.5 * abs(strongest - 1)
+        assert gentle.mean() > 0.2
+
+
 def test_make_defects_makes_the_families_asked_for():
     images = [textured(s) for s in range(4)]
     assert [d.family for d in make_defects(images, seed=0, families=("crack", "hole"))] == ["crack", "hole"] * 2
