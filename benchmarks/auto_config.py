@@ -14,6 +14,10 @@ selection scores (synthetic defects on held-out good images) and their real mean
 evaluates the mean of their scores and maps, each normalised by its held-out good image scores
 (z-scores of ``calibration_scores_``): issue 9's ensemble, measured before it is built.
 
+``--val-defects DIR`` gives auto, for each dataset, the labelled defect images in DIR/<dataset
+name> (masks beside them as NAME_mask.png) to validate on beside the synthetic ones; they must not
+be the test set's images.
+
 ``--synthetic DIR`` first writes a synthetic dataset there (an aligned pattern with noise; test
 defects are dark or bright spots and short strokes drawn with OpenCV, not padim.synthetic's
 generator) and includes it.
@@ -120,7 +124,8 @@ def run_ensembles(root: Path, ranking: list[str], log, sizes=(2, 3)) -> dict:
     return out
 
 
-def run(root: Path, log, reuse: dict | None = None, ensembles: bool = False, seeds=(0,), budget: str = "4x") -> dict:
+def run(root: Path, log, reuse: dict | None = None, ensembles: bool = False, seeds=(0,), budget: str = "4x",
+        val_defects: Path | None = None) -> dict:
     train = root / "train" / "good"
     real = dict(reuse or {})
     for candidate in candidates("efficientnet_lite0", 256):
@@ -136,12 +141,13 @@ def run(root: Path, log, reuse: dict | None = None, ensembles: bool = False, see
     runs = []
     for seed in seeds:
         started = time.perf_counter()
-        auto = PaDiM(config="auto", seed=seed, budget=budget).fit(train)
+        auto = PaDiM(config="auto", seed=seed, budget=budget, val_defects=val_defects).fit(train)
         auto_s = time.perf_counter() - started
         selection = {row["name"]: row["selection"] for row in auto.auto_table_ if row["selection"] is not None}
         names = [n for n in real if n in selection]
         rho = spearmanr([selection[n] for n in names], [mean[n] for n in names]).statistic if len(names) > 2 else None
-        runs.append({"seed": seed, "budget": budget, "choice": auto.auto_choice_, "metrics": evaluate(auto, root), "fit_s": auto_s,
+        runs.append({"seed": seed, "budget": budget + (" + val-defects" if val_defects else ""),
+                     "choice": auto.auto_choice_, "metrics": evaluate(auto, root), "fit_s": auto_s,
                      "selection": selection, "spearman": rho, "table": auto.auto_table_})
         log(f"  {root.name} auto seed {seed}: {runs[-1]}")
     ranking = sorted(runs[0]["selection"], key=runs[0]["selection"].get, reverse=True)
@@ -160,6 +166,9 @@ def main() -> None:
                         help="an earlier --out file: reuse its per-candidate real metrics, rerun only auto")
     parser.add_argument("--budget", default="4x", help="auto's budget (default: PaDiM's default)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="auto's seed (its split and synthetic defects)")
+    parser.add_argument("--val-defects", type=Path, default=None,
+                        help="a folder with one sub-folder per dataset (by its name) of labelled defect images that "
+                             "auto's selection also validates on (PaDiM(val_defects=...)); keep them out of the test set")
     parser.add_argument("--ensembles", action="store_true",
                         help="also evaluate ensembles of auto's best 2 and 3 candidates (maps normalised by held-out good scores)")
     args = parser.parse_args()
@@ -168,8 +177,9 @@ def main() -> None:
     earlier = {r["dataset"]: r["real"] for r in json.loads(args.reuse.read_text())} if args.reuse else {}
     results = []
     for root in roots:
+        val_defects = args.val_defects / root.name if args.val_defects else None
         results.append(run(root, lambda line: print(line, flush=True), earlier.get(root.name), args.ensembles, args.seeds,
-                           args.budget))
+                           args.budget, val_defects))
         if args.out:  # after each dataset, so that a later failure loses nothing
             args.out.write_text(json.dumps(results, indent=1, default=float))
     print("\n| dataset | config | image AUROC | pixel AUROC | PRO | fit s |\n|---|---|---|---|---|---|")
