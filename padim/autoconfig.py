@@ -67,6 +67,10 @@ SIGNIFICANCE = 1.0  # a candidate replaces the default only if it wins by this m
 # (two nearly identical configurations agree fold by fold), is below the accuracy the synthetic
 # signal can promise on real defects (RESULTS.md §25)
 MIN_GAIN = 0.005
+# a factor budget above this, with synthetic defects only, warns: the candidates it adds (a finer
+# input above all) are the ones the synthetic signal ranked wrongly on broad, soft defects, where
+# the default budget kept the defaults (RESULTS.md §46)
+SAFE_BUDGET_FACTOR = 4.0
 # pooled Gaussians (cells, one shared) are tried only where the good images' position spread
 # (padim.alignment: the variance of the position means over the within-position variance) is at
 # most this: pooling the positions of an aligned product discards what PaDiM models (RESULTS.md §25)
@@ -188,6 +192,15 @@ def parse_budget(budget: str | float | int) -> tuple[str, float]:
     if not value > 0:
         raise ValueError(f"budget must be positive, got {budget!r}")
     return kind, value
+
+
+def warn_budget_without_defects(budget, val_defects) -> None:
+    """One warning when a factor budget above SAFE_BUDGET_FACTOR selects on synthetic defects alone."""
+    kind, value = parse_budget(budget)
+    if kind == "factor" and value > SAFE_BUDGET_FACTOR and val_defects is None:
+        warnings.warn(f"budget {budget} without real defect images (--val-defects): the extra candidates are ranked "
+                      f"by synthetic defects only, which chose a finer input that lost on products with broad, soft "
+                      f"defects; give a few labelled defects to select on, or keep the default budget", stacklevel=4)
 
 
 def estimate_full_fit(fit_s: float, per_image_s: float, n_fit: int, n_all: int) -> float:
@@ -600,6 +613,7 @@ def auto_fit(model, images: Any, calibrate: bool | None = None, log=None):
         model._fit_plain(sources, calibrate)
         model.auto_table_, model.auto_choice_ = None, None
         return model
+    warn_budget_without_defects(model.budget, model.val_defects)
     base = model.get_params()
     base.update(config="fixed", progress=False)
 

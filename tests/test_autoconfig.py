@@ -994,3 +994,35 @@ def test_the_selection_reads_each_files_header_once(tmp_path, monkeypatch):
                          "efficientnet_lite0", SIZE, budget="1000x")
     assert [row.shared_pass for row in chosen.table] == [True, True]
     assert sorted(opened) == files
+
+
+class _Stop(Exception):
+    pass
+
+
+def _select_stub(*args, **kwargs):
+    raise _Stop  # the test needs only what happens before the selection
+
+
+@pytest.mark.parametrize("budget,val_defects,warns", [("16x", None, True), ("4.5x", None, True), ("4x", None, False),
+                                                      ("16x", "DEFECTS", False), ("600", None, False)])
+def test_a_budget_above_the_default_without_real_defects_warns_once(tmp_path, monkeypatch, budget, val_defects, warns):
+    """RESULTS.md §46: the candidates a larger budget adds were ranked wrongly by the synthetic
+    defects alone on broad, soft defects; the warning points at --val-defects (a seconds budget,
+    whose factor is unknown before the default's trial, is not judged)."""
+    import warnings
+
+    import padim.autoconfig as autoconfig
+
+    monkeypatch.setattr(autoconfig, "select", _select_stub)
+    train = shifted_texture_folder(tmp_path / "good", n=8)
+    defects = str(tmp_path) if val_defects else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(_Stop):
+            PaDiM(config="auto", budget=budget, val_defects=defects, **COMMON).fit(train)
+    mine = [w for w in caught if "without real defect images (--val-defects)" in str(w.message)]
+    assert len(mine) == (1 if warns else 0)
+    if warns:
+        assert f"budget {budget} " in str(mine[0].message) and "\n" not in str(mine[0].message)
+        assert mine[0].filename == __file__  # attributed to the caller's fit, not to padim
