@@ -14,7 +14,8 @@ Eight families, each a different kind of anomaly a product can show:
 - ``hole``: an irregular region filled with a flat colour — a missing part;
 - ``shading``: a broad region, up to half the image, 15–35 % lighter or darker with the
   texture kept and very soft edges — uneven coating or firing, a shallow dent or blister, which
-  only features that see far enough find. Only in :data:`ALL_FAMILIES` (RESULTS.md §46).
+  only features that see far enough find. Only in :data:`ALL_FAMILIES`: with it the selection
+  avoided a finer input on textures but gave up BSData's gain from one (benchmarks/RESULTS.md §46).
 
 Images are float RGB ``[H, W, 3]`` in [0, 1] (the model's input, so this stays cheap). Every
 family alters only pixels inside its region, and the returned mask is the region restricted to the
