@@ -13,6 +13,8 @@ from padim.autoconfig import candidates, format_table, parse_budget
 
 SIZE = 64
 COMMON = dict(image_size=SIZE, d=24, device="cpu", workers=0, batch_size=8, calibration_folds=3, seed=0)
+# the tests that try every candidate use a large budget on purpose (its warning is tested on its own)
+pytestmark = pytest.mark.filterwarnings("ignore:budget 1000x without real defect images")
 
 
 def shifted_texture_folder(root, n=16, seed=0, size=SIZE, cells=12):
