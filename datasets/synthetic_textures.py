@@ -29,7 +29,7 @@ Usage::
     python datasets/synthetic_textures.py /tmp/textures --products tread tile --n-train 60 \\
         --n-test-good 20 --n-test-defect 10 --seed 0
 
-This folder is not a Python package; import this file by path (see tests/test_synthetic_textures.py).
+This folder is not a Python package; import this file by path (as dataset_script in tests/conftest.py does).
 """
 
 from __future__ import annotations

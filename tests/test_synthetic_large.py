@@ -1,22 +1,16 @@
 """Tests for datasets/synthetic_large.py (loaded by path: datasets/ is not a package)."""
 
-import importlib.util
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "datasets" / "synthetic_large.py"
 H, W = 320, 400
 
 
 @pytest.fixture(scope="module")
-def sl():
-    spec = importlib.util.spec_from_file_location("synthetic_large", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def sl(dataset_script):
+    return dataset_script("synthetic_large")
 
 
 def test_good_image(sl):
