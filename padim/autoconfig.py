@@ -194,13 +194,19 @@ def parse_budget(budget: str | float | int) -> tuple[str, float]:
     return kind, value
 
 
-def warn_budget_without_defects(budget, val_defects) -> None:
+class BudgetWarning(UserWarning):
+    """A budget above SAFE_BUDGET_FACTOR without real defects (its own class: ``padim fit`` shows it
+    before the selection starts and keeps the fit's copy from repeating it)."""
+
+
+def warn_budget_without_defects(budget, val_defects, stacklevel: int = 4) -> None:
     """One warning when a factor budget above SAFE_BUDGET_FACTOR selects on synthetic defects alone."""
     kind, value = parse_budget(budget)
     if kind == "factor" and value > SAFE_BUDGET_FACTOR and val_defects is None:
         warnings.warn(f"budget {budget} without real defect images (--val-defects): the extra candidates are ranked "
                       f"by synthetic defects only, which chose a finer input that lost on products with broad, soft "
-                      f"defects; give a few labelled defects to select on, or keep the default budget", stacklevel=4)
+                      f"defects; give a few labelled defects to select on, or keep the default budget",
+                      BudgetWarning, stacklevel=stacklevel)
 
 
 def estimate_full_fit(fit_s: float, per_image_s: float, n_fit: int, n_all: int) -> float:

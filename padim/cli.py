@@ -310,7 +310,7 @@ def cmd_fit(args) -> int:
                   scale=args.scale, cell=args.cell, max_memory=args.max_memory, value_range=args.value_range,
                   config=args.config, whole_image=not args.no_whole_image, **_runtime(args))
     if args.config == "auto":
-        from .autoconfig import parse_budget
+        from .autoconfig import BudgetWarning, parse_budget, warn_budget_without_defects
 
         try:
             parse_budget(args.budget)
@@ -341,9 +341,15 @@ def cmd_fit(args) -> int:
         plan = model.plan(args.train_dir)
         print(plan.describe(), file=sys.stderr)
         _check_free_space(args.output, plan.file_bytes)
+    if main_rank and args.config == "auto":  # now, not after the selection it is about (and once under torchrun)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", BudgetWarning)  # a second fit in one process warns again
+            warn_budget_without_defects(args.budget, args.val_defects, stacklevel=2)
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if args.config == "auto":
+            warnings.simplefilter("ignore", BudgetWarning)  # shown above, on the main rank
         # calibrate=True: too few good images for the folds is an error here, not a model that
         # `padim score` would refuse later for want of probabilities.
         model.fit(args.train_dir, calibrate=args.folds >= 2)

@@ -1028,3 +1028,29 @@ def test_a_budget_above_the_default_without_real_defects_warns_once(tmp_path, mo
     if warns:
         assert f"budget {budget} " in str(mine[0].message) and "\n" not in str(mine[0].message)
         assert mine[0].filename == __file__  # attributed to the caller's fit, not to padim
+
+
+def test_padim_fit_shows_the_budget_warning_before_the_selection_and_once(tmp_path, monkeypatch):
+    """The warning is about the selection's extra candidates: ``padim fit`` shows it before the
+    selection starts (the user can stop a 16x fit at once), not after it with the fit's warnings."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    import padim.autoconfig as autoconfig
+    from padim.cli import main
+
+    err = io.StringIO()
+    seen_at_selection = []
+
+    def select_seen(*args, **kwargs):
+        seen_at_selection.append(err.getvalue())
+        raise _Stop
+
+    monkeypatch.setattr(autoconfig, "select", select_seen)
+    train = shifted_texture_folder(tmp_path / "good", n=8)
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        main(["fit", str(train), "-o", str(tmp_path / "m.padim"), "--budget", "16x", "--image-size", str(SIZE),
+              "--device", "cpu", "--workers", "0", "--quiet"])
+    line = "padim: warning: budget 16x without real defect images (--val-defects)"
+    assert len(seen_at_selection) == 1 and line in seen_at_selection[0]
+    assert err.getvalue().count("without real defect images") == 1
