@@ -71,7 +71,7 @@ def export_metadata(model, fp16: bool) -> dict:
         "calibrator": None if cal is None else cal.to_dict(),
         "map_floor": None if model.map_floor_ is None else float(model.map_floor_),
         "whole_image": None if getattr(model, "whole_image_", None) is None else model.whole_image_.to_dict(),
-        "keep_aspect": bool(model.keep_aspect and not isinstance(model.image_size, (tuple, list))),
+        "keep_aspect": model._checks_aspect(),  # the runtime warns of images of another aspect ratio
         "backbone": model.backbone,
         "layers": list(model.layers_),
         "cell": model.cell_,

@@ -39,6 +39,18 @@ class ScoringMethods:
     def _check_fitted(self) -> None:  # a scorer that can be unfitted says so (PaDiM)
         pass
 
+    def _checks_aspect(self) -> bool:  # whether images of another aspect ratio are warned of
+        return False
+
+    def image_warnings(self, image: np.ndarray) -> list[str]:
+        """Why this decoded image's score may be off (another aspect ratio, a pixel type the value
+        range is not for), one line each; empty when none (:mod:`padim.image_checks`)."""
+        from .image_checks import image_warnings
+
+        self._check_fitted()
+        return image_warnings(image, self.input_size_, self._checks_aspect(), getattr(self, "value_range_", None),
+                              getattr(self, "value_kind_", None))
+
     def _collect(self, images: Any, maps: bool) -> list[ImageResult]:
         """Every image's result; a ValueError naming the first unreadable one."""
         self._check_fitted()

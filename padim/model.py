@@ -21,6 +21,7 @@ from .errors import first_line
 from .features import random_channel_index
 from .net import Embedder, ScoreHead, ScoringNet, TiledEmbedder, distances_to_maps, image_scores
 from .gaussian import GaussianModel, GaussianStats, GroupedUpdates
+from .image_checks import aspect_differs, some_aspect_warning
 from .image_result import NO_CALIBRATION, ImageResult, ScoringMethods
 from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
@@ -712,8 +713,7 @@ class PaDiM(ScoringMethods):
         for batch in self._progress(loader, len(loader), "score"):
             if not warned and self._aspect_mismatch(batch.original_sizes):
                 warned = True
-                warnings.warn(f"some images differ in aspect ratio from the training images; they are resized "
-                              f"to {self.input_size_[0]}×{self.input_size_[1]} and may score high", stacklevel=2)
+                warnings.warn(some_aspect_warning(self.input_size_), stacklevel=2)
             results = {index: ImageResult(index, error=message) for index, message in batch.errors}
             if batch.indices:
                 self._check_sizes(batch)
@@ -737,12 +737,14 @@ class PaDiM(ScoringMethods):
             return scores, None
         return scores, [resize_map(m, size) for m, size in zip(batch_maps.cpu().numpy(), sizes)]
 
+    def _checks_aspect(self) -> bool:
+        """Whether images of another aspect ratio are warned of: not when the user chose the
+        geometry explicitly (a fixed size, or ``keep_aspect=False``)."""
+        return bool(self.keep_aspect and not isinstance(self.image_size, (tuple, list)))
+
     def _aspect_mismatch(self, sizes) -> bool:
         """True when an image's aspect ratio is more than 15 % off the model input's."""
-        if not self.keep_aspect or isinstance(self.image_size, (tuple, list)):
-            return False  # the user chose the geometry explicitly
-        target = self.input_size_[0] / self.input_size_[1]
-        return any(abs(np.log((h / w) / target)) > np.log(1.15) for h, w in sizes)
+        return self._checks_aspect() and any(aspect_differs(size, self.input_size_) for size in sizes)
 
     def predict(self, images: Any) -> np.ndarray:
         """True where an image is NG (score at or above the model's threshold)."""

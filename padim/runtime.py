@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import first_line
+from .image_checks import aspect_differs, some_aspect_warning
 from .image_result import NO_CALIBRATION, ImageResult, ScoringMethods
 from .io import ImageReadError, load_image
 from .sources import as_sources
@@ -216,6 +218,9 @@ class ExportedModel(ScoringMethods):
                 "images per engine call": "any" if self.max_batch is None else f"at most {self.max_batch}",
                 "fp16": meta.get("fp16"), "model fingerprint": meta.get("model_fingerprint")}
 
+    def _checks_aspect(self) -> bool:
+        return bool(self.metadata.get("keep_aspect"))
+
     def _read(self, source) -> tuple[np.ndarray, np.ndarray]:
         image = load_image(source, keep_uint8=True, value_range=self.value_range_, value_kind=self.value_kind_)
         return resize_rgb(image, self.input_size_), image
@@ -245,6 +250,7 @@ class ExportedModel(ScoringMethods):
         size = min(self.batch_size, self.max_batch or self.batch_size)
         batches = [range(start, min(start + size, len(sources))) for start in range(0, len(sources), size)]
         pending = self._reading(sources, batches[0]) if batches else []
+        warned = not self._checks_aspect()
         for k, batch in enumerate(batches):
             reads, pending = pending, self._reading(sources, batches[k + 1]) if k + 1 < len(batches) else []
             results, arrays, decoded, indices = {}, [], [], []
@@ -257,6 +263,9 @@ class ExportedModel(ScoringMethods):
                 arrays.append(array)
                 decoded.append(image)
                 indices.append(index)
+                if not warned and aspect_differs(image.shape[:2], self.input_size_):
+                    warned = True
+                    warnings.warn(some_aspect_warning(self.input_size_), stacklevel=2)
             if arrays:
                 batch_maps, scores = self._session.run(np.stack(arrays))
                 for k, index in enumerate(indices):

@@ -19,7 +19,7 @@ import io
 import json
 import threading
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +52,7 @@ class Outcome:
     ng: bool = False
     anomaly_map: np.ndarray | None = None
     error: str = ""
+    warnings: list[str] = field(default_factory=list)  # why its score may be off (padim.image_checks)
 
 
 class Scorer:
@@ -83,7 +84,8 @@ class Scorer:
                 outcomes.append(Outcome(error=result.error))
                 continue
             _, p, n = by_index[result.index]
-            outcomes.append(Outcome(result.score, p, n, result.anomaly_map if job.want_map else None))
+            outcomes.append(Outcome(result.score, p, n, result.anomaly_map if job.want_map else None,
+                                    warnings=self.model.image_warnings(job.pixels)))
         return outcomes
 
 
@@ -249,7 +251,7 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
 
     def result_json(name: str, outcome: Outcome) -> dict:
         return {"filename": name, "score": outcome.score, "probability": outcome.probability,
-                "label": "NG" if outcome.ng else "OK", "threshold": scorer.threshold}
+                "label": "NG" if outcome.ng else "OK", "threshold": scorer.threshold, "warnings": outcome.warnings}
 
     # HEAD too: load balancers and uptime probes often check with HEAD (GET alone answered 405)
     @app.api_route("/health", methods=["GET", "HEAD"], summary="200 once the model is loaded")
@@ -287,6 +289,7 @@ def create_app(model, *, api_key: str | None = None, max_upload_mb: float = 50, 
         png = await run_in_threadpool(heatmap_png, model, pixels, outcome, scorer.threshold, name)
         result = result_json(name, outcome)
         headers = {f"X-Padim-{key.title()}": str(result[key]) for key in ("score", "probability", "label", "threshold")}
+        headers["X-Padim-Warnings"] = json.dumps(result["warnings"])  # a JSON list, ASCII (× escaped)
         return Response(png, media_type="image/png", headers=headers)
 
     @app.get("/", include_in_schema=False)

@@ -127,11 +127,20 @@ def range_for(colour: np.ndarray, value_range: ValueRange | None, kind: str | No
     found = pixel_kind_of_dtype(colour.dtype)
     if kind is None or found == kind:
         return value_range
-    if "bool" not in (found, kind):
-        warnings.warn(f"{where}: {KIND_NAMES[found]} pixels, but the model's value range {value_range.describe()} "
-                      f"is for {KIND_NAMES.get(kind, kind)} images; mapped by its own type's full scale instead",
-                      stacklevel=4)
+    mismatch = kind_mismatch(colour.dtype, value_range, kind)
+    if mismatch:
+        warnings.warn(f"{where}: {mismatch}", stacklevel=4)
     return natural_range(colour)
+
+
+def kind_mismatch(dtype: np.dtype, value_range: ValueRange | None, kind: str | None) -> str | None:
+    """Why an image of ``dtype`` is mapped by its own type's full scale instead of the model's
+    range (None when the range applies, or when either side is boolean, which maps the same)."""
+    found = pixel_kind_of_dtype(dtype)
+    if value_range is None or kind is None or found == kind or "bool" in (found, kind):
+        return None
+    return (f"{KIND_NAMES[found]} pixels, but the model's value range {value_range.describe()} "
+            f"is for {KIND_NAMES.get(kind, kind)} images; mapped by its own type's full scale instead")
 
 
 def bit_depth_ceiling(value: float) -> float:

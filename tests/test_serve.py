@@ -164,6 +164,30 @@ def test_an_uploads_warnings_name_the_upload(server, data):
     assert "array input" not in server.log()
 
 
+# What each input's result says about it, written out by hand: c_wide is 80×112 against the
+# 64×64 input (w/h 1.40), d_gray16 and e_rgb48 are 16-bit files for a model fitted on 8-bit ones.
+ASPECT_WARNING = ("aspect ratio 1.40 (w/h) differs from the training images' 1.00 by more than 15 %: "
+                  "resized to 64×64, it may score high")
+DEPTH_WARNING = ("deeper-than-8-bit integer pixels, but the model's value range 0..255 is for 8-bit images; "
+                 "mapped by its own type's full scale instead")
+EXPECTED_WARNINGS = {"a_good.png": [], "b_blob.png": [], "c_wide.png": [ASPECT_WARNING],
+                     "d_gray16.png": [DEPTH_WARNING], "e_rgb48.png": [DEPTH_WARNING]}
+
+
+def test_each_result_says_why_its_score_may_be_off(server, data):
+    """The log's warnings reach the caller: each result carries its upload's own (an integrator on
+    the line reads the JSON, not the server's log), and /heatmap sends them in a header."""
+    names = list(EXPECTED_WARNINGS)
+    files = [("files", upload(data["inputs"] / n)) for n in names]
+    results = httpx.post(server.url + "/predict_batch", files=files, timeout=60).json()["results"]
+    assert {r["filename"]: r["warnings"] for r in results} == EXPECTED_WARNINGS
+    for name in ("c_wide.png", "a_good.png"):
+        single = httpx.post(server.url + "/predict", files={"file": upload(data["inputs"] / name)}, timeout=60).json()
+        assert single["warnings"] == EXPECTED_WARNINGS[name]
+        response = httpx.post(server.url + "/heatmap", files={"file": upload(data["inputs"] / name)}, timeout=60)
+        assert json.loads(response.headers["X-Padim-Warnings"]) == EXPECTED_WARNINGS[name]
+
+
 def test_predict_equals_padim_score(server, scored, reference, data):
     for name in TOP_LEVEL + ["sub/f_good.png"]:
         response = httpx.post(server.url + "/predict", files={"file": upload(data["inputs"] / name)}, timeout=60)
@@ -488,6 +512,7 @@ def test_an_export_is_served_as_padim_score_scores_it_without_importing_torch(se
              for n in names]
     results = httpx.post(srv.url + "/predict_batch", files=files, timeout=60).json()["results"]
     assert [r["filename"] for r in results] == names and "error" in results[1]
+    assert [r["warnings"] for r in results if "label" in r] == [[ASPECT_WARNING], []]  # as the torch model's
     assert [r["label"] for r in results if "label" in r] == [rows["c_wide.png"][2], rows["a_good.png"][2]]
     for name in ("a_good.png", "b_blob.png"):
         response = httpx.post(srv.url + "/heatmap", files={"file": upload(data["inputs"] / name)}, timeout=60)
@@ -513,6 +538,26 @@ def test_serving_or_scoring_an_export_refuses_the_torch_only_options(served_expo
         (line,) = err.strip().splitlines()
         assert line.startswith(f"padim {command[0]}: error: ") and named in line and ".padim" in line
     assert not (tmp_path / "s.tsv").exists()
+
+
+def test_an_export_warns_once_per_call_of_another_aspect_ratio_as_the_torch_model_does(served_export, data):
+    """Exports scored silently what the torch model warns of (their metadata has said since the
+    first export whether the model keeps the aspect ratio)."""
+    import warnings
+
+    from padim.runtime import ExportedModel
+
+    model = ExportedModel(served_export["path"], workers=0)
+    inputs = data["inputs"]
+    for images, expected in (([inputs / "c_wide.png", inputs / "c_wide.png", inputs / "a_good.png"], 1),
+                             ([inputs / "a_good.png", inputs / "b_blob.png"], 0)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.score_samples(images)
+        aspect = [str(w.message) for w in caught if "aspect ratio" in str(w.message)]
+        assert aspect == ["some images differ in aspect ratio from the training images; they are resized "
+                          "to 64×64 and may score high"] * expected
+    assert model.image_warnings(np.asarray(Image.open(inputs / "c_wide.png"))) == [ASPECT_WARNING]
 
 
 def test_an_export_without_calibration_is_refused_in_one_line(data, tmp_path):

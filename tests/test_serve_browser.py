@@ -121,3 +121,19 @@ def test_operator_page_serves_an_export(browser, served_export, data):
     assert card.find_element(By.CSS_SELECTOR, ".label").text == label == "NG"
     assert float(card.find_element(By.CSS_SELECTOR, ".score").text.split()[1]) == pytest.approx(score, rel=1e-3)
 
+
+
+def test_operator_page_shows_why_a_score_may_be_off(browser, server, data):
+    """An upload of another aspect ratio gets its warning under the numbers; a good one none."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "efficientnet_lite0" in d.find_element(By.ID, "model").text)
+    names = ["c_wide.png", "a_good.png"]
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(data["inputs"] / n) for n in names))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.card[data-state="done"]')) == 2)
+    shown = {n: [w.text for w in browser.find_element(By.CSS_SELECTOR, f'.card[data-filename="{n}"]')
+                 .find_elements(By.CSS_SELECTOR, ".warning")] for n in names}
+    assert shown == {"c_wide.png": [f"warning: {test_serve.ASPECT_WARNING}"], "a_good.png": []}

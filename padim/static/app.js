@@ -1,5 +1,5 @@
 // padim operator page: each picked or dropped image goes to POST /heatmap, which answers the
-// heatmap PNG with the score, probability, label and threshold in X-Padim-* headers.
+// heatmap PNG with the score, probability, label, threshold and warnings in X-Padim-* headers.
 "use strict";
 
 const drop = document.getElementById("drop");
@@ -62,6 +62,9 @@ async function inspect(file) {
     status.appendChild(element("span", "score", `score ${Number(h("Score")).toPrecision(4)}`));
     status.appendChild(element("span", "probability", `p(defect) ${Number(h("Probability")).toFixed(3)}`));
     status.appendChild(element("span", "threshold", `threshold ${Number(h("Threshold")).toPrecision(4)}`));
+    for (const warning of JSON.parse(h("Warnings") || "[]")) {  // why this score may be off
+      card.appendChild(element("div", "warning", `warning: ${warning}`));
+    }
     const image = element("img", "heatmap");
     image.alt = `heatmap of ${file.name}`;
     image.src = URL.createObjectURL(await response.blob());
