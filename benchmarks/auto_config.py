@@ -36,6 +36,7 @@ import torch
 from scipy.stats import spearmanr
 
 from padim import PaDiM
+from family_auroc import candidate_options
 from padim.autoconfig import candidates
 from padim.workflows import evaluate_folder
 
@@ -112,7 +113,7 @@ def ensemble_metrics(models: list[PaDiM], root: Path) -> dict:
 def run_ensembles(root: Path, ranking: list[str], log, sizes=(2, 3)) -> dict:
     """The best 2 and 3 candidates by auto's selection score, fitted on all training images and
     combined by :func:`ensemble_metrics`."""
-    params = {c.name: c.params for c in candidates("efficientnet_lite0", 256)}
+    params = candidate_options()
     models = []
     out = {}
     for name in ranking[:max(sizes)]:

@@ -22,10 +22,16 @@ from padim.autoconfig import candidates
 from padim.validation import DEFECT_SCALES, defect_auroc, synthetic_validation, validation_arrays
 
 
+def candidate_options(backbone: str = "efficientnet_lite0", image_size: int = 256) -> dict[str, dict]:
+    """Auto-configuration's candidates' parameters by name (padim.autoconfig.candidates), for the
+    benchmarks that fit named candidates with ``config="fixed"``."""
+    return {c.name: c.params for c in candidates(backbone, image_size)}
+
+
 def dataset_split(root: Path) -> tuple[dict, list[Path], list[np.ndarray], list[np.ndarray]]:
     """Auto-configuration's candidate parameters by name, a dataset's training files, and its test
     set's good and defect images as the selection reads images (8-bit, at most 512 px)."""
-    options = {c.name: c.params for c in candidates("efficientnet_lite0", 256)}
+    options = candidate_options()
     train = sorted((root / "train" / "good").iterdir())
     good = validation_arrays(sorted((root / "test" / "good").iterdir()))
     real = validation_arrays([p for kind in sorted((root / "test").iterdir()) if kind.name != "good"

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from family_auroc import candidate_options
 from padim import PaDiM
-from padim.autoconfig import candidates
 from padim.mvtec import load_mask, read_labelled_set
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    options = {c.name: c.params for c in candidates("efficientnet_lite0", 256)}
+    options = candidate_options()
     data = read_labelled_set(args.root)
     kinds = sorted(set(data.defect_types) - {"good"})
     print(f"| candidate | {' | '.join(kinds)} |\n|---|{'---|' * len(kinds)}")
