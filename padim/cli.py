@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     large.add_argument("--cell", type=_cell, default="auto",
                        help="Gaussian per position (1), per k×k cell (k), one shared ('image'), or 'auto'")
     large.add_argument("--max-memory", default=None,
-                       help="memory budget for the Gaussians, e.g. 6G (default: 4G or half the RAM)")
+                       help="memory budget for the whole fit (its estimated peak: the Gaussians, one backbone pass "
+                            "and the rest of the process), e.g. 6G (default: 4G or half the RAM)")
     _add_runtime(p)
 
     p = add("score", "Score an image or a folder into a TSV of defect probabilities.")

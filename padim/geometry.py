@@ -13,7 +13,8 @@ One continuous rule, no size thresholds (:func:`decide_geometry`):
    a 2010² photo both run at 800², 794² and 803² before rounding; 3872×3200 at 1616×1328, the
    1600 px long side measured in benchmarks/RESULTS.md). The input never exceeds ``TIME_BUDGET_PIXELS`` (4 MP: about 8 s per
    image to fit on two CPU cores, from the 3.95 s measured at 2.1 MP) and shrinks further, never
-   below ``image_size``², until the Gaussians' memory plan fits the budget (``fits``).
+   below ``image_size``², until the fit's memory plan (the Gaussians, one backbone pass and the
+   rest of the process) fits the budget (``fits``).
 3. **Tiles.** ``tile="auto"`` tiles exactly when one forward pass over the whole input would need
    more activation memory than ``ACTIVATION_SHARE`` of the memory budget (1 GiB of the default
    4 GiB; see :func:`activation_floats_per_pixel`); tiles are ``DEFAULT_TILE`` px (at least four
@@ -45,7 +46,7 @@ DEFAULT_TILE = 1024
 
 
 def default_memory_budget() -> int:
-    """Budget for the Gaussians when none is given: 4 GiB, or half the machine's memory if less."""
+    """Budget for the whole fit when none is given: 4 GiB, or half the machine's memory if less."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -98,6 +99,12 @@ class Geometry:
 
     def tiles_per_batch(self, batch_size: int) -> int:
         return max(1, min(batch_size, self.batch)) if self.batch else batch_size
+
+    def pass_pixels(self, batch_size: int) -> int:
+        """Input pixels of one backbone pass: a batch of tiles, or of whole images."""
+        if self.tiled:
+            return self.tiles_per_batch(batch_size) * self.tile * self.tile
+        return self.images_per_batch(batch_size) * self.input_size[0] * self.input_size[1]
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -185,7 +192,7 @@ def decide_geometry(height: int, width: int, *, image_size, keep_aspect: bool, t
     ``receptive_margin``: the overlap the hooked layers need (:func:`default_margin`).
     ``floats_per_pixel``: activation values per input pixel (:func:`activation_floats_per_pixel`).
     ``memory_budget``: bytes (default :func:`default_memory_budget`). ``fits(geometry)``: whether
-    the Gaussians' plan for that geometry fits the budget (None: always).
+    the whole fit's plan for that geometry fits the budget (None: always).
     """
     if tile is not None and tile is not False and tile != "auto":
         _tile_side(tile, 0, multiple)  # refuse nonsense before anything else

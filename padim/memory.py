@@ -22,6 +22,14 @@ FIT_CACHE_MAX_BYTES = 160 * 2**20  # float16 embeddings of the held-out images, 
 HELD_OUT_MIN_IMAGES = 100
 CACHE_RESERVE_BYTES = 768 * 2**20  # left for backbone activations and decoding when sizing that cache
 MIB = 2**20
+# What a fitting process holds besides the Gaussians, one backbone pass, the backbone's weights
+# and the batch's input tensor: the Python process with PyTorch, OpenCV, SciPy and scikit-learn
+# loaded (507 MiB after `import padim` on Linux, 586 MiB once the plan is made), one decoded
+# image, and what the allocator keeps of earlier passes. Sized on measured peaks, with the
+# weights counted WEIGHT_COPIES times (the network, the state dict it is loaded from, and what
+# WideResNet50-2's wide convolutions needed beyond their outputs): benchmarks/RESULTS.md §48.
+PROCESS_RESERVE_BYTES = 768 * MIB
+WEIGHT_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ class MemoryPlan:
     update_temporaries: int = 0  # samples grouped for GaussianStats.update, its centred copy and products
     embedding_cache: int = 0  # float16 training embeddings kept through the fit for the held-out folds
     downdate: bool = True  # held-out folds by downdate (statistics freed first) rather than refit
+    backbone_pass: int = 0  # activations of one forward pass over a batch (images or tiles)
+    process: int = 0  # the rest of the process: libraries, backbone weights, the batch's input
 
     @property
     def samples_per_gaussian(self) -> int:
@@ -58,6 +68,13 @@ class MemoryPlan:
         return max(fit_loop, self.statistics + self.finalize + self.model + self.calibration + self.embedding_cache)
 
     @property
+    def total(self) -> int:
+        """The whole process's estimated peak, which ``max_memory`` bounds: the Gaussians' peak, or
+        the statistics and cached embeddings while a backbone pass runs (the batch's features
+        and update temporaries come after the pass), plus the rest of the process."""
+        return self.process + max(self.peak, self.statistics + self.embedding_cache + self.backbone_pass)
+
+    @property
     def file_bytes(self) -> int:
         """Size of the saved model: per Gaussian the packed float16 whitener (d(d+1)/2 values), the
         float32 mean and one scale; the rest of the file is a few kilobytes."""
@@ -66,6 +83,7 @@ class MemoryPlan:
     def as_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items()}
         out["peak"] = self.peak
+        out["total"] = self.total
         return out
 
     def describe(self) -> str:
@@ -73,8 +91,9 @@ class MemoryPlan:
                 f"model {fmt_bytes(self.model)}, batch features {fmt_bytes(self.batch_features)} "
                 f"(+ {fmt_bytes(self.update_temporaries)} update temporaries), "
                 f"calibration {fmt_bytes(self.calibration)} ({'downdate' if self.downdate else 'refit'}, "
-                f"{fmt_bytes(self.embedding_cache)} cached embeddings); estimated peak {fmt_bytes(self.peak)} "
-                f"(plus the backbone and image decoding)")
+                f"{fmt_bytes(self.embedding_cache)} cached embeddings); estimated peak {fmt_bytes(self.peak)}, "
+                f"{fmt_bytes(self.total)} for the whole fit (a backbone pass {fmt_bytes(self.backbone_pass)}, "
+                f"the rest of the process {fmt_bytes(self.process)})")
 
 
 def fmt_bytes(n: int) -> str:
@@ -108,7 +127,8 @@ def held_out_cache_bytes(n_images: int, image_bytes: int) -> int:
 
 
 def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
-                calibration_folds: int = 0, n_images: int = 0, position_chunk: int | None = None) -> MemoryPlan:
+                calibration_folds: int = 0, n_images: int = 0, position_chunk: int | None = None,
+                backbone_pass: int = 0, process: int = 0) -> MemoryPlan:
     """Estimate the memory of fitting ``gaussians`` Gaussians of dimension ``d``.
 
     ``gaussians`` is the number of Gaussians (positions, cells, or 1 shared): the statistics,
@@ -117,7 +137,8 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
     cells pool positions): the batch features scale with it. ``n_images`` (optional) adds the
     embeddings of one held-out fold, which calibration keeps while it scores that fold.
     ``position_chunk`` is :meth:`GaussianStats.update`'s chunk over Gaussians, whose centred
-    float64 copy and ``d×d`` outer products are temporaries of the fit loop.
+    float64 copy and ``d×d`` outer products are temporaries of the fit loop. ``backbone_pass``
+    and ``process`` (bytes) are carried into the plan's :attr:`MemoryPlan.total`.
     """
     square = gaussians * d * d
     triangle = gaussians * d * (d + 1) // 2
@@ -153,7 +174,7 @@ def plan_memory(gaussians: int, d: int, feature_positions: int, batch_size: int,
         else:  # one fold's sums and model next to the fit's, plus that fold's embeddings
             calibration = statistics + 4 * (square + gaussians * d) + FOLD_CACHE_BYTES
     return MemoryPlan(gaussians, d, batch_size, feature_positions, statistics, finalize, model,
-                      batch_features, calibration, update_temporaries, cache, downdate)
+                      batch_features, calibration, update_temporaries, cache, downdate, backbone_pass, process)
 
 
 Cell = Union[int, str]
@@ -177,8 +198,10 @@ def choose_granularity(grid_h: int, grid_w: int, d: int, batch_size: int, max_me
                        calibration_folds: int = 0,
                        candidates_cells: Sequence[Cell] = (1, 2, 4, 8, 16, "image"),
                        d_candidates: Sequence[int] | None = None,
-                       n_images: int = 0) -> tuple[Cell, int, MemoryPlan]:
-    """The finest Gaussian granularity whose estimated peak fits ``max_memory_bytes``.
+                       n_images: int = 0, backbone_pass: int = 0,
+                       process: int = 0) -> tuple[Cell, int, MemoryPlan]:
+    """The finest Gaussian granularity whose estimated whole-fit peak (:attr:`MemoryPlan.total`)
+    fits ``max_memory_bytes``.
 
     Cells are tried from finest (1 = per position) to coarsest (``"image"``) at dimension ``d``;
     only if none fits are the smaller dimensions of ``d_candidates`` tried, largest first, each
@@ -196,17 +219,19 @@ def choose_granularity(grid_h: int, grid_w: int, d: int, batch_size: int, max_me
     smallest: tuple[int, Cell, int, MemoryPlan] | None = None
     for dim in dims:
         for cell in cells:
-            plan = plan_memory(counts[cell], dim, positions, batch_size, calibration_folds, n_images)
-            if plan.peak <= max_memory_bytes:
+            plan = plan_memory(counts[cell], dim, positions, batch_size, calibration_folds, n_images,
+                               backbone_pass=backbone_pass, process=process)
+            if plan.total <= max_memory_bytes:
                 return cell, dim, plan
-            if smallest is None or plan.peak < smallest[0]:
-                smallest = (plan.peak, cell, dim, plan)
+            if smallest is None or plan.total < smallest[0]:
+                smallest = (plan.total, cell, dim, plan)
     _, cell, dim, plan = smallest
     raise MemoryError(
         f"memory budget {fmt_bytes(max_memory_bytes)} is too small for a {grid_h}×{grid_w} feature grid: "
         f"the smallest option ({_describe_cell(cell)}, d={dim}, batch {batch_size}) needs about "
-        f"{fmt_bytes(plan.peak)} (statistics {fmt_bytes(plan.statistics)}, batch features "
-        f"{fmt_bytes(plan.batch_features + plan.update_temporaries)}); use a smaller image scale, "
+        f"{fmt_bytes(plan.total)} (statistics {fmt_bytes(plan.statistics)}, batch features "
+        f"{fmt_bytes(plan.batch_features + plan.update_temporaries)}, a backbone pass "
+        f"{fmt_bytes(plan.backbone_pass)}, the rest of the process {fmt_bytes(plan.process)}); use a smaller image scale, "
         f"a smaller batch, fewer dims (d), or a larger budget"
     )
 

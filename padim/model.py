@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import warnings
@@ -31,8 +32,8 @@ from .geometry import (Geometry, activation_floats_per_pixel, decide_geometry, d
                        typical_size)
 from .maps import resize_map
 from .folds import held_out_scores, uses_downdate
-from .memory import (CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, MemoryPlan, choose_granularity, fmt_bytes,
-                     held_out_cache_bytes, held_out_images, parse_memory, plan_memory)
+from .memory import (CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, PROCESS_RESERVE_BYTES, WEIGHT_COPIES, MemoryPlan,
+                     choose_granularity, fmt_bytes, held_out_cache_bytes, held_out_images, parse_memory, plan_memory)
 from .tiling import cell_grid, extract_tiled, samples_per_image, to_cells
 from .whole_image import NO_WHOLE_IMAGE_CHECK, WholeImageRule
 from .modelfile import ModelFileError
@@ -75,6 +76,11 @@ def _fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def _coarseness(cell) -> float:
+    """Positions per Gaussian's side: 1 per position, k for k×k cells, infinite for one shared."""
+    return math.inf if cell == "image" else int(cell)
+
+
 class PaDiM(ScoringMethods):
     """Patch distribution model: one Gaussian per feature position, fitted on good images only.
 
@@ -95,14 +101,15 @@ class PaDiM(ScoringMethods):
     Input size: one continuous rule (padim.geometry) from the training image of median pixel
     count: up to 768² px of area it is resized to ``image_size``² px of equal area; beyond, the
     input's side grows by 0.44 px per image px (3872×3200 → 1616×1328), at most 4 MP per image,
-    and less if the Gaussians' memory plan does not fit ``max_memory`` otherwise. An
+    and less if the fit's memory plan does not fit ``max_memory`` otherwise. An
     ``image_size`` of (height, width) or a ``scale`` (input = image × scale) fix it instead.
     tile ("auto": tiles only when one forward pass of the input would need more than a quarter of
     ``max_memory``; an int: always tile, with tiles of that side; None: never), overlap (pixels
     cropped from each tile side; default: the receptive field of the hooked layers, 128–256 px,
     which makes stitched features equal whole-image ones), cell (Gaussian granularity: 1 per
     position, k for k×k cells, "image" for one shared Gaussian, "auto" for the finest that fits
-    max_memory), max_memory (bytes or "6G"; default 4 GiB or half the RAM).
+    max_memory), max_memory (bytes or "6G": the whole fit's estimated peak, that is the Gaussians'
+    plan, one backbone pass and the rest of the process; default 4 GiB or half the RAM).
 
     value_range: how stored pixel values map to [0, 1], fixed at fit and applied to every image
     (``value_range_``): "auto" (8-bit → 0..255 from the pixel type; deeper data → a robust range
@@ -309,21 +316,59 @@ class PaDiM(ScoringMethods):
             raise ValueError(f"none of the {len(sources)} training images can be read; first: {first}")
         return sizes
 
+    def _outside_gaussians(self, geometry: Geometry) -> dict:
+        """What the fit holds besides the Gaussians, for the plan's whole-fit total: one backbone
+        pass's activations, and the process (libraries, the backbone's weights, counted
+        WEIGHT_COPIES times, the batch's input tensor and, when tiled, the whole resized image)."""
+        points = [self.spec.hook_point(name) for name in self.layers_]
+        pixels = geometry.pass_pixels(self.batch_size)
+        inputs = 4 * 3 * (pixels + (geometry.input_size[0] * geometry.input_size[1] if geometry.tiled else 0))
+        per_pixel = activation_floats_per_pixel(self.spec.peak_activation, points, self.n_features_)
+        return dict(backbone_pass=int(4 * per_pixel * pixels),
+                    process=PROCESS_RESERVE_BYTES + WEIGHT_COPIES * self.spec.weight_bytes + inputs)
+
     def _plan_for(self, geometry: Geometry, budget: int, n_images: int):
         """Gaussian granularity and memory plan for ``geometry``; MemoryError when none fits."""
         gh, gw = geometry.feature_size
         batch = geometry.images_per_batch(self.batch_size)
+        outside = self._outside_gaussians(geometry)
         if self.cell == "auto":
             cell, _, plan = choose_granularity(gh, gw, self.n_features_, batch, budget, self.calibration_folds,
-                                               n_images=n_images)
+                                               n_images=n_images, **outside)
             return cell, plan
         cell = self.cell if self.cell == "image" else int(self.cell)
         plan = plan_memory(cell_count(gh, gw, cell), self.n_features_, gh * gw, batch, self.calibration_folds,
-                           n_images=n_images)
-        if self.max_memory is not None and plan.peak > budget:
+                           n_images=n_images, **outside)
+        if self.max_memory is not None and plan.total > budget:
             raise MemoryError(f"{plan.describe()}; that exceeds max_memory {fmt_bytes(budget)}: "
                               f"use cell='auto', a coarser cell, a smaller d or scale, or a larger budget")
         return cell, plan
+
+    def _fitting_plan(self, geometry: Geometry, budget: int, n_images: int):
+        """``(geometry, cell, plan)``: :meth:`_plan_for` at the geometry's batch, or, where that
+        leaves only coarser Gaussians (or none), at fewer images or tiles per batch. A smaller
+        batch costs speed; coarser cells cost accuracy. MemoryError when nothing fits at one."""
+        if self.max_memory is None and self.cell != "auto":
+            return (geometry, *self._plan_for(geometry, budget, n_images))  # nothing to bound
+        first = geometry.batch or self.batch_size
+        batches = sorted({max(1, first >> k) for k in range(first.bit_length())}, reverse=True)
+        best, error = None, None
+        for batch in batches:
+            smaller = dataclasses.replace(geometry, batch=batch) if batch != first else geometry
+            try:
+                cell, plan = self._plan_for(smaller, budget, n_images)
+            except MemoryError as exc:
+                error = error or exc  # the message at the geometry's own batch
+                continue
+            if plan.total > budget:
+                continue
+            if best is None or _coarseness(cell) < _coarseness(best[1]):
+                best = (smaller, cell, plan)
+            if self.cell != "auto" or _coarseness(cell) == 1:
+                break  # the cell asked for, or one Gaussian per position: nothing finer to gain
+        if best is None:
+            raise error  # every batch raised (an auto cell's plan and an explicit budget's are checked)
+        return best
 
     def _decide_value_range(self, sources) -> tuple[ValueRange | None, str | None]:
         """The model's mapping of stored values to [0, 1] and the pixel kind it is for (see
@@ -370,7 +415,7 @@ class PaDiM(ScoringMethods):
 
         def fits(geometry: Geometry) -> bool:
             try:
-                return self._plan_for(geometry, budget, len(sources))[1].peak <= budget
+                return self._fitting_plan(geometry, budget, len(sources))[2].total <= budget
             except MemoryError:
                 return False
 
@@ -380,9 +425,9 @@ class PaDiM(ScoringMethods):
             receptive_margin=default_margin(points, multiple),
             floats_per_pixel=activation_floats_per_pixel(spec.peak_activation, points, self.n_features_),
             memory_budget=budget, batch_size=self.batch_size, fits=fits)
+        self.geometry_, self.cell_, self.plan_ = self._fitting_plan(self.geometry_, budget, len(sources))
         self.input_size_ = self.geometry_.input_size
         self.feature_size_ = self.geometry_.feature_size
-        self.cell_, self.plan_ = self._plan_for(self.geometry_, budget, len(sources))
         self.n_gaussians_ = cell_count(*self.feature_size_, self.cell_)
         # A refitted fold keeps its own embeddings in what the budget leaves after the plan and a
         # reserve for the backbone's activations and image decoding; the downdate keeps every

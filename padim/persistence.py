@@ -92,7 +92,7 @@ def load_model(cls, path: str | Path, device: str = "auto", weights: str | None 
         model.cell_ = meta["cell"]
         model.n_gaussians_ = cell_count(*model.feature_size_, model.cell_)
         plan = meta.get("memory_plan")
-        model.plan_ = None if plan is None else MemoryPlan(**{k: v for k, v in plan.items() if k != "peak"})
+        model.plan_ = None if plan is None else MemoryPlan(**{k: v for k, v in plan.items() if k not in ("peak", "total")})
         model.n_features_ = int(meta["n_features"])
         model.n_train_ = int(meta["n_train"])
         model.backbone_fingerprint_ = meta.get("backbone_fingerprint")

@@ -137,6 +137,24 @@ def test_choose_finest_fitting_cell():
     assert choose_granularity(h, w, d, 1, peaks[4], candidates_cells=("image", 8, 4, 16))[0] == 4
 
 
+def test_the_budget_counts_the_process_and_a_backbone_pass_beside_the_gaussians():
+    """``total`` = process + the larger of the Gaussians' peak and (statistics + cached embeddings
+    + one backbone pass): the pass runs before a batch's features and update temporaries exist."""
+    plan = MemoryPlan(gaussians=1, d=1, batch_size=1, feature_positions=1, statistics=100, finalize=10, model=5,
+                      batch_features=30, calibration=0, update_temporaries=20, embedding_cache=7,
+                      backbone_pass=40, process=1000)
+    assert plan.peak == 100 + 30 + 20 + 7
+    assert plan.total == 1000 + 157  # the pass (100 + 7 + 40 = 147) fits inside the fit loop's peak
+    assert MemoryPlan(**{**plan.__dict__, "backbone_pass": 90}).total == 1000 + 100 + 7 + 90
+    h, w, d = 100, 80, 50
+    peaks = {c: _peak(h, w, c, d) for c in (1, 2, 4)}
+    # the budget that held 4×4 cells alone holds 8×8 cells once 1 MiB of process sits beside them
+    assert choose_granularity(h, w, d, 1, peaks[4])[0] == 4
+    cell, _, chosen = choose_granularity(h, w, d, 1, peaks[4], process=MIB)
+    assert cell == 8 and chosen.process == MIB and chosen.total <= peaks[4]
+    assert choose_granularity(h, w, d, 1, peaks[4] + MIB, process=MIB)[0] == 4
+
+
 def test_choose_shared_gaussian_when_cells_do_not_fit():
     h = w = 64
     d = 20

@@ -134,3 +134,11 @@ def test_peak_activation_matches_the_module_outputs(backbone):
     for h in hooks:
         h.remove()
     assert max(sizes) / side**2 == pytest.approx(spec.peak_activation, rel=0.02)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_weight_bytes_are_the_networks_float32_parameters_and_buffers(backbone):
+    """The memory plan's process estimate counts the backbone by the registry's ``weight_bytes``."""
+    model = _architecture(backbone)
+    values = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    assert get_spec(backbone).weight_bytes == 4 * values
