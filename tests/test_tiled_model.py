@@ -17,7 +17,7 @@ from PIL import Image
 
 import padim.data
 from padim import PaDiM
-from padim.memory import MemoryPlan
+from padim.memory import MemoryPlan, fmt_bytes
 
 from test_cli import cli
 
@@ -370,6 +370,17 @@ def test_cli_info_shows_tiles_and_memory_plan(cli_model):
     assert lines["Gaussians"] == "1440 (cell 2)"
     assert lines["input size (h, w)"] == "[320, 288]"
     assert lines["memory plan"].startswith("1440 Gaussians × d=30") and "estimated peak" in lines["memory plan"]
+
+
+def test_the_whole_fit_plan_reloads_with_the_model(cli_model, data):
+    """The saved plan keeps the pass and the process it was planned with (its total is derived)."""
+    model = PaDiM.load(cli_model["path"], device="cpu", workers=0)
+    planned = PaDiM(cell=2, d=30, tile=128, overlap=32, scale=1, calibration_folds=2, device="cpu", workers=0,
+                    batch_size=5)
+    planned.plan(data["small_dir"])
+    assert model.plan_ == planned.plan_ and model.plan_.process > 0 and model.plan_.backbone_pass > 0
+    lines = dict(line.split(": ", 1) for line in cli("info", cli_model["path"])[1].splitlines())
+    assert f"{fmt_bytes(model.plan_.total)} for the whole fit" in lines["memory plan"]
 
 
 def test_cli_score_needs_no_tiling_options(cli_model, data, tmp_path):
