@@ -521,3 +521,24 @@ def test_a_smaller_batch_comes_before_coarser_gaussians(monkeypatch):
     full = plan_memory(plan.gaussians, plan.d, gh * gw, 16, model.calibration_folds, 31,
                        **model._outside_gaussians(replace(g, batch=16)))
     assert full.total > 2600 * 2**20  # the same cells at the full batch would not have fitted
+
+
+def test_a_tight_budget_shrinks_the_input_before_it_leaves_one_shared_gaussian(monkeypatch):
+    """RESULTS.md §48: at 1500M a 12 MP photo's whole input fitted only one shared Gaussian (image
+    AUROC 0.69 on an aligned product); a smaller input with a grid of cells fits (1.00). Where
+    the user asks for one shared Gaussian, or fixes the input size, nothing changes."""
+    forbid_image_processing(monkeypatch)
+    photo = [_header_only(3872, 3200)]
+    full = PaDiM(device="cpu", workers=0, max_memory="2G")
+    full.plan(photo)
+    model = PaDiM(device="cpu", workers=0, max_memory="1500M")
+    plan = model.plan(photo)
+    assert model.cell_ != "image" and plan.total <= 1500 * 2**20
+    (h, w), (fh, fw) = model.geometry_.input_size, full.geometry_.input_size
+    assert h * w < fh * fw and abs(h / w - fh / fw) < 0.02  # smaller, aspect kept
+    shared = PaDiM(device="cpu", workers=0, max_memory="1500M", cell="image")
+    shared.plan(photo)
+    assert shared.geometry_.input_size == (fh, fw) and shared.cell_ == "image"
+    fixed = PaDiM(device="cpu", workers=0, max_memory="1500M", image_size=(fh, fw))
+    fixed.plan(photo)
+    assert fixed.geometry_.input_size == (fh, fw) and fixed.cell_ == "image"  # the size the user fixed
