@@ -42,6 +42,13 @@ class ScoringMethods:
     def _checks_aspect(self) -> bool:  # whether images of another aspect ratio are warned of
         return False
 
+    def _aspect_mismatch(self, sizes) -> bool:
+        """True when an image of ``sizes`` (h, w) is more than 15 % off the input's aspect ratio
+        and the model warns of that: the once-per-call warning of both scorers."""
+        from .image_checks import aspect_differs
+
+        return self._checks_aspect() and any(aspect_differs(size, self.input_size_) for size in sizes)
+
     def image_warnings(self, image: np.ndarray) -> list[str]:
         """Why this decoded image's score may be off (another aspect ratio, a pixel type the value
         range is not for), one line each; empty when none (:mod:`padim.image_checks`)."""

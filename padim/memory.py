@@ -188,6 +188,11 @@ def _cell_count(grid_h: int, grid_w: int, cell: Cell) -> int:
     return math.ceil(grid_h / cell) * math.ceil(grid_w / cell)
 
 
+def cell_coarseness(cell: Cell) -> float:
+    """Positions per Gaussian's side: 1 per position, k for k×k cells, infinite for one shared."""
+    return math.inf if cell == "image" else int(cell)
+
+
 def _describe_cell(cell: Cell) -> str:
     if cell == "image":
         return "one shared Gaussian"
@@ -212,8 +217,8 @@ def choose_granularity(grid_h: int, grid_w: int, d: int, batch_size: int, max_me
         raise ValueError(f"max_memory_bytes must be positive, got {max_memory_bytes!r}")
     if not candidates_cells:
         raise ValueError("candidates_cells is empty")
-    cells = sorted(set(candidates_cells), key=lambda c: math.inf if c == "image" else c)
-    counts = {c: _cell_count(grid_h, grid_w, c) for c in cells}
+    counts = {c: _cell_count(grid_h, grid_w, c) for c in set(candidates_cells)}  # checks each cell first
+    cells = sorted(counts, key=cell_coarseness)
     dims = [int(d)] + sorted({int(x) for x in (d_candidates or ()) if 1 <= int(x) < d}, reverse=True)
     positions = grid_h * grid_w
     smallest: tuple[int, Cell, int, MemoryPlan] | None = None

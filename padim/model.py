@@ -22,7 +22,7 @@ from .errors import first_line
 from .features import random_channel_index
 from .net import Embedder, ScoreHead, ScoringNet, TiledEmbedder, distances_to_maps, image_scores
 from .gaussian import GaussianModel, GaussianStats, GroupedUpdates
-from .image_checks import aspect_differs, some_aspect_warning
+from .image_checks import some_aspect_warning
 from .image_result import NO_CALIBRATION, ImageResult, ScoringMethods
 from .io import ImageReadError, colour_values, pixel_kind
 from .io import image_size as read_image_size
@@ -33,7 +33,8 @@ from .geometry import (Geometry, activation_floats_per_pixel, decide_geometry, d
 from .maps import resize_map
 from .folds import held_out_scores, uses_downdate
 from .memory import (CACHE_RESERVE_BYTES, FOLD_CACHE_BYTES, PROCESS_RESERVE_BYTES, WEIGHT_COPIES, MemoryPlan,
-                     choose_granularity, fmt_bytes, held_out_cache_bytes, held_out_images, parse_memory, plan_memory)
+                     cell_coarseness, choose_granularity, fmt_bytes, held_out_cache_bytes, held_out_images,
+                     parse_memory, plan_memory)
 from .tiling import cell_grid, extract_tiled, samples_per_image, to_cells
 from .whole_image import NO_WHOLE_IMAGE_CHECK, WholeImageRule
 from .modelfile import ModelFileError
@@ -74,11 +75,6 @@ def _fingerprint(module: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def _coarseness(cell) -> float:
-    """Positions per Gaussian's side: 1 per position, k for k×k cells, infinite for one shared."""
-    return math.inf if cell == "image" else int(cell)
 
 
 class PaDiM(ScoringMethods):
@@ -362,9 +358,9 @@ class PaDiM(ScoringMethods):
                 continue
             if plan.total > budget:
                 continue
-            if best is None or _coarseness(cell) < _coarseness(best[1]):
+            if best is None or cell_coarseness(cell) < cell_coarseness(best[1]):
                 best = (smaller, cell, plan)
-            if self.cell != "auto" or _coarseness(cell) == 1:
+            if self.cell != "auto" or cell_coarseness(cell) == 1:
                 break  # the cell asked for, or one Gaussian per position: nothing finer to gain
         if best is None:
             raise error  # every batch raised (an auto cell's plan and an explicit budget's are checked)
@@ -795,10 +791,6 @@ class PaDiM(ScoringMethods):
         """Whether images of another aspect ratio are warned of: not when the user chose the
         geometry explicitly (a fixed size, or ``keep_aspect=False``)."""
         return bool(self.keep_aspect and not isinstance(self.image_size, (tuple, list)))
-
-    def _aspect_mismatch(self, sizes) -> bool:
-        """True when an image's aspect ratio is more than 15 % off the model input's."""
-        return self._checks_aspect() and any(aspect_differs(size, self.input_size_) for size in sizes)
 
     def predict(self, images: Any) -> np.ndarray:
         """True where an image is NG (score at or above the model's threshold)."""

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import first_line
-from .image_checks import aspect_differs, some_aspect_warning
+from .image_checks import some_aspect_warning
 from .image_result import NO_CALIBRATION, ImageResult, ScoringMethods
 from .io import ImageReadError, load_image
 from .sources import as_sources
@@ -250,7 +250,7 @@ class ExportedModel(ScoringMethods):
         size = min(self.batch_size, self.max_batch or self.batch_size)
         batches = [range(start, min(start + size, len(sources))) for start in range(0, len(sources), size)]
         pending = self._reading(sources, batches[0]) if batches else []
-        warned = not self._checks_aspect()
+        warned = False
         for k, batch in enumerate(batches):
             reads, pending = pending, self._reading(sources, batches[k + 1]) if k + 1 < len(batches) else []
             results, arrays, decoded, indices = {}, [], [], []
@@ -263,7 +263,7 @@ class ExportedModel(ScoringMethods):
                 arrays.append(array)
                 decoded.append(image)
                 indices.append(index)
-                if not warned and aspect_differs(image.shape[:2], self.input_size_):
+                if not warned and self._aspect_mismatch([image.shape[:2]]):
                     warned = True
                     warnings.warn(some_aspect_warning(self.input_size_), stacklevel=2)
             if arrays:
